@@ -1,0 +1,13 @@
+"""Block-sparse attention over a :class:`~diffusers_sparse_vdit.plan.SparsePlan`.
+
+``sparse_attention(q, k, v, plan)`` is the one entry point; the backends beside it are
+interchangeable implementations of the same function:
+
+* ``"triton"``: our fused kernel (:mod:`.triton_sparse`), CUDA, or CPU under ``TRITON_INTERPRET=1``;
+* ``"torch"``: the plain-PyTorch reference (:mod:`.reference`), any device, memory bounded;
+* ``"flex"``: FlexAttention with a BlockMask built from the same tile lists (:mod:`.flex`).
+"""
+
+from .attention import sparse_attention
+
+__all__ = ["sparse_attention"]

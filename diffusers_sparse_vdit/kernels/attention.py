@@ -1,0 +1,105 @@
+"""``sparse_attention``: input checks and backend dispatch."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from ..plan import SparsePlan
+
+__all__ = ["sparse_attention", "BACKENDS"]
+
+BACKENDS = ("auto", "triton", "torch", "flex")
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    return backend
+
+
+def _check(q, k, v, plan, text_lengths, backend):
+    if not isinstance(plan, SparsePlan):
+        raise TypeError(f"plan must be a SparsePlan (see build_plan), got {type(plan).__name__}")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor (batch, heads, tokens, head_dim) as for SDPA")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(f"q, k, v must have the same shape (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in _DTYPES:
+        raise TypeError(f"q, k, v must share one dtype among float16, bfloat16, float32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    _, heads, n_tokens, head_dim = q.shape
+    if heads != plan.num_heads:
+        raise ValueError(f"the plan has {plan.num_heads} heads but q has {heads}: build the plan with one spec per head")
+    if n_tokens != plan.num_tokens:
+        raise ValueError(
+            f"the plan is for {plan.layout} but q has N={n_tokens} tokens: build the plan for this call's layout"
+        )
+    if head_dim > 256:
+        raise ValueError(f"head_dim up to 256 is supported, got {head_dim}")
+    if text_lengths is not None:
+        if plan.layout.text_tokens == 0:
+            raise ValueError("text_lengths given but the plan's layout has no text tokens")
+        if text_lengths.shape != (q.shape[0],):
+            raise ValueError(f"text_lengths must have shape (batch,) = ({q.shape[0]},), got {tuple(text_lengths.shape)}")
+    if backend == "triton":
+        if q.device.type != "cuda" and not _interpreting():
+            raise RuntimeError(
+                f"the triton backend runs on CUDA tensors (or on CPU with TRITON_INTERPRET=1); got {q.device}. "
+                "Use backend='torch' or 'auto' on this device."
+            )
+        if q.device.type != "cuda" and q.dtype == torch.bfloat16:
+            raise TypeError("bfloat16 is not supported under the Triton CPU interpreter; use float16 or float32 on CPU")
+
+
+def sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: SparsePlan,
+    *,
+    scale: float | None = None,
+    backend: str = "auto",
+    text_lengths: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention of each head restricted to its plan's tiles.
+
+    ``q, k, v``: ``(B, H, N, D)`` as for :func:`torch.nn.functional.scaled_dot_product_attention`;
+    strided views (e.g. ``x.transpose(1, 2)`` of a ``(B, N, H, D)`` tensor) are read in place.
+    Head ``h`` equals ``F.scaled_dot_product_attention(q, k, v, attn_mask=plan.dense_mask()[h])``;
+    SKIP heads give zeros. ``text_lengths`` (int ``(B,)``) masks text keys past each batch
+    item's valid text tokens (HunyuanVideo's padded prompts). The output has ``q``'s strides
+    unless ``out`` is given.
+    """
+    backend = resolve_backend(backend, q.device)
+    if text_lengths is not None:
+        text_lengths = torch.as_tensor(text_lengths, device=q.device).to(torch.int32).reshape(-1)
+    _check(q, k, v, plan, text_lengths, backend)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if out is None:
+        out = torch.empty_like(q)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
+        raise ValueError(f"out must match q: {tuple(q.shape)} {q.dtype} {q.device}")
+    if backend == "triton":
+        from .triton_sparse import sparse_attention_triton
+
+        return sparse_attention_triton(q, k, v, plan, scale=scale, out=out, text_lengths=text_lengths)
+    if backend == "flex":
+        from .flex import sparse_attention_flex
+
+        return sparse_attention_flex(q, k, v, plan, scale=scale, out=out, text_lengths=text_lengths)
+    from .reference import sparse_attention_torch
+
+    return sparse_attention_torch(q, k, v, plan, scale=scale, out=out, text_lengths=text_lengths)

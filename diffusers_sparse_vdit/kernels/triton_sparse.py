@@ -1,0 +1,193 @@
+"""Fused block-sparse attention forward in Triton: every head of a call in one launch.
+
+One program computes one query tile of one head of one batch item, with an online
+(flash) softmax over exactly the key tiles its plan lists: no loop over all tiles with a
+branch. Programs come heaviest first (the plan sorts its work list), so dense text rows
+and FULL heads start early instead of forming a tail. A SKIP head's programs load nothing
+and store zeros.
+
+Rows are found through the plan's kernel order (:mod:`..layout`): tiles of video tokens,
+then tiles of text tokens. With MULTI_DIAGONAL heads in the plan (``GATHER``), every tile's
+row indices come from the plan's row maps, so token-major heads are read and written in
+place, without a permuted copy; otherwise they are computed from the tile index.
+
+Each query tile's key list has the full video tiles first (no masking in that loop), then
+the partial video tile and the text tiles (masked by tile length and by the per-batch
+valid text length).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["sparse_attention_triton", "kernel_config"]
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _tile_rows(tile, offs, order, row_maps, rows_per_order, n_video_tiles, n_tokens, video_start, text_start,
+               TILE: tl.constexpr, GATHER: tl.constexpr):
+    """Caller token index of the kernel rows ``offs`` of kernel tile ``tile``."""
+    if GATHER:
+        rows = tl.load(row_maps + order * rows_per_order + tile * TILE + offs)
+    else:
+        base = tl.where(tile < n_video_tiles, video_start + tile * TILE, text_start + (tile - n_video_tiles) * TILE)
+        rows = tl.minimum(base + offs, n_tokens - 1)  # padding rows of a partial tile read a valid row
+    return rows
+
+
+@triton.jit
+def _attend(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+            kv_tiles, first, count, order, row_maps, rows_per_order, tile_lengths, text_len,
+            n_video_tiles, n_tokens, video_start, text_start, qk_scale,
+            offs_d, d_ok,
+            TILE: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, GATHER: tl.constexpr,
+            MASKED: tl.constexpr, IEEE: tl.constexpr):
+    """Online-softmax update over ``count`` key tiles of the list starting at ``first``."""
+    SUB: tl.constexpr = TILE // BLOCK_N
+    offs_n = tl.arange(0, BLOCK_N)
+    for i in range(0, count * SUB):
+        tile = tl.load(kv_tiles + first + i // SUB)
+        offs = (i % SUB) * BLOCK_N + offs_n
+        rows = _tile_rows(tile, offs, order, row_maps, rows_per_order, n_video_tiles, n_tokens,
+                          video_start, text_start, TILE, GATHER)
+        k_ptrs = k_base + rows[None, :] * stride_kn + offs_d[:, None] * stride_kd
+        v_ptrs = v_base + rows[:, None] * stride_vn + offs_d[None, :] * stride_vd
+        if EVEN_D:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        else:
+            k = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
+            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+        if IEEE:
+            qk = tl.dot(q, k, input_precision="ieee")
+        else:
+            qk = tl.dot(q, k)
+        if MASKED:
+            valid = tl.load(tile_lengths + tile)
+            valid = tl.where(tile >= n_video_tiles, tl.minimum(valid, text_len - (tile - n_video_tiles) * TILE), valid)
+            qk = tl.where((offs < valid)[None, :], qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # a tile with no valid key leaves the row as it was
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _sparse_attention_fwd(
+    Q, K, V, O,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    work, kv_tiles, row_maps, head_order, tile_lengths, text_lengths,
+    batch, n_tokens, n_video_tiles, rows_per_order, video_start, text_start, text_tokens, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, BLOCK_N: tl.constexpr,
+    GATHER: tl.constexpr, HAS_TEXT_LENGTHS: tl.constexpr, IEEE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    item = pid // batch
+    b = pid % batch  # batch innermost: both batch items of a heavy tile start together
+    head = tl.load(work + item * 5)
+    q_tile = tl.load(work + item * 5 + 1)
+    first = tl.load(work + item * 5 + 2)
+    n_full = tl.load(work + item * 5 + 3)
+    n_total = tl.load(work + item * 5 + 4)
+    if GATHER:
+        order = tl.load(head_order + head)
+    else:
+        order = 0
+    if HAS_TEXT_LENGTHS:
+        text_len = tl.load(text_lengths + b)
+    else:
+        text_len = text_tokens
+
+    offs_m = tl.arange(0, TILE)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    rows_q = _tile_rows(q_tile, offs_m, order, row_maps, rows_per_order, n_video_tiles, n_tokens,
+                        video_start, text_start, TILE, GATHER)
+    row_ok = offs_m < tl.load(tile_lengths + q_tile)
+
+    # A SKIP head has no key tiles: its Q load is masked off entirely and it stores zeros.
+    q_mask = (row_ok & (offs_m < n_total * TILE))[:, None] & d_ok[None, :]
+    q = tl.load(Q + b * stride_qb + head * stride_qh + rows_q[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+                mask=q_mask, other=0.0)
+
+    m_i = tl.full([TILE], float("-inf"), tl.float32)
+    l_i = tl.zeros([TILE], tl.float32)
+    acc = tl.zeros([TILE, BLOCK_D], tl.float32)
+    k_base = K + b * stride_kb + head * stride_kh
+    v_base = V + b * stride_vb + head * stride_vh
+    acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                            kv_tiles, first, n_full, order, row_maps, rows_per_order, tile_lengths, text_len,
+                            n_video_tiles, n_tokens, video_start, text_start, qk_scale, offs_d, d_ok,
+                            TILE, BLOCK_N, EVEN_D, GATHER, False, IEEE)
+    acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                            kv_tiles, first + n_full, n_total - n_full, order, row_maps, rows_per_order,
+                            tile_lengths, text_len, n_video_tiles, n_tokens, video_start, text_start, qk_scale,
+                            offs_d, d_ok, TILE, BLOCK_N, EVEN_D, GATHER, True, IEEE)
+    l_i = tl.where(l_i == 0.0, 1.0, l_i)  # SKIP rows: acc is 0, so the output is 0
+    out = acc / l_i[:, None]
+    o_ptrs = O + b * stride_ob + head * stride_oh + rows_q[:, None] * stride_on + offs_d[None, :] * stride_od
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+def kernel_config(head_dim: int, tile_size: int, device: torch.device) -> dict:
+    """Launch configuration: key sub-tile, warps and pipeline stages.
+
+    Chosen from the H100 sweep in ``benchmarks/results/`` (hd 128: 128x64 tiles, 8 warps;
+    hd 64: 128x128, 4 warps); under the CPU interpreter the whole tile is one step.
+    """
+    if device.type != "cuda":
+        return {"BLOCK_N": tile_size, "num_warps": 4, "num_stages": 1}
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    if block_d <= 64:
+        return {"BLOCK_N": min(tile_size, 128), "num_warps": 4, "num_stages": 3}
+    return {"BLOCK_N": min(tile_size, 64), "num_warps": 8, "num_stages": 3}
+
+
+def sparse_attention_triton(q, k, v, plan, *, scale: float, out: torch.Tensor, text_lengths=None, config=None):
+    """Launch the kernel; ``q, k, v, out`` are validated (B, H, N, D) tensors, any strides."""
+    batch, heads, n_tokens, head_dim = q.shape
+    tensors = plan.device_tensors(q.device)
+    cfg = dict(kernel_config(head_dim, plan.tile_size, q.device))
+    cfg.update(config or {})
+    block_n = cfg.pop("BLOCK_N")
+    if plan.tile_size % block_n:
+        raise ValueError(f"BLOCK_N={block_n} must divide the plan's tile size {plan.tile_size}")
+    layout = plan.layout
+    has_text_lengths = text_lengths is not None
+    n_work = tensors["work"].shape[0]
+    grid = (n_work * batch,)
+    _sparse_attention_fwd[grid](
+        q, k, v, out,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        tensors["work"], tensors["kv_tiles"], tensors["row_maps"], tensors["head_order"], tensors["tile_lengths"],
+        text_lengths if has_text_lengths else tensors["tile_lengths"],
+        batch, n_tokens, plan.video_tiles, tensors["row_maps"].shape[1], layout.video_start, layout.text_start,
+        layout.text_tokens, scale * _LOG2E,
+        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), TILE=plan.tile_size, BLOCK_N=block_n,
+        GATHER=plan.has_reordered_heads, HAS_TEXT_LENGTHS=has_text_lengths, IEEE=q.dtype == torch.float32,
+        **cfg,
+    )
+    return out
+
+
+def default_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)

@@ -1,0 +1,307 @@
+"""Sparse attention plans: per-head mode specs + token layout + tile size -> tile lists.
+
+A :class:`SparsePlan` says, for every head and every query tile (in kernel order, see
+:mod:`.layout`), which key tiles to compute. It is what the kernels consume and what the
+tests expand into a dense boolean mask (:meth:`SparsePlan.dense_mask`).
+
+Storage. Each query tile's key list is sorted with the tiles that need a mask last: full
+video tiles first (``n_full`` of them), then the partly filled last video tile, then the
+text tiles (whose valid length may change per batch item through ``text_lengths``). Lists
+live in one int32 pool per (layout, tile size) shared by every plan, so a map of 60 layers
+that reuses a handful of specs stores each spec's lists once; the "all tiles" list that
+FULL heads and every text row use is stored a single time.
+
+Plans are cached: every layer of every step with the same specs reuses the same object.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .layout import FRAME_MAJOR, TOKEN_MAJOR, TokenLayout
+from .masks import video_tile_mask
+from .modes import Mode, ModeSpec
+
+__all__ = ["SparsePlan", "build_plan", "MIN_TILE_SIZE"]
+
+MIN_TILE_SIZE = 16
+_ALL = "all tiles"
+
+
+class _TilePool:
+    """Append-only int32 storage of key-tile lists for one (layout, tile size)."""
+
+    def __init__(self):
+        self._chunks: list[torch.Tensor] = []
+        self._size = 0
+        self._offsets: dict[object, int] = {}
+        self._device_cache: dict[torch.device, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def offset(self, key: object, make) -> int:
+        with self._lock:
+            if key not in self._offsets:
+                values = make().to(torch.int32)
+                self._offsets[key] = self._size
+                self._chunks.append(values)
+                self._size += values.numel()
+                self._device_cache.clear()
+            return self._offsets[key]
+
+    def tensor(self, device: torch.device) -> torch.Tensor:
+        # Plans fetch the pool at call time: a pool that grew since the plan was built is a
+        # superset with the same offsets.
+        with self._lock:
+            cached = self._device_cache.get(device)
+            if cached is None or cached.numel() != max(self._size, 1):
+                host = torch.cat(self._chunks) if self._chunks else torch.zeros(1, dtype=torch.int32)
+                cached = self._device_cache[device] = host.to(device)
+            return cached
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(layout: TokenLayout, tile_size: int) -> _TilePool:
+    return _TilePool()
+
+
+def _row_order(tiles: torch.Tensor, layout: TokenLayout, tile_size: int) -> tuple[torch.Tensor, int]:
+    """Sort a row's key tiles: full video tiles, then the partial video tile, then text tiles."""
+    nvt = layout.video_tiles(tile_size)
+    partial_video = nvt - 1 if layout.video_tokens % tile_size else -1
+    full = tiles[(tiles < nvt) & (tiles != partial_video)]
+    rest = tiles[(tiles == partial_video) | (tiles >= nvt)]
+    return torch.cat([full, rest]), full.numel()
+
+
+@functools.lru_cache(maxsize=256)
+def _spec_rows(spec: ModeSpec, layout: TokenLayout, tile_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per query tile of one spec: (pool start, n_full, n_total), each int32 ``(num_tiles,)``."""
+    nvt, nt = layout.video_tiles(tile_size), layout.num_tiles(tile_size)
+    pool = _pool(layout, tile_size)
+    starts = torch.zeros(nt, dtype=torch.int32)
+    n_full = torch.zeros(nt, dtype=torch.int32)
+    n_total = torch.zeros(nt, dtype=torch.int32)
+    if spec.mode is Mode.SKIP:
+        return starts, n_full, n_total
+
+    all_row, all_full = _row_order(torch.arange(nt), layout, tile_size)
+    all_start = pool.offset(_ALL, lambda: all_row)
+    text_cols = torch.arange(nvt, nt)
+    video = video_tile_mask(spec, layout, tile_size)
+    rows, own = [], []
+    for t in range(nt):
+        if t >= nvt or bool(video[t].all()):  # text rows and all-tile video rows share one list
+            starts[t], n_full[t], n_total[t] = all_start, all_full, nt
+            continue
+        row, full = _row_order(torch.cat([video[t].nonzero().flatten(), text_cols]), layout, tile_size)
+        n_full[t], n_total[t] = full, row.numel()
+        own.append(t)
+        rows.append(row)
+    if rows:
+        flat = torch.cat(rows)
+        base = pool.offset((spec, "rows"), lambda: flat)
+        lengths = n_total[own].to(torch.int64)
+        starts[own] = (base + torch.cumsum(lengths, 0) - lengths).to(torch.int32)
+    return starts, n_full, n_total
+
+
+@functools.lru_cache(maxsize=None)
+def _row_maps(layout: TokenLayout, tile_size: int) -> torch.Tensor:
+    return torch.stack([layout.row_map(FRAME_MAJOR, tile_size), layout.row_map(TOKEN_MAJOR, tile_size)]).to(torch.int32)
+
+
+@dataclass(frozen=True, eq=False)
+class SparsePlan:
+    """Per-head key-tile lists for one attention call. Build with :func:`build_plan`."""
+
+    specs: tuple[ModeSpec, ...]
+    layout: TokenLayout
+    tile_size: int
+    work: torch.Tensor  # int32 (n_work, 5): head, query tile, pool start, n_full, n_total; heaviest first
+    head_order: torch.Tensor  # int32 (H,): FRAME_MAJOR or TOKEN_MAJOR
+    tile_lengths: torch.Tensor  # int32 (num_tiles,)
+    _device: dict = field(default_factory=dict, repr=False)
+
+    # Shape ------------------------------------------------------------------------------
+    @property
+    def num_heads(self) -> int:
+        return len(self.specs)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.layout.num_tokens
+
+    @property
+    def num_tiles(self) -> int:
+        return self.layout.num_tiles(self.tile_size)
+
+    @property
+    def video_tiles(self) -> int:
+        return self.layout.video_tiles(self.tile_size)
+
+    @property
+    def has_reordered_heads(self) -> bool:
+        return any(s.reordered for s in self.specs)
+
+    @property
+    def skip_heads(self) -> list[int]:
+        return [h for h, s in enumerate(self.specs) if s.mode is Mode.SKIP]
+
+    # Tile lists -------------------------------------------------------------------------
+    def row_maps(self) -> torch.Tensor:
+        """int32 ``(2, num_tiles * tile_size)``: caller token of each kernel row, per order."""
+        return _row_maps(self.layout, self.tile_size)
+
+    def key_tiles(self, head: int, query_tile: int) -> torch.Tensor:
+        """Key tiles (kernel order, in the kernel's visiting order) of one query tile of one head."""
+        start, n_full, n_total = _spec_rows(self.specs[head], self.layout, self.tile_size)
+        pool = _pool(self.layout, self.tile_size).tensor(torch.device("cpu"))
+        s = int(start[query_tile])
+        return pool[s : s + int(n_total[query_tile])]
+
+    def tile_mask(self, head: int) -> torch.Tensor:
+        """Boolean ``(num_tiles, num_tiles)``: query tile -> key tile, in the head's kernel order."""
+        nt = self.num_tiles
+        mask = torch.zeros(nt, nt, dtype=torch.bool)
+        for t in range(nt):
+            mask[t, self.key_tiles(head, t).long()] = True
+        return mask
+
+    def device_tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
+        device = torch.device(device)
+        if device not in self._device:
+            self._device[device] = {
+                "work": self.work.to(device),
+                "head_order": self.head_order.to(device),
+                "tile_lengths": self.tile_lengths.to(device),
+                "row_maps": self.row_maps().to(device),
+            }
+        tensors = dict(self._device[device])
+        tensors["kv_tiles"] = _pool(self.layout, self.tile_size).tensor(device)
+        return tensors
+
+    # Oracle -----------------------------------------------------------------------------
+    def dense_mask(self, text_lengths: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+        """The plan as a token-level boolean mask in the caller's order.
+
+        Returns ``(H, N, N)``, or ``(B, H, N, N)`` when ``text_lengths`` (valid text tokens per
+        batch item; text keys past them are masked) is given. SKIP heads are all False.
+        For tests and small sizes only: it is N x N.
+        """
+        n = self.num_tokens
+        if n > 16384:
+            raise ValueError(f"dense_mask() is N x N; refusing N={n} > 16384 (it is a test oracle)")
+        masks = []
+        for h, spec in enumerate(self.specs):
+            order = TOKEN_MAJOR if spec.reordered else FRAME_MAJOR
+            tiles = self.layout.tile_of_token(order, self.tile_size)
+            masks.append(self.tile_mask(h)[tiles[:, None], tiles[None, :]])
+        mask = torch.stack(masks)
+        if text_lengths is None:
+            return mask
+        text_lengths = torch.as_tensor(text_lengths).reshape(-1)
+        key_ok = torch.ones(len(text_lengths), n, dtype=torch.bool)
+        text_pos = torch.arange(self.layout.text_tokens)
+        key_ok[:, self.layout.text_start : self.layout.text_start + self.layout.text_tokens] = (
+            text_pos[None, :] < text_lengths[:, None]
+        )
+        return mask[None] & key_ok[:, None, None, :]
+
+    # Cost -------------------------------------------------------------------------------
+    @functools.cached_property
+    def _pair_counts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per head: computed (query, key) token pairs and computed (query, key) tile pairs."""
+        lengths = self.tile_lengths.to(torch.int64)
+        pool = _pool(self.layout, self.tile_size).tensor(torch.device("cpu")).long()
+        # prefix sums of key-tile lengths over the pool give each row's key tokens in O(1)
+        csum = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths[pool], 0)])
+        pairs = torch.zeros(self.num_heads, dtype=torch.int64)
+        tiles = torch.zeros(self.num_heads, dtype=torch.int64)
+        for h, spec in enumerate(self.specs):
+            start, _, n_total = (x.long() for x in _spec_rows(spec, self.layout, self.tile_size))
+            pairs[h] = (lengths * (csum[start + n_total] - csum[start])).sum()
+            tiles[h] = n_total.sum()
+        return pairs, tiles
+
+    def head_density(self) -> torch.Tensor:
+        """Fraction of (query, key) token pairs each head computes, ``(H,)`` float64."""
+        return self._pair_counts[0].double() / self.num_tokens**2
+
+    def head_tile_density(self) -> torch.Tensor:
+        """Fraction of (query tile, key tile) pairs each head computes, ``(H,)`` float64."""
+        return self._pair_counts[1].double() / self.num_tiles**2
+
+    @property
+    def density(self) -> float:
+        """Fraction of the dense attention FLOPs this plan computes (all heads)."""
+        return float(self.head_density().mean())
+
+    @property
+    def tile_density(self) -> float:
+        return float(self.head_tile_density().mean())
+
+    def flops(self, head_dim: int, batch: int = 1) -> int:
+        """Attention FLOPs computed (4 * D per query-key pair: QK^T and PV)."""
+        return int(self._pair_counts[0].sum()) * 4 * head_dim * batch
+
+    def dense_flops(self, head_dim: int, batch: int = 1) -> int:
+        return self.num_heads * self.num_tokens**2 * 4 * head_dim * batch
+
+    def summary(self) -> str:
+        counts = {}
+        for spec in self.specs:
+            counts[spec.mode.name] = counts.get(spec.mode.name, 0) + 1
+        modes = ", ".join(f"{k} x{v}" for k, v in counts.items())
+        return (
+            f"SparsePlan({self.num_heads} heads: {modes}; {self.layout}; tile {self.tile_size}; "
+            f"density {self.density:.3f}, tile density {self.tile_density:.3f})"
+        )
+
+    __str__ = summary
+
+
+def build_plan(specs: Sequence[ModeSpec | Mode | str], layout: TokenLayout, tile_size: int = 128) -> SparsePlan:
+    """Plan for one attention call: one spec per head (a bare mode means its default knob)."""
+    specs = tuple(_as_spec(s) for s in specs)
+    if not specs:
+        raise ValueError("build_plan needs at least one head spec")
+    if not isinstance(layout, TokenLayout):
+        raise TypeError(f"layout must be a TokenLayout, got {type(layout).__name__}")
+    if not isinstance(tile_size, int) or tile_size < MIN_TILE_SIZE or tile_size & (tile_size - 1):
+        raise ValueError(f"tile_size must be a power of two >= {MIN_TILE_SIZE}, got {tile_size!r}")
+    return _build_plan(specs, layout, tile_size)
+
+
+def _as_spec(spec) -> ModeSpec:
+    if isinstance(spec, ModeSpec):
+        return spec
+    mode = Mode.parse(spec)
+    defaults = {
+        Mode.FULL: ModeSpec.full,
+        Mode.SKIP: ModeSpec.skip,
+        Mode.DIAGONAL: ModeSpec.diagonal,
+        Mode.MULTI_DIAGONAL: ModeSpec.multi_diagonal,
+        Mode.VERTICAL_STRIPE: ModeSpec.vertical_stripe,
+    }
+    return defaults[mode]()
+
+
+@functools.lru_cache(maxsize=1024)
+def _build_plan(specs: tuple[ModeSpec, ...], layout: TokenLayout, tile_size: int) -> SparsePlan:
+    nt = layout.num_tiles(tile_size)
+    rows = []
+    for h, spec in enumerate(specs):
+        start, n_full, n_total = _spec_rows(spec, layout, tile_size)
+        heads = torch.full((nt,), h, dtype=torch.int32)
+        rows.append(torch.stack([heads, torch.arange(nt, dtype=torch.int32), start, n_full, n_total], dim=1))
+    work = torch.cat(rows)
+    # Heaviest query tiles first (dense text rows, FULL heads): a longest-first order keeps
+    # them from forming a tail at the end of the launch.
+    work = work[torch.argsort(work[:, 4], descending=True, stable=True)].contiguous()
+    head_order = torch.tensor([TOKEN_MAJOR if s.reordered else FRAME_MAJOR for s in specs], dtype=torch.int32)
+    return SparsePlan(specs, layout, tile_size, work, head_order, layout.tile_lengths(tile_size))

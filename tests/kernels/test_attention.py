@@ -1,0 +1,147 @@
+"""Every backend of sparse_attention against plain SDPA with the plan's dense boolean mask."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffusers_sparse_vdit import ModeSpec, TokenLayout, build_plan, sparse_attention
+
+LAYOUTS = [
+    TokenLayout(3, 5, 7),  # Wan-like: no text, 105 tokens
+    TokenLayout(3, 4, 6, text_tokens=19, text_position="before"),  # CogVideoX-like
+    TokenLayout(4, 3, 5, text_tokens=13, text_position="after"),  # HunyuanVideo-like
+    TokenLayout(1, 2, 3, text_tokens=5, text_position="before"),  # smaller than one tile
+]
+MIXED = [
+    ModeSpec.full(),
+    ModeSpec.skip(),
+    ModeSpec.diagonal(0.5),
+    ModeSpec.multi_diagonal(0.7),
+    ModeSpec.vertical_stripe(2),
+]
+BACKENDS = ["triton", "torch", "flex"]
+TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.float16: dict(atol=3e-3, rtol=1e-2)}
+
+
+def reference(q, k, v, plan, text_lengths=None):
+    """fp32 SDPA with the expanded boolean mask; SKIP heads are zeros by definition."""
+    mask = plan.dense_mask(text_lengths) if text_lengths is not None else plan.dense_mask()
+    out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    out[:, plan.skip_heads] = 0
+    return out
+
+
+def run(q, k, v, plan, backend, **kwargs):
+    out = torch.full_like(q, float("nan"))  # unwritten rows stay NaN and fail the comparison
+    res = sparse_attention(q, k, v, plan, backend=backend, out=out, **kwargs)
+    assert res is out
+    return out
+
+
+def randn(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("head_dim", [64, 128, 40])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=str)
+def test_mixed_modes_match_sdpa_with_dense_mask(layout, head_dim, dtype, backend):
+    plan = build_plan(MIXED, layout, tile_size=16)
+    q, k, v = (randn(2, len(MIXED), layout.num_tokens, head_dim, dtype=dtype) for _ in range(3))
+    out = run(q, k, v, plan, backend)
+    torch.testing.assert_close(out.float(), reference(q, k, v, plan), **TOL[dtype])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("spec", MIXED, ids=str)
+def test_each_mode_alone(spec, backend):
+    layout = TokenLayout(4, 5, 6, text_tokens=11, text_position="before")
+    plan = build_plan([spec] * 2, layout, tile_size=32)
+    q, k, v = (randn(1, 2, layout.num_tokens, 32) for _ in range(3))
+    out = run(q, k, v, plan, backend)
+    torch.testing.assert_close(out, reference(q, k, v, plan), **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_full_equals_plain_sdpa(backend):
+    layout = TokenLayout(3, 6, 5, text_tokens=9, text_position="after")
+    plan = build_plan([ModeSpec.full()] * 3, layout, tile_size=16)
+    q, k, v = (randn(2, 3, layout.num_tokens, 64) for _ in range(3))
+    out = run(q, k, v, plan, backend)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_inputs_are_read_in_place(backend):
+    # diffusers' Wan and HunyuanVideo processors hold (B, N, H, D); a transposed view must work as is
+    layout = TokenLayout(3, 4, 5, text_tokens=7, text_position="after")
+    plan = build_plan(MIXED, layout, tile_size=16)
+    q, k, v = (randn(2, layout.num_tokens, len(MIXED), 64).transpose(1, 2) for _ in range(3))
+    assert not q.is_contiguous()
+    out = sparse_attention(q, k, v, plan, backend=backend)
+    assert out.stride() == q.stride()  # the output keeps the caller's memory layout
+    torch.testing.assert_close(out, reference(q, k, v, plan), **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_text_lengths_mask_padded_text_keys(backend):
+    layout = TokenLayout(3, 4, 5, text_tokens=21, text_position="after")
+    plan = build_plan(MIXED, layout, tile_size=16)
+    q, k, v = (randn(2, len(MIXED), layout.num_tokens, 32) for _ in range(3))
+    lengths = torch.tensor([5, 21])
+    out = run(q, k, v, plan, backend, text_lengths=lengths)
+    torch.testing.assert_close(out, reference(q, k, v, plan, lengths), **TOL[torch.float32])
+
+
+def test_scale_is_honoured():
+    layout = TokenLayout(2, 4, 4)
+    plan = build_plan([ModeSpec.diagonal(0.5)] * 2, layout, tile_size=16)
+    q, k, v = (randn(1, 2, layout.num_tokens, 16) for _ in range(3))
+    for backend in BACKENDS:
+        out = sparse_attention(q, k, v, plan, backend=backend, scale=0.3)
+        mask = plan.dense_mask()
+        torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3))
+
+
+class TestBadInput:
+    layout = TokenLayout(2, 3, 4)
+
+    def setup_method(self):
+        self.plan = build_plan(["full", "diagonal"], self.layout, 16)
+        self.q = randn(1, 2, self.layout.num_tokens, 16)
+
+    def test_plan_for_another_layout(self):
+        q = randn(1, 2, 30, 16)
+        with pytest.raises(ValueError, match="build the plan for this call's layout"):
+            sparse_attention(q, q, q, self.plan)
+
+    def test_head_count(self):
+        q = randn(1, 3, self.layout.num_tokens, 16)
+        with pytest.raises(ValueError, match="plan has 2 heads but q has 3"):
+            sparse_attention(q, q, q, self.plan)
+
+    def test_shapes_and_dtypes(self):
+        with pytest.raises(ValueError, match="same shape"):
+            sparse_attention(self.q, self.q[:, :, :-1], self.q, self.plan)
+        with pytest.raises(TypeError, match="one dtype"):
+            sparse_attention(self.q, self.q.half(), self.q, self.plan)
+        with pytest.raises(TypeError, match="one dtype"):
+            sparse_attention(*(self.q.to(torch.int32),) * 3, self.plan)
+        with pytest.raises(ValueError, match="4-D"):
+            sparse_attention(self.q[0], self.q[0], self.q[0], self.plan)
+        with pytest.raises(TypeError, match="SparsePlan"):
+            sparse_attention(self.q, self.q, self.q, "plan")
+        with pytest.raises(ValueError, match="no text tokens"):
+            sparse_attention(self.q, self.q, self.q, self.plan, text_lengths=torch.tensor([1]))
+
+    def test_backend_and_device(self, monkeypatch):
+        with pytest.raises(ValueError, match="unknown backend"):
+            sparse_attention(self.q, self.q, self.q, self.plan, backend="cuda")
+        if not torch.cuda.is_available():
+            with pytest.raises(TypeError, match="bfloat16"):
+                q = self.q.bfloat16()
+                sparse_attention(q, q, q, self.plan, backend="triton")
+            monkeypatch.setenv("TRITON_INTERPRET", "0")
+            with pytest.raises(RuntimeError, match="backend='torch'"):
+                sparse_attention(self.q, self.q, self.q, self.plan, backend="triton")
