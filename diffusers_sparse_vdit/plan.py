@@ -185,6 +185,20 @@ class SparsePlan:
         tensors["kv_tiles"] = _pool(self.layout, self.tile_size).tensor(device)
         return tensors
 
+    def restrict_queries(self, query_tiles: Sequence[int] | torch.Tensor, head_order: int | None = None) -> "SparsePlan":
+        """The same plan computing only the given query tiles (kernel order); other rows are left unwritten.
+
+        The search scores candidate modes on a sample of query rows this way. With
+        ``head_order`` given, only heads running in that order are restricted (the others keep
+        all their tiles), so a sample of frame-major tiles can be matched for token-major heads.
+        """
+        keep = torch.zeros(self.num_tiles, dtype=torch.bool)
+        keep[torch.as_tensor(query_tiles, dtype=torch.long)] = True
+        rows = keep[self.work[:, 1].long()]
+        if head_order is not None:
+            rows |= self.head_order[self.work[:, 0].long()] != head_order
+        return SparsePlan(self.specs, self.layout, self.tile_size, self.work[rows].contiguous(), self.head_order, self.tile_lengths)
+
     # Oracle -----------------------------------------------------------------------------
     def dense_mask(self, text_lengths: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
         """The plan as a token-level boolean mask in the caller's order.

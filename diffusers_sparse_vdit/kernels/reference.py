@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from ..layout import TOKEN_MAJOR
-
 __all__ = ["sparse_attention_torch"]
 
 
@@ -25,27 +23,27 @@ def sparse_attention_torch(q, k, v, plan, *, scale: float, out: torch.Tensor, te
         if text_lengths is not None
         else torch.full((batch, 1), layout.text_tokens, device=q.device)
     )
-    for h, spec in enumerate(plan.specs):
-        if h in plan.skip_heads:
-            out[:, h] = 0
+    order_rows = [maps[o].view(-1, tile) for o in range(maps.shape[0])]
+    for h, t, _, _, n_total in plan.work.tolist():  # the plan's work list: every computed query tile
+        rows_of = order_rows[int(plan.head_order[h])]
+        if n_total == 0:  # SKIP head
+            out[:, h, rows_of[t, : lengths[t]]] = 0
             continue
-        rows_of = maps[TOKEN_MAJOR if spec.reordered else 0].view(-1, tile)
-        for t in range(plan.num_tiles):
-            q_rows = rows_of[t, : lengths[t]]
-            key_tiles = plan.key_tiles(h, t).long().tolist()
-            k_rows = torch.cat([rows_of[kt, : lengths[kt]] for kt in key_tiles])
-            # text keys past a batch item's valid text length are masked (HunyuanVideo padding)
-            text_pos = torch.cat(
-                [
-                    torch.arange(lengths[kt], device=q.device) + (kt - nvt) * tile
-                    if kt >= nvt
-                    else torch.full((lengths[kt],), -1, device=q.device)
-                    for kt in key_tiles
-                ]
-            )
-            key_ok = text_pos[None, :] < text_len  # (B, keys)
-            scores = torch.einsum("bqd,bkd->bqk", q[:, h, q_rows].float(), k[:, h, k_rows].float()) * scale
-            scores = scores.masked_fill(~key_ok[:, None, :], float("-inf"))
-            probs = torch.softmax(scores, dim=-1)
-            out[:, h, q_rows] = torch.einsum("bqk,bkd->bqd", probs, v[:, h, k_rows].float()).to(out.dtype)
+        q_rows = rows_of[t, : lengths[t]]
+        key_tiles = plan.key_tiles(h, t).long().tolist()
+        k_rows = torch.cat([rows_of[kt, : lengths[kt]] for kt in key_tiles])
+        # text keys past a batch item's valid text length are masked (HunyuanVideo padding)
+        text_pos = torch.cat(
+            [
+                torch.arange(lengths[kt], device=q.device) + (kt - nvt) * tile
+                if kt >= nvt
+                else torch.full((lengths[kt],), -1, device=q.device)
+                for kt in key_tiles
+            ]
+        )
+        key_ok = text_pos[None, :] < text_len  # (B, keys)
+        scores = torch.einsum("bqd,bkd->bqk", q[:, h, q_rows].float(), k[:, h, k_rows].float()) * scale
+        scores = scores.masked_fill(~key_ok[:, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out[:, h, q_rows] = torch.einsum("bqk,bkd->bqd", probs, v[:, h, k_rows].float()).to(out.dtype)
     return out

@@ -145,3 +145,20 @@ class TestBadInput:
             monkeypatch.setenv("TRITON_INTERPRET", "0")
             with pytest.raises(RuntimeError, match="backend='torch'"):
                 sparse_attention(self.q, self.q, self.q, self.plan, backend="triton")
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_restricted_plan_writes_only_its_query_tiles(backend):
+    layout = TokenLayout(3, 5, 6, text_tokens=9, text_position="before")
+    full = build_plan(MIXED, layout, tile_size=16)
+    plan = full.restrict_queries([0, 3, full.num_tiles - 1])
+    q, k, v = (randn(1, len(MIXED), layout.num_tokens, 32) for _ in range(3))
+    out = run(q, k, v, plan, backend)
+    expected = reference(q, k, v, full)
+    written = ~out.isnan().all(dim=-1)  # (B, H, N)
+    for h, spec in enumerate(MIXED):
+        order = 1 if spec.reordered else 0
+        tiles = layout.tile_of_token(order, 16)
+        rows = torch.isin(tiles, torch.tensor([0, 3, full.num_tiles - 1]))
+        assert torch.equal(written[0, h], rows), f"head {h}"
+        torch.testing.assert_close(out[0, h, rows], expected[0, h, rows], **TOL[torch.float32])
