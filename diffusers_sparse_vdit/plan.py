@@ -27,9 +27,10 @@ from .layout import FRAME_MAJOR, TOKEN_MAJOR, TokenLayout
 from .masks import video_tile_mask
 from .modes import Mode, ModeSpec
 
-__all__ = ["SparsePlan", "build_plan", "MIN_TILE_SIZE"]
+__all__ = ["SparsePlan", "build_plan", "spec_density", "spec_tile_mask", "MIN_TILE_SIZE"]
 
 MIN_TILE_SIZE = 16
+_WEIGHT_CLASSES = 4
 _ALL = "all tiles"
 
 
@@ -69,42 +70,58 @@ def _pool(layout: TokenLayout, tile_size: int) -> _TilePool:
     return _TilePool()
 
 
-def _row_order(tiles: torch.Tensor, layout: TokenLayout, tile_size: int) -> tuple[torch.Tensor, int]:
-    """Sort a row's key tiles: full video tiles, then the partial video tile, then text tiles."""
-    nvt = layout.video_tiles(tile_size)
-    partial_video = nvt - 1 if layout.video_tokens % tile_size else -1
-    full = tiles[(tiles < nvt) & (tiles != partial_video)]
-    rest = tiles[(tiles == partial_video) | (tiles >= nvt)]
-    return torch.cat([full, rest]), full.numel()
+@functools.lru_cache(maxsize=None)
+def _visit_order(layout: TokenLayout, tile_size: int) -> tuple[torch.Tensor, int]:
+    """Order in which a row visits its key tiles: full video tiles, then the partial video tile, then text tiles.
+
+    Returns the tile order and how many full video tiles lead it.
+    """
+    nvt, nt = layout.video_tiles(tile_size), layout.num_tiles(tile_size)
+    partial_video = layout.video_tokens % tile_size != 0
+    n_full = nvt - partial_video
+    return torch.cat([torch.arange(n_full), torch.arange(n_full, nt)]), n_full
+
+
+def spec_tile_mask(spec: ModeSpec, layout: TokenLayout, tile_size: int) -> torch.Tensor:
+    """Boolean ``(num_tiles, num_tiles)`` query tile -> key tile of one spec, kernel order, text rules included."""
+    nvt, nt = layout.video_tiles(tile_size), layout.num_tiles(tile_size)
+    mask = torch.zeros(nt, nt, dtype=torch.bool)
+    if spec.mode is Mode.SKIP:
+        return mask
+    mask[:nvt, :nvt] = video_tile_mask(spec, layout, tile_size)
+    mask[:, nvt:] = True  # every video query sees all text keys
+    mask[nvt:, :] = True  # text queries see everything
+    return mask
+
+
+@functools.lru_cache(maxsize=1024)
+def spec_density(spec: ModeSpec, layout: TokenLayout, tile_size: int) -> tuple[float, float]:
+    """(fraction of query-key token pairs, fraction of tile pairs) one head of this spec computes."""
+    mask = spec_tile_mask(spec, layout, tile_size)
+    lengths = layout.tile_lengths(tile_size).double()
+    pairs = (lengths[:, None] * mask.double() * lengths[None, :]).sum()
+    return float(pairs) / layout.num_tokens**2, float(mask.double().mean())
 
 
 @functools.lru_cache(maxsize=256)
 def _spec_rows(spec: ModeSpec, layout: TokenLayout, tile_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per query tile of one spec: (pool start, n_full, n_total), each int32 ``(num_tiles,)``."""
-    nvt, nt = layout.video_tiles(tile_size), layout.num_tiles(tile_size)
-    pool = _pool(layout, tile_size)
+    nt = layout.num_tiles(tile_size)
+    order, full_cols = _visit_order(layout, tile_size)
+    visit = spec_tile_mask(spec, layout, tile_size)[:, order]  # columns in visiting order
+    n_total = visit.sum(1, dtype=torch.int32)
+    n_full = visit[:, :full_cols].sum(1, dtype=torch.int32)
     starts = torch.zeros(nt, dtype=torch.int32)
-    n_full = torch.zeros(nt, dtype=torch.int32)
-    n_total = torch.zeros(nt, dtype=torch.int32)
     if spec.mode is Mode.SKIP:
         return starts, n_full, n_total
-
-    all_row, all_full = _row_order(torch.arange(nt), layout, tile_size)
-    all_start = pool.offset(_ALL, lambda: all_row)
-    text_cols = torch.arange(nvt, nt)
-    video = video_tile_mask(spec, layout, tile_size)
-    rows, own = [], []
-    for t in range(nt):
-        if t >= nvt or bool(video[t].all()):  # text rows and all-tile video rows share one list
-            starts[t], n_full[t], n_total[t] = all_start, all_full, nt
-            continue
-        row, full = _row_order(torch.cat([video[t].nonzero().flatten(), text_cols]), layout, tile_size)
-        n_full[t], n_total[t] = full, row.numel()
-        own.append(t)
-        rows.append(row)
-    if rows:
-        flat = torch.cat(rows)
-        base = pool.offset((spec, "rows"), lambda: flat)
+    pool = _pool(layout, tile_size)
+    # rows that visit every tile (FULL heads, text rows) share one pooled list
+    dense = n_total == nt
+    starts[dense] = pool.offset(_ALL, lambda: order)
+    own = (~dense).nonzero().flatten()
+    if own.numel():
+        cols = visit[own].nonzero()[:, 1]  # row-major, so each row's tiles come out in visiting order
+        base = pool.offset((spec, "rows"), lambda: order[cols])
         lengths = n_total[own].to(torch.int64)
         starts[own] = (base + torch.cumsum(lengths, 0) - lengths).to(torch.int32)
     return starts, n_full, n_total
@@ -166,11 +183,7 @@ class SparsePlan:
 
     def tile_mask(self, head: int) -> torch.Tensor:
         """Boolean ``(num_tiles, num_tiles)``: query tile -> key tile, in the head's kernel order."""
-        nt = self.num_tiles
-        mask = torch.zeros(nt, nt, dtype=torch.bool)
-        for t in range(nt):
-            mask[t, self.key_tiles(head, t).long()] = True
-        return mask
+        return spec_tile_mask(self.specs[head], self.layout, self.tile_size)
 
     def device_tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
         device = torch.device(device)
@@ -227,28 +240,13 @@ class SparsePlan:
         return mask[None] & key_ok[:, None, None, :]
 
     # Cost -------------------------------------------------------------------------------
-    @functools.cached_property
-    def _pair_counts(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per head: computed (query, key) token pairs and computed (query, key) tile pairs."""
-        lengths = self.tile_lengths.to(torch.int64)
-        pool = _pool(self.layout, self.tile_size).tensor(torch.device("cpu")).long()
-        # prefix sums of key-tile lengths over the pool give each row's key tokens in O(1)
-        csum = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths[pool], 0)])
-        pairs = torch.zeros(self.num_heads, dtype=torch.int64)
-        tiles = torch.zeros(self.num_heads, dtype=torch.int64)
-        for h, spec in enumerate(self.specs):
-            start, _, n_total = (x.long() for x in _spec_rows(spec, self.layout, self.tile_size))
-            pairs[h] = (lengths * (csum[start + n_total] - csum[start])).sum()
-            tiles[h] = n_total.sum()
-        return pairs, tiles
-
     def head_density(self) -> torch.Tensor:
         """Fraction of (query, key) token pairs each head computes, ``(H,)`` float64."""
-        return self._pair_counts[0].double() / self.num_tokens**2
+        return torch.tensor([spec_density(s, self.layout, self.tile_size)[0] for s in self.specs], dtype=torch.float64)
 
     def head_tile_density(self) -> torch.Tensor:
         """Fraction of (query tile, key tile) pairs each head computes, ``(H,)`` float64."""
-        return self._pair_counts[1].double() / self.num_tiles**2
+        return torch.tensor([spec_density(s, self.layout, self.tile_size)[1] for s in self.specs], dtype=torch.float64)
 
     @property
     def density(self) -> float:
@@ -261,7 +259,8 @@ class SparsePlan:
 
     def flops(self, head_dim: int, batch: int = 1) -> int:
         """Attention FLOPs computed (4 * D per query-key pair: QK^T and PV)."""
-        return int(self._pair_counts[0].sum()) * 4 * head_dim * batch
+        pairs = round(float(self.head_density().sum()) * self.num_tokens**2)
+        return pairs * 4 * head_dim * batch
 
     def dense_flops(self, head_dim: int, batch: int = 1) -> int:
         return self.num_heads * self.num_tokens**2 * 4 * head_dim * batch
@@ -314,8 +313,11 @@ def _build_plan(specs: tuple[ModeSpec, ...], layout: TokenLayout, tile_size: int
         heads = torch.full((nt,), h, dtype=torch.int32)
         rows.append(torch.stack([heads, torch.arange(nt, dtype=torch.int32), start, n_full, n_total], dim=1))
     work = torch.cat(rows)
-    # Heaviest query tiles first (dense text rows, FULL heads): a longest-first order keeps
-    # them from forming a tail at the end of the launch.
-    work = work[torch.argsort(work[:, 4], descending=True, stable=True)].contiguous()
+    # Heavy query tiles first (dense text rows, FULL heads) so they form no tail at the end of
+    # the launch, but only by coarse weight class: within a class the order stays head-major,
+    # so the programs in flight read one head's K/V and share it in L2. (A strict
+    # longest-first sort interleaves every head's band-edge rows and thrashes L2.)
+    weight_class = work[:, 4].long() * _WEIGHT_CLASSES // (int(work[:, 4].max()) + 1)
+    work = work[torch.argsort(weight_class, descending=True, stable=True)].contiguous()
     head_order = torch.tensor([TOKEN_MAJOR if s.reordered else FRAME_MAJOR for s in specs], dtype=torch.int32)
     return SparsePlan(specs, layout, tile_size, work, head_order, layout.tile_lengths(tile_size))

@@ -42,28 +42,38 @@ def _tile_rows(tile, offs, order, row_maps, rows_per_order, n_video_tiles, n_tok
 
 
 @triton.jit
-def _attend(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+def _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
             kv_tiles, first, count, order, row_maps, rows_per_order, tile_lengths, text_len,
             n_video_tiles, n_tokens, video_start, text_start, qk_scale,
             offs_d, d_ok,
             TILE: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, GATHER: tl.constexpr,
-            MASKED: tl.constexpr, IEEE: tl.constexpr):
-    """Online-softmax update over ``count`` key tiles of the list starting at ``first``."""
+            MASKED: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+    """Online-softmax update over ``count`` key tiles of the list starting at ``first``.
+
+    ``k_src``/``v_src`` are TMA descriptors with ``USE_TMA`` (contiguous tiles, frame-major
+    plans only), base pointers otherwise.
+    """
     SUB: tl.constexpr = TILE // BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
-    for i in range(0, count * SUB):
+    for i in tl.range(0, count * SUB, warp_specialize=WARP_SPECIALIZE):
         tile = tl.load(kv_tiles + first + i // SUB)
         offs = (i % SUB) * BLOCK_N + offs_n
-        rows = _tile_rows(tile, offs, order, row_maps, rows_per_order, n_video_tiles, n_tokens,
-                          video_start, text_start, TILE, GATHER)
-        k_ptrs = k_base + rows[None, :] * stride_kn + offs_d[:, None] * stride_kd
-        v_ptrs = v_base + rows[:, None] * stride_vn + offs_d[None, :] * stride_vd
-        if EVEN_D:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
+        if USE_TMA:
+            # rows past the tensor's end read as zeros and are masked below with the padding
+            row0 = tl.where(tile < n_video_tiles, video_start + tile * TILE, text_start + (tile - n_video_tiles) * TILE)
+            k = tl.trans(k_src.load([row0 + (i % SUB) * BLOCK_N, 0]))
+            v = v_src.load([row0 + (i % SUB) * BLOCK_N, 0])
         else:
-            k = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+            rows = _tile_rows(tile, offs, order, row_maps, rows_per_order, n_video_tiles, n_tokens,
+                              video_start, text_start, TILE, GATHER)
+            k_ptrs = k_src + rows[None, :] * stride_kn + offs_d[:, None] * stride_kd
+            v_ptrs = v_src + rows[:, None] * stride_vn + offs_d[None, :] * stride_vd
+            if EVEN_D:
+                k = tl.load(k_ptrs)
+                v = tl.load(v_ptrs)
+            else:
+                k = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
+                v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
         if IEEE:
             qk = tl.dot(q, k, input_precision="ieee")
         else:
@@ -95,13 +105,15 @@ def _sparse_attention_fwd(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
     work, kv_tiles, row_maps, head_order, tile_lengths, text_lengths,
-    batch, n_tokens, n_video_tiles, rows_per_order, video_start, text_start, text_tokens, qk_scale,
+    n_work, n_tokens, n_video_tiles, rows_per_order, video_start, text_start, text_tokens, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, BLOCK_N: tl.constexpr,
     GATHER: tl.constexpr, HAS_TEXT_LENGTHS: tl.constexpr, IEEE: tl.constexpr,
+    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    item = pid // batch
-    b = pid % batch  # batch innermost: both batch items of a heavy tile start together
+    # batch outermost: programs in flight share one batch item's K/V in L2
+    b = pid // n_work
+    item = pid % n_work
     head = tl.load(work + item * 5)
     q_tile = tl.load(work + item * 5 + 1)
     first = tl.load(work + item * 5 + 2)
@@ -132,16 +144,20 @@ def _sparse_attention_fwd(
     m_i = tl.full([TILE], float("-inf"), tl.float32)
     l_i = tl.zeros([TILE], tl.float32)
     acc = tl.zeros([TILE, BLOCK_D], tl.float32)
-    k_base = K + b * stride_kb + head * stride_kh
-    v_base = V + b * stride_vb + head * stride_vh
-    acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+    k_src = K + b * stride_kb + head * stride_kh
+    v_src = V + b * stride_vb + head * stride_vh
+    if USE_TMA:
+        # one descriptor per program, built outside the key loop
+        k_src = tl.make_tensor_descriptor(k_src, [n_tokens, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM])
+        v_src = tl.make_tensor_descriptor(v_src, [n_tokens, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM])
+    acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
                             kv_tiles, first, n_full, order, row_maps, rows_per_order, tile_lengths, text_len,
                             n_video_tiles, n_tokens, video_start, text_start, qk_scale, offs_d, d_ok,
-                            TILE, BLOCK_N, EVEN_D, GATHER, False, IEEE)
-    acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                            TILE, BLOCK_N, EVEN_D, GATHER, False, IEEE, USE_TMA, WARP_SPECIALIZE)
+    acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
                             kv_tiles, first + n_full, n_total - n_full, order, row_maps, rows_per_order,
                             tile_lengths, text_len, n_video_tiles, n_tokens, video_start, text_start, qk_scale,
-                            offs_d, d_ok, TILE, BLOCK_N, EVEN_D, GATHER, True, IEEE)
+                            offs_d, d_ok, TILE, BLOCK_N, EVEN_D, GATHER, True, IEEE, USE_TMA, False)
     l_i = tl.where(l_i == 0.0, 1.0, l_i)  # SKIP rows: acc is 0, so the output is 0
     out = acc / l_i[:, None]
     o_ptrs = O + b * stride_ob + head * stride_oh + rows_q[:, None] * stride_on + offs_d[None, :] * stride_od
@@ -149,17 +165,38 @@ def _sparse_attention_fwd(
 
 
 def kernel_config(head_dim: int, tile_size: int, device: torch.device) -> dict:
-    """Launch configuration: key sub-tile, warps and pipeline stages.
+    """Launch configuration: key sub-tile, warps, pipeline stages, TMA and warp specialization.
 
-    Chosen from the H100 sweep in ``benchmarks/results/`` (hd 128: 128x64 tiles, 8 warps;
-    hd 64: 128x128, 4 warps); under the CPU interpreter the whole tile is one step.
+    Chosen from the H100 sweeps in ``benchmarks/results/`` (see ``benchmarks/NOTES.md``);
+    under the CPU interpreter the whole tile is one step.
     """
     if device.type != "cuda":
-        return {"BLOCK_N": tile_size, "num_warps": 4, "num_stages": 1}
+        return {"BLOCK_N": tile_size, "num_warps": 4, "num_stages": 1, "USE_TMA": False, "WARP_SPECIALIZE": False}
     block_d = max(16, triton.next_power_of_2(head_dim))
     if block_d <= 64:
-        return {"BLOCK_N": min(tile_size, 128), "num_warps": 4, "num_stages": 3}
-    return {"BLOCK_N": min(tile_size, 64), "num_warps": 8, "num_stages": 3}
+        return {"BLOCK_N": min(tile_size, 128), "num_warps": 4, "num_stages": 3, "USE_TMA": False, "WARP_SPECIALIZE": False}
+    return {"BLOCK_N": min(tile_size, 128), "num_warps": 8, "num_stages": 3, "USE_TMA": False, "WARP_SPECIALIZE": False}
+
+
+def _tma_ok(*tensors) -> bool:
+    """TMA needs 16-byte aligned bases and row strides, a contiguous last dim and no head_dim padding."""
+    for x in tensors:
+        if x.stride(-1) != 1 or x.data_ptr() % 16 or any(st * x.element_size() % 16 for st in x.stride()[:-1]):
+            return False
+        if x.shape[-1] not in (16, 32, 64, 128, 256):
+            return False
+    return True
+
+
+_allocator_device = None
+
+
+def _set_allocator(device: torch.device):
+    # device-side TMA descriptors need scratch memory from the caller's allocator
+    global _allocator_device
+    if _allocator_device != device.type:
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=device.type))
+        _allocator_device = device.type
 
 
 def sparse_attention_triton(q, k, v, plan, *, scale: float, out: torch.Tensor, text_lengths=None, config=None):
@@ -171,6 +208,11 @@ def sparse_attention_triton(q, k, v, plan, *, scale: float, out: torch.Tensor, t
     block_n = cfg.pop("BLOCK_N")
     if plan.tile_size % block_n:
         raise ValueError(f"BLOCK_N={block_n} must divide the plan's tile size {plan.tile_size}")
+    # token-major heads gather their rows, which TMA cannot do on Hopper
+    cfg["USE_TMA"] = bool(cfg["USE_TMA"]) and not plan.has_reordered_heads and _tma_ok(k, v)
+    cfg["WARP_SPECIALIZE"] = bool(cfg["WARP_SPECIALIZE"]) and cfg["USE_TMA"] and q.is_cuda
+    if cfg["USE_TMA"]:
+        _set_allocator(q.device)
     layout = plan.layout
     has_text_lengths = text_lengths is not None
     n_work = tensors["work"].shape[0]
@@ -180,14 +222,10 @@ def sparse_attention_triton(q, k, v, plan, *, scale: float, out: torch.Tensor, t
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         tensors["work"], tensors["kv_tiles"], tensors["row_maps"], tensors["head_order"], tensors["tile_lengths"],
         text_lengths if has_text_lengths else tensors["tile_lengths"],
-        batch, n_tokens, plan.video_tiles, tensors["row_maps"].shape[1], layout.video_start, layout.text_start,
+        n_work, n_tokens, plan.video_tiles, tensors["row_maps"].shape[1], layout.video_start, layout.text_start,
         layout.text_tokens, scale * _LOG2E,
         HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), TILE=plan.tile_size, BLOCK_N=block_n,
         GATHER=plan.has_reordered_heads, HAS_TEXT_LENGTHS=has_text_lengths, IEEE=q.dtype == torch.float32,
         **cfg,
     )
     return out
-
-
-def default_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)

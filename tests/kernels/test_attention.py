@@ -20,12 +20,15 @@ MIXED = [
     ModeSpec.vertical_stripe(2),
 ]
 BACKENDS = ["triton", "torch", "flex"]
+# CPU runs the Triton kernel under the interpreter (see conftest); a GPU machine runs it for real
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.float16: dict(atol=3e-3, rtol=1e-2)}
 
 
 def reference(q, k, v, plan, text_lengths=None):
     """fp32 SDPA with the expanded boolean mask; SKIP heads are zeros by definition."""
-    mask = plan.dense_mask(text_lengths) if text_lengths is not None else plan.dense_mask()
+    mask = plan.dense_mask(text_lengths.cpu()) if text_lengths is not None else plan.dense_mask()
+    mask = mask.to(q.device)
     out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
     out[:, plan.skip_heads] = 0
     return out
@@ -39,7 +42,7 @@ def run(q, k, v, plan, backend, **kwargs):
 
 
 def randn(*shape, dtype=torch.float32):
-    return torch.randn(*shape, dtype=dtype)
+    return torch.randn(*shape, dtype=dtype, device=DEVICE)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -89,7 +92,7 @@ def test_text_lengths_mask_padded_text_keys(backend):
     layout = TokenLayout(3, 4, 5, text_tokens=21, text_position="after")
     plan = build_plan(MIXED, layout, tile_size=16)
     q, k, v = (randn(2, len(MIXED), layout.num_tokens, 32) for _ in range(3))
-    lengths = torch.tensor([5, 21])
+    lengths = torch.tensor([5, 21], device=DEVICE)
     out = run(q, k, v, plan, backend, text_lengths=lengths)
     torch.testing.assert_close(out, reference(q, k, v, plan, lengths), **TOL[torch.float32])
 
@@ -100,8 +103,8 @@ def test_scale_is_honoured():
     q, k, v = (randn(1, 2, layout.num_tokens, 16) for _ in range(3))
     for backend in BACKENDS:
         out = sparse_attention(q, k, v, plan, backend=backend, scale=0.3)
-        mask = plan.dense_mask()
-        torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3))
+        mask = plan.dense_mask().to(DEVICE)
+        torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3), **TOL[torch.float32])
 
 
 class TestBadInput:
@@ -133,12 +136,12 @@ class TestBadInput:
         with pytest.raises(TypeError, match="SparsePlan"):
             sparse_attention(self.q, self.q, self.q, "plan")
         with pytest.raises(ValueError, match="no text tokens"):
-            sparse_attention(self.q, self.q, self.q, self.plan, text_lengths=torch.tensor([1]))
+            sparse_attention(self.q, self.q, self.q, self.plan, text_lengths=torch.tensor([1], device=DEVICE))
 
     def test_backend_and_device(self, monkeypatch):
         with pytest.raises(ValueError, match="unknown backend"):
             sparse_attention(self.q, self.q, self.q, self.plan, backend="cuda")
-        if not torch.cuda.is_available():
+        if DEVICE == "cpu":
             with pytest.raises(TypeError, match="bfloat16"):
                 q = self.q.bfloat16()
                 sparse_attention(q, q, q, self.plan, backend="triton")
@@ -159,6 +162,20 @@ def test_restricted_plan_writes_only_its_query_tiles(backend):
     for h, spec in enumerate(MIXED):
         order = 1 if spec.reordered else 0
         tiles = layout.tile_of_token(order, 16)
-        rows = torch.isin(tiles, torch.tensor([0, 3, full.num_tiles - 1]))
+        rows = torch.isin(tiles, torch.tensor([0, 3, full.num_tiles - 1])).to(DEVICE)
         assert torch.equal(written[0, h], rows), f"head {h}"
         torch.testing.assert_close(out[0, h, rows], expected[0, h, rows], **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS[:3], ids=str)
+def test_tma_descriptor_path(layout):
+    # TMA loads whole contiguous tiles (frame-major plans); rows past the end read as zeros and are masked
+    from diffusers_sparse_vdit.kernels.triton_sparse import sparse_attention_triton
+
+    specs = [s for s in MIXED if not s.reordered]
+    plan = build_plan(specs, layout, tile_size=16)
+    q, k, v = (randn(2, layout.num_tokens, len(specs), 32).transpose(1, 2) for _ in range(3))
+    out = torch.full_like(q, float("nan"))
+    config = {"BLOCK_N": 16, "num_warps": 4, "num_stages": 1, "USE_TMA": True}
+    sparse_attention_triton(q, k, v, plan, scale=32**-0.5, out=out, config=config)
+    torch.testing.assert_close(out, reference(q, k, v, plan), **TOL[torch.float32])

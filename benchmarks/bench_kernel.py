@@ -1,0 +1,260 @@
+"""Kernel benchmark: our fused block-sparse kernel vs dense SDPA (cuDNN, FLASH) and FlexAttention.
+
+On the model shapes of DESIGN §5 (batch 1, bf16), for plans of tile density about 1, 0.5,
+0.25 and 0.1 per mode and a mixed paper-like layer, in one run:
+
+* checks bf16 results against an fp32 reference on a sample of query tiles first;
+* times cuDNN and FLASH SDPA dense, FlexAttention (compiled) on the same full-tile lists
+  (inputs pre-gathered into the kernel order, so only its attention call is timed), and ours;
+* prints a table (ms; TFLOP/s on computed tiles; speedup vs cuDNN; fraction of ideal =
+  speedup x FLOP density) and writes JSON.
+
+Inputs live in diffusers' (B, N, H, D) memory layout and are passed as (B, H, N, D) views,
+as the processors do.
+
+    python benchmarks/bench_kernel.py --out benchmarks/results/kernel_h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffusers_sparse_vdit import Mode, ModeSpec, TokenLayout, build_plan, sparse_attention  # noqa: E402
+from diffusers_sparse_vdit.plan import spec_density  # noqa: E402
+from diffusers_sparse_vdit.kernels.flex import flex_block_mask, flex_inputs  # noqa: E402
+from diffusers_sparse_vdit.kernels.triton_sparse import kernel_config, sparse_attention_triton  # noqa: E402
+
+SHAPES = {
+    # name: (heads, head_dim, layout) -- DESIGN §5
+    "wan2.1-1.3b-480p": (12, 128, TokenLayout(21, 30, 52)),
+    "cogvideox1.5-768p": (48, 64, TokenLayout(11, 48, 85, text_tokens=226, text_position="before")),
+    "hunyuanvideo-720p": (24, 128, TokenLayout(33, 45, 80, text_tokens=256, text_position="after")),
+    "wan2.1-14b-720p": (40, 128, TokenLayout(21, 45, 80)),
+}
+CONFIG_KEYS = ("BLOCK_N", "num_warps", "num_stages", "USE_TMA", "WARP_SPECIALIZE")
+CONFIGS = {
+    # candidate launch configs for the sweep, by head_dim class
+    128: [(128, 8, 3, False, False), (128, 8, 3, True, False), (128, 8, 2, True, False), (64, 8, 3, True, False),
+          (128, 8, 3, True, True), (128, 8, 2, True, True)],
+    64: [(128, 4, 3, False, False), (128, 4, 3, True, False), (128, 4, 2, True, False), (128, 8, 3, True, True),
+         (128, 4, 3, True, True), (64, 4, 3, True, False)],
+}
+
+
+def time_ms(fn, min_reps=5, budget_ms=1500.0) -> float:
+    """Median of CUDA-event timings after warm-up; as many reps as fit the budget."""
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    est = (time.perf_counter() - t0) * 1e3
+    reps = int(max(min_reps, min(100, budget_ms / max(est, 1e-3))))
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def spec_for_tile_density(mode: Mode, target: float, layout: TokenLayout, tile: int) -> ModeSpec:
+    """The knob of ``mode`` whose tile density is closest to ``target`` (bisection; density grows with the knob)."""
+    nvt = layout.video_tiles(tile)
+
+    def make(x: int) -> ModeSpec:
+        if mode in (Mode.DIAGONAL, Mode.MULTI_DIAGONAL):
+            return ModeSpec(mode, width=x * tile / layout.frame_tokens)
+        return ModeSpec.vertical_stripe(x) if x else ModeSpec(mode, stripes=())
+
+    def density(x: int) -> float:
+        return spec_density(make(x), layout, tile)[1]
+
+    lo, hi = 0, nvt
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if density(mid) < target else (lo, mid)
+    return make(min((lo, hi), key=lambda x: abs(density(x) - target)))
+
+
+def mixed_specs(heads: int, layout: TokenLayout, tile: int, density: float = 0.25) -> list[ModeSpec]:
+    """A paper-like layer: ~30% FULL, 30% DIAGONAL, 20% MULTI_DIAGONAL, 15% VERTICAL_STRIPE, 5% SKIP."""
+    n_skip = max(1, round(0.05 * heads))
+    counts = {Mode.DIAGONAL: round(0.30 * heads), Mode.MULTI_DIAGONAL: round(0.20 * heads), Mode.VERTICAL_STRIPE: round(0.15 * heads)}
+    specs = [ModeSpec.full()] * (heads - n_skip - sum(counts.values())) + [ModeSpec.skip()] * n_skip
+    for mode, n in counts.items():
+        specs += [spec_for_tile_density(mode, 0.1 if mode is Mode.VERTICAL_STRIPE else density, layout, tile)] * n
+    # interleave so heads of one mode are not neighbours (as in a real map)
+    return [specs[(i * 7) % heads] for i in range(heads)] if math.gcd(7, heads) == 1 else specs
+
+
+def check_sample(q, k, v, plan, out) -> float:
+    """Relative error of our bf16 output against the fp32 torch reference on a sample of query tiles."""
+    g = torch.Generator().manual_seed(0)
+    tiles = torch.randperm(plan.num_tiles, generator=g)[:6].tolist() + [plan.video_tiles - 1, plan.num_tiles - 1]
+    sample = plan.restrict_queries(sorted(set(tiles)))
+    ref = torch.full(q.shape, float("nan"), device=q.device, dtype=torch.float32)
+    sparse_attention(q.float(), k.float(), v.float(), sample, backend="torch", out=ref)
+    rows = ~ref.isnan()
+    assert not out.isnan().any(), "unwritten output rows"
+    return ((out.float()[rows] - ref[rows]).norm() / ref[rows].norm()).item()
+
+
+def bench_shape(name, heads, head_dim, layout, densities, args, rows):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.flex_attention import flex_attention
+
+    tile = 128
+    n = layout.num_tokens
+    dev = torch.device("cuda")
+
+    def fresh():
+        return torch.randn(1, n, heads, head_dim, device=dev, dtype=torch.bfloat16).transpose(1, 2)
+
+    q, k, v = fresh(), fresh(), fresh()
+    dense_flops = 4 * heads * n * n * head_dim
+    base = {"shape": name, "heads": heads, "head_dim": head_dim, "tokens": n, "layout": str(layout)}
+
+    dense = {}
+    for backend in ("CUDNN_ATTENTION", "FLASH_ATTENTION"):
+        try:
+            with sdpa_kernel(getattr(SDPBackend, backend)):
+                dense[backend] = time_ms(lambda: F.scaled_dot_product_attention(q, k, v))
+        except RuntimeError as e:
+            print(f"  {backend} unavailable: {e}", flush=True)
+    t_cudnn = dense.get("CUDNN_ATTENTION") or min(dense.values())
+    for backend, t in dense.items():
+        rows.append({**base, "impl": f"sdpa-{backend.split('_')[0].lower()}", "plan": "dense", "density": 1.0,
+                     "tile_density": 1.0, "ms": t, "tflops": dense_flops / t / 1e9, "speedup": t_cudnn / t,
+                     "fraction_of_ideal": t_cudnn / t})
+        print(f"  dense {backend}: {t:.2f} ms ({dense_flops / t / 1e9:.0f} TFLOP/s)", flush=True)
+
+    plans = {"FULL@1.0": build_plan([ModeSpec.full()] * heads, layout, tile)}
+    for mode in (Mode.DIAGONAL, Mode.MULTI_DIAGONAL, Mode.VERTICAL_STRIPE):
+        for d in densities:
+            if d < 1:
+                plans[f"{mode.name}@{d}"] = build_plan([spec_for_tile_density(mode, d, layout, tile)] * heads, layout, tile)
+    plans["MIXED"] = build_plan(mixed_specs(heads, layout, tile), layout, tile)
+
+    # correctness first: bf16 against fp32 on a sample, and all-FULL against cuDNN
+    out = torch.full_like(q, float("nan"))
+    sparse_attention(q, k, v, plans["MIXED"], out=out)
+    err_mixed = check_sample(q, k, v, plans["MIXED"], out)
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION if "CUDNN_ATTENTION" in dense else SDPBackend.FLASH_ATTENTION):
+        ref = F.scaled_dot_product_attention(q, k, v).float()
+    ours_full = sparse_attention(q, k, v, plans["FULL@1.0"]).float()
+    err_full = ((ours_full - ref).norm() / ref.norm()).item()
+    print(f"  check: mixed vs fp32 reference rel err {err_mixed:.2e}; all-FULL vs dense SDPA {err_full:.2e}", flush=True)
+    assert err_mixed < 1e-2 and err_full < 1e-2, "bf16 results off: not timing a wrong kernel"
+    base_checks = {"check_mixed_rel_err": err_mixed, "check_full_rel_err": err_full}
+
+    # launch-config sweep on two plans; the best one is used for the rest
+    best = None
+    if args.sweep:
+        sweep = {}
+        for cfg in CONFIGS[128 if head_dim > 64 else 64]:
+            config = dict(zip(CONFIG_KEYS, cfg))
+            try:
+                ts = []
+                for key in ("FULL@1.0", "DIAGONAL@0.25"):
+                    o = torch.empty_like(q)
+                    ts.append(time_ms(lambda: sparse_attention_triton(q, k, v, plans[key], scale=head_dim**-0.5, out=o, config=config), budget_ms=600))
+                sweep[cfg] = ts
+                print(f"  config {cfg}: FULL {ts[0]:.2f} ms, DIAGONAL@0.25 {ts[1]:.2f} ms", flush=True)
+            except Exception as e:  # out of shared memory etc.
+                print(f"  config {cfg} failed: {type(e).__name__}: {str(e)[:120]}", flush=True)
+        best_cfg = min(sweep, key=lambda c: sum(sweep[c]))
+        best = dict(zip(CONFIG_KEYS, best_cfg))
+        rows.append({**base, "impl": "sweep", "plan": "config-sweep", "results": {str(c): t for c, t in sweep.items()},
+                     "best": best, "default": kernel_config(head_dim, tile, dev)})
+
+    compiled_flex = torch.compile(flex_attention, dynamic=False)
+    for key, plan in plans.items():
+        density = plan.flops(head_dim) / dense_flops
+        o = torch.empty_like(q)
+        t_ours = time_ms(lambda: sparse_attention_triton(q, k, v, plan, scale=head_dim**-0.5, out=o, config=best))
+        entry = {**base, **base_checks, "plan": key, "density": density, "tile_density": plan.tile_density,
+                 "modes": plan.summary()}
+        rows.append({**entry, "impl": "ours", "ms": t_ours, "tflops": plan.flops(head_dim) / t_ours / 1e9,
+                     "speedup": t_cudnn / t_ours, "fraction_of_ideal": t_cudnn / t_ours * density, "config": best})
+        t_flex = None
+        if not args.no_flex:
+            try:
+                qf, kf, vf = flex_inputs(plan, q, k, v)
+                mask = flex_block_mask(plan, 1, dev)
+                t_flex = time_ms(lambda: compiled_flex(qf, kf, vf, block_mask=mask))
+                rows.append({**entry, "impl": "flex", "ms": t_flex, "tflops": plan.flops(head_dim) / t_flex / 1e9,
+                             "speedup": t_cudnn / t_flex, "fraction_of_ideal": t_cudnn / t_flex * density})
+                del qf, kf, vf, mask
+            except Exception as e:
+                print(f"  flex failed on {key}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        flex_txt = f", flex {t_flex:.2f} ms ({t_flex / t_ours:.2f}x ours)" if t_flex else ""
+        print(f"  {key:24s} density {density:.3f}: ours {t_ours:.2f} ms, {t_cudnn / t_ours * density:.2f} of ideal{flex_txt}", flush=True)
+
+
+def print_table(rows):
+    print(f"\n{'shape':20s} {'plan':22s} {'dens':>5s} {'impl':12s} {'ms':>9s} {'TFLOP/s':>8s} {'x cuDNN':>8s} {'of ideal':>8s}")
+    for r in rows:
+        if r["impl"] == "sweep":
+            continue
+        print(f"{r['shape']:20s} {r['plan']:22s} {r['density']:5.3f} {r['impl']:12s} {r['ms']:9.2f} {r['tflops']:8.0f} "
+              f"{r['speedup']:8.2f} {r['fraction_of_ideal']:8.2f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", default="wan2.1-1.3b-480p,cogvideox1.5-768p,hunyuanvideo-720p")
+    parser.add_argument("--densities", default="1,0.5,0.25,0.1")
+    parser.add_argument("--sweep", action="store_true", help="sweep launch configs first and use the best")
+    parser.add_argument("--no-flex", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results/kernel.json")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("this benchmark needs a CUDA GPU")
+    import triton
+
+    densities = [float(x) for x in args.densities.split(",")]
+    rows = []
+    meta = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "dtype": "bfloat16",
+        "batch": 1,
+    }
+    print(json.dumps(meta), flush=True)
+    for name in args.shapes.split(","):
+        heads, head_dim, layout = SHAPES[name]
+        print(f"{name}: {heads} heads x {head_dim}, {layout}", flush=True)
+        try:
+            bench_shape(name, heads, head_dim, layout, densities, args, rows)
+        except Exception as e:
+            print(f"  {name} failed: {type(e).__name__}: {e}", flush=True)
+            rows.append({"shape": name, "impl": "error", "error": f"{type(e).__name__}: {e}"})
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        torch.cuda.empty_cache()
+    print_table([r for r in rows if r["impl"] not in ("error",)])
+
+
+if __name__ == "__main__":
+    main()
