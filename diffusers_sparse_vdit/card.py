@@ -63,7 +63,15 @@ pipe = DiffusionPipeline.from_pretrained("{{ base_model_id }}", torch_dtype=torc
 pipe.transformer.set_attn_processor(SparseVDiTProcessor.from_pretrained("{{ repo_id }}"))
 ```
 
-To look at the map itself: `print(SparseVDiTConfig.from_pretrained("{{ repo_id }}").summary())`.
+To look at the map itself:
+
+```python
+from diffusers_sparse_vdit import SparseVDiTConfig, plot_mode_map
+
+config = SparseVDiTConfig.from_pretrained("{{ repo_id }}")
+print(config.summary())  # mode counts per layer group
+plot_mode_map(config, "map.png")  # a picture of the map (needs matplotlib)
+```
 
 ## Modes
 
@@ -76,9 +84,6 @@ Text tokens always attend to everything, and every video token to all text, exce
 | {{ row.name }} | {{ row.count }} | {{ row.share }} | {{ row.knob }} | {{ row.meaning }} |
 {% endfor %}
 {{ density }}
-{% for line in dense_steps %}
-{{ line }}.
-{%- endfor %}
 
 ## Calibration
 
@@ -99,7 +104,11 @@ def model_card(
     image: str | None = None,
     paper_url: str = "",
     repo_url: str = "",
+    **template_kwargs,
 ) -> ModelCard:
+    """Render :data:`TEMPLATE` for ``config`` under ``card_data`` (the YAML header).
+
+    Extra keywords are passed to the template, as ``ModelHubMixin``'s ``model_card_kwargs`` are."""
     base = config.base_model
     total = config.modes.numel()
     modes = [
@@ -117,7 +126,9 @@ def model_card(
         template_str=TEMPLATE,
         marker=GENERATED_MARKER,
         model_name=base or config.transformer_class,
-        model_link=f"[`{base}`](https://huggingface.co/{base})" if base else f"a diffusers `{config.transformer_class}`",
+        model_link=f"[`{base}`](https://huggingface.co/{base})"
+        if base
+        else f"a diffusers `{config.transformer_class}`",
         base_model_id=base or "<base model>",
         repo_id=repo_id or "<this repo>",
         num_layers=config.num_layers,
@@ -125,12 +136,12 @@ def model_card(
         num_ranges=config.num_ranges,
         image=image,
         modes=modes,
-        density=_density_section(config),
-        dense_steps=dense_steps(config),
+        density="\n\n".join([_density_section(config), *(f"{line}." for line in dense_steps(config))]),
         calibration=_calibration_section(config.calibration),
         versions=_versions(),
         paper_url=paper_url,
         repo_url=repo_url,
+        **template_kwargs,
     )
 
 
@@ -176,10 +187,13 @@ def _density_section(config: "SparseVDiTConfig") -> str:
             "The attention density depends on the video size, and this map records none (no `layout`, nor "
             "`height` / `width` / `num_frames`, in its `calibration`), so only the mode counts are given."
         )
-    head = f"**Attention density** at the calibration size ({layout}, tile {config.tile_size})"
+    head = f"**Attention density** at the calibration size, {layout}, in tiles of {config.tile_size}"
     if config.num_ranges == 1:
         return f"{head}: the sparse steps compute **{density_text(config.density(layout))}**."
-    rows = [f"| steps {s} to {'the end' if e < 0 else e - 1} | {density_text(config.density(layout, s))} |" for s, e in config.step_ranges]
+    rows = [
+        f"| steps {s} to {'the end' if e < 0 else e - 1} | {density_text(config.density(layout, s))} |"
+        for s, e in config.step_ranges
+    ]
     return "\n".join([f"{head}, per step range:", "", "| steps | density |", "| --- | --- |", *rows])
 
 
@@ -197,7 +211,7 @@ def _calibration_section(cal: dict[str, Any]) -> str:
         said.append(f"{cal['num_frames']} frames")
     if "num_inference_steps" in cal:
         said.append(f"{cal['num_inference_steps']} denoising steps")
-    parts = [f"Searched on {', '.join(said)}." if said else ""]
+    parts = [f"Search settings: {', '.join(said)}." if said else ""]
     said_keys = {"prompts", "num_prompts", "height", "width", "num_frames", "num_inference_steps"}
     rest = {k: v for k, v in sorted(cal.items()) if k not in said_keys}
     if rest:

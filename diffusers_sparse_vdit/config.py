@@ -64,7 +64,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 
 
 # Latent token grid from the pixel size: Wan2.1, CogVideoX and HunyuanVideo all compress 4x in
-# time and 8x in space (VAE), then patch 2x2 pixels of latent; CogVideoX1.5 also patches 2
+# time and 8x in space (VAE), then make one token of 2x2 latent pixels; CogVideoX1.5 also patches 2
 # frames (calibration["patch_size_t"] = 2). Text tokens per family, as the transformer sees them.
 _VAE_TEMPORAL, _SPATIAL_PER_TOKEN = 4, 16
 _TEXT_TOKENS = {"wan": (0, "none"), "cogvideox": (226, "before"), "hunyuan_video": (256, "after")}
@@ -115,7 +115,9 @@ class SparseVDiTConfig(
         self.modes = modes.to(torch.uint8)
         self.widths = _as(widths, shape, torch.float32, 0.0)
         self.sink_frames = _as(sink_frames, shape, torch.uint8, 1)
-        self.stripes = torch.full((*shape, 0), -1.0) if stripes is None else torch.as_tensor(stripes, dtype=torch.float32)
+        self.stripes = (
+            torch.full((*shape, 0), -1.0) if stripes is None else torch.as_tensor(stripes, dtype=torch.float32)
+        )
         if self.stripes.dim() == 3:
             self.stripes = self.stripes[None]
         self.tile_size = int(tile_size)
@@ -215,7 +217,7 @@ class SparseVDiTConfig(
         return groups
 
     def calibration_layout(self) -> TokenLayout | None:
-        """The latent token grid the map was calibrated at, if ``calibration`` says (module docstring)."""
+        """The latent token grid the map was calibrated at, if ``calibration`` says (keys: module docstring)."""
         cal = self.calibration
         if isinstance(cal.get("layout"), dict):
             return TokenLayout(**cal["layout"])
@@ -227,7 +229,11 @@ class SparseVDiTConfig(
         latent_frames = (frames - 1) // _VAE_TEMPORAL + 1
         text_tokens, text_position = _TEXT_TOKENS[self.family]
         return TokenLayout(
-            -(-latent_frames // patch_t), height // _SPATIAL_PER_TOKEN, width // _SPATIAL_PER_TOKEN, text_tokens, text_position
+            -(-latent_frames // patch_t),
+            height // _SPATIAL_PER_TOKEN,
+            width // _SPATIAL_PER_TOKEN,
+            text_tokens,
+            text_position,
         )
 
     def density(self, layout: TokenLayout, step: int | None = None) -> float:
@@ -273,7 +279,9 @@ class SparseVDiTConfig(
         for i, r in enumerate(self.step_ranges):
             last = i == len(self.step_ranges) - 1
             if len(r) != 2 or r[0] != expected_start or (r[1] <= r[0] and not (last and r[1] == -1)):
-                fail(f"step_ranges must tile the steps from 0 in order, the last ending at -1 (open); got {self.step_ranges}")
+                fail(
+                    f"step_ranges must tile the steps from 0 in order, the last ending at -1 (open); got {self.step_ranges}"
+                )
             expected_start = r[1]
         if not self.tile_size >= 16 or self.tile_size & (self.tile_size - 1):
             fail(f"tile_size must be a power of two >= 16, got {self.tile_size}")
@@ -286,7 +294,7 @@ class SparseVDiTConfig(
         try:
             self.calibration_layout()
         except (TypeError, ValueError) as e:
-            fail(f"calibration['layout'] is not a valid token layout: {e}")
+            fail(f"calibration does not give a valid token layout: {e}")
 
     # Serialization ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -349,7 +357,9 @@ class SparseVDiTConfig(
             _logger().warning(f"ignoring unknown keys {sorted(unknown)} in {config_file}")
         config = cls(**kwargs, **tensors)
         if data.get("num_layers") not in (None, config.num_layers):
-            raise ValueError(f"{config_file} says num_layers={data['num_layers']} but lists {config.num_layers} target modules")
+            raise ValueError(
+                f"{config_file} says num_layers={data['num_layers']} but lists {config.num_layers} target modules"
+            )
         return config
 
     # Hub --------------------------------------------------------------------------------
@@ -493,15 +503,19 @@ class SparseVDiTConfig(
             # A map runs on top of the base model's weights and holds none of its own: the
             # closest Hub relation is "adapter" (otherwise the Hub guesses "finetune").
             data.base_model_relation = "adapter"
-        image = PLOT_NAME if plots.matplotlib_available() else None
-        return card.model_card(self, data, repo_id=repo_id, image=image, paper_url=hub.PAPER_URL, repo_url=hub.REPO_URL)
+        image = PLOT_NAME if plots.matplotlib_available() else None  # _save_pretrained writes it then
+        return card.model_card(
+            self, data, repo_id=repo_id, image=image, paper_url=hub.PAPER_URL, repo_url=hub.REPO_URL, **kwargs
+        )
 
     # Comparison and display -------------------------------------------------------------
     def __eq__(self, other) -> bool:
         if not isinstance(other, SparseVDiTConfig):
             return NotImplemented
         mine, theirs = self.to_dict(), other.to_dict()
-        return mine == theirs and all(torch.equal(a, b) for a, b in zip(self.tensors().values(), other.tensors().values()))
+        return mine == theirs and all(
+            torch.equal(a, b) for a, b in zip(self.tensors().values(), other.tensors().values())
+        )
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in self.mode_counts().items() if v)
@@ -513,31 +527,31 @@ class SparseVDiTConfig(
     def summary(self) -> str:
         """A printable table of mode counts per layer group and in total (per step range), with
         the attention density at the calibration layout when the map records one."""
-        lines = [f"Sparse-vDiT mode map: {self.transformer_class} ({self.family}), {self.num_layers} layers x {self.num_heads} heads, tile {self.tile_size}"]
+        lines = [
+            f"Sparse-vDiT mode map: {self.transformer_class} ({self.family}), "
+            f"{self.num_layers} layers x {self.num_heads} heads, tile {self.tile_size}"
+        ]
         if self.base_model:
             lines.append(f"base model: {self.base_model}")
         lines += card.dense_steps(self)
         layout = self.calibration_layout()
-        groups = self.layer_groups()
-        label_width = max(len(f"{g} ({len(ls)})") for g, ls in groups.items())
         names = [m.name for m in Mode]
         for r, (start, end) in enumerate(self.step_ranges):
             if self.num_ranges > 1:
                 lines.append(f"\nsteps {start} to {'the end' if end < 0 else end - 1}:")
-            rows = [["layers", *names]]
-            for group, layers in groups.items():
-                modes = self.modes[r, layers]
-                rows.append([f"{group} ({len(layers)})", *(str(int((modes == m).sum())) for m in Mode)])
             counts = self.mode_counts(r)
             total = sum(counts.values())
+            rows = [["layers", *names]]
+            for group, layers in self.layer_groups().items():
+                modes = self.modes[r, layers]
+                rows.append([f"{group} ({len(layers)})", *(str(int((modes == m).sum())) for m in Mode)])
             rows.append([f"total ({total} heads)", *(str(counts[n]) for n in names)])
             rows.append(["share", *(f"{counts[n] / total:.1%}" for n in names)])
-            widths = [max(label_width, len(rows[-2][0]))] + [max(len(row[i]) for row in rows) for i in range(1, len(names) + 1)]
-            for row in rows:
-                lines.append("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]))
+            widths = [max(len(cell) for cell in column) for column in zip(*rows)]
+            for label, *cells in rows:
+                lines.append("  ".join([label.ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells, widths[1:])]))
             if layout is not None:
-                density = self.density(layout, step=start)
-                lines.append(f"attention density at {layout}: {card.density_text(density)}")
+                lines.append(f"attention density at {layout}: {card.density_text(self.density(layout, step=start))}")
         return "\n".join(lines)
 
 
@@ -569,7 +583,7 @@ def _read_config_json(config_file: Path) -> dict[str, Any]:
         elif isinstance(data, dict) and ("model_type" in data or "architectures" in data):
             what = f" (it looks like a transformers config, model_type {data.get('model_type')!r})"
         raise ValueError(
-            f"{config_file} is not a diffusers-sparse-vdit config{what}: it has no \"library\": \"{hub.LIBRARY_NAME}\". "
+            f'{config_file} is not a diffusers-sparse-vdit config{what}: it has no "library": "{hub.LIBRARY_NAME}". '
             "Is this the base model's repository rather than a Sparse-vDiT mode map?"
         )
     version = data.get("schema_version")

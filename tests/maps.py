@@ -8,7 +8,13 @@ from pathlib import Path
 
 from diffusers_sparse_vdit import ModeSpec, SparseVDiTConfig
 
-ROW = [ModeSpec.full(), ModeSpec.skip(), ModeSpec.diagonal(1.0), ModeSpec.multi_diagonal(0.5), ModeSpec.vertical_stripe(4)]
+ROW = [
+    ModeSpec.full(),
+    ModeSpec.skip(),
+    ModeSpec.diagonal(1.0),
+    ModeSpec.multi_diagonal(0.5),
+    ModeSpec.vertical_stripe(4),
+]
 
 # What diffusers writes for a transformer: a repo holding this is a model, not a mode map.
 DIFFUSERS_TRANSFORMER_CONFIG = b"""{

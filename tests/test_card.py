@@ -53,7 +53,7 @@ def test_card_metadata_and_body():
     assert density_text(config.density(TokenLayout(21, 30, 52))) in text
     assert "Dense warm-up: the first 5 denoising steps" in text
     # calibration: headline, summarised scores, prompts (pipes escaped for the table/list)
-    assert "Searched on 2 prompts, 480x832 pixels, 81 frames, 50 denoising steps." in text
+    assert "Search settings: 2 prompts, 480x832 pixels, 81 frames, 50 denoising steps." in text
     assert "| `scores` | 4 values: min 0.25, mean 0.5, max 0.75 |" in text
     assert "- waves \\| at night" in text
     assert "- diffusers-sparse-vdit 0.1.0" in text and "- torch " in text
@@ -73,8 +73,13 @@ def test_card_per_step_range():
     from diffusers_sparse_vdit import ModeSpec
 
     specs = [[[ModeSpec.full()] * 2] * 2, [[ModeSpec.skip()] * 2] * 2]
-    config = SparseVDiTConfig.from_specs(specs, family="wan", target_modules=["b.0", "b.1"], step_ranges=[[0, 10], [10, -1]],
-                                         calibration={"layout": {"frames": 2, "height": 8, "width": 8}})
+    config = SparseVDiTConfig.from_specs(
+        specs,
+        family="wan",
+        target_modules=["b.0", "b.1"],
+        step_ranges=[[0, 10], [10, -1]],
+        calibration={"layout": {"frames": 2, "height": 8, "width": 8}},
+    )
     text = config.generate_model_card().text
     assert "| steps 0 to 9 | 100.0% of dense attention FLOPs (1.00x fewer) |" in text
     assert "| steps 10 to the end | 0 (no attention computed) |" in text
@@ -94,7 +99,9 @@ def test_plot_is_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     from PIL import Image
 
-    names = [f"transformer_blocks.{i}.attn" for i in range(2)] + [f"single_transformer_blocks.{i}.attn" for i in range(3)]
+    names = [f"transformer_blocks.{i}.attn" for i in range(2)] + [
+        f"single_transformer_blocks.{i}.attn" for i in range(3)
+    ]
     config = make_config(layers=5, heads=7, family="hunyuan_video", target_modules=names)
     png = plot_mode_map(config, tmp_path / "map.png")
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "map.png").read_bytes() == png
@@ -114,17 +121,26 @@ def test_without_matplotlib(no_matplotlib, tmp_path, caplog):
         make_config().save_pretrained(tmp_path)  # the map is saved all the same, without its picture
     assert "pip install matplotlib" in caplog.text
     assert not (tmp_path / "mode_map.png").exists()
-    assert "mode_map.png" not in (tmp_path / "README.md").read_text()
+    assert "](mode_map.png)" not in (tmp_path / "README.md").read_text()
     assert SparseVDiTConfig.from_pretrained(tmp_path) == make_config()
 
 
 # Summary ------------------------------------------------------------------------------------
 def test_summary():
-    names = [f"transformer_blocks.{i}.attn" for i in range(2)] + [f"single_transformer_blocks.{i}.attn" for i in range(3)]
-    config = make_config(layers=5, family="hunyuan_video", target_modules=names, dense_warmup_steps=2,
-                         calibration={"layout": {"frames": 3, "height": 8, "width": 8}})
+    names = [f"transformer_blocks.{i}.attn" for i in range(2)] + [
+        f"single_transformer_blocks.{i}.attn" for i in range(3)
+    ]
+    config = make_config(
+        layers=5,
+        family="hunyuan_video",
+        target_modules=names,
+        dense_warmup_steps=2,
+        calibration={"layout": {"frames": 3, "height": 8, "width": 8}},
+    )
     lines = config.summary().splitlines()
-    assert lines[0].startswith("Sparse-vDiT mode map: HunyuanVideoTransformer3DModel (hunyuan_video), 5 layers x 5 heads")
+    assert lines[0].startswith(
+        "Sparse-vDiT mode map: HunyuanVideoTransformer3DModel (hunyuan_video), 5 layers x 5 heads"
+    )
     assert lines[1] == "Dense warm-up: the first 2 denoising steps run dense attention"
     header, dual, single, total, share, density = lines[2:]
     assert header.split() == ["layers", "FULL", "SKIP", "DIAGONAL", "MULTI_DIAGONAL", "VERTICAL_STRIPE"]

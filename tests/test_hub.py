@@ -61,19 +61,32 @@ def test_subfolder(tmp_path):
 
 
 def test_not_in_the_cache_says_so(cache):
-    with pytest.raises(FileNotFoundError, match=r"config.json of user/other is not in the Hugging Face cache .* HF_HUB_OFFLINE=1"):
+    with pytest.raises(
+        FileNotFoundError, match=r"config.json of user/other is not in the Hugging Face cache .* HF_HUB_OFFLINE=1"
+    ):
         SparseVDiTConfig.from_pretrained("user/other", cache_dir=cache)
-    with pytest.raises(FileNotFoundError, match=r"user/map@v3 is not in the Hugging Face cache .*local_files_only=True"):
+    with pytest.raises(
+        FileNotFoundError, match=r"user/map@v3 is not in the Hugging Face cache .*local_files_only=True"
+    ):
         SparseVDiTConfig.from_pretrained("user/map", revision="v3", cache_dir=cache, local_files_only=True)
 
 
 def test_a_diffusers_model_repo_is_not_a_map(tmp_path):
     # The transformer folder of a pipeline repo: config.json, weights, no mode map. We must say
     # "not a map" from config.json alone, without asking for mode_map.safetensors (not cached).
-    put_in_hf_cache(tmp_path, "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", {"transformer/config.json": DIFFUSERS_TRANSFORMER_CONFIG, "model_index.json": b"{}"}, commit=SHA_MAIN)
+    put_in_hf_cache(
+        tmp_path,
+        "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+        {"transformer/config.json": DIFFUSERS_TRANSFORMER_CONFIG, "model_index.json": b"{}"},
+        commit=SHA_MAIN,
+    )
     with pytest.raises(ValueError, match="config of a diffusers WanTransformer3DModel"):
-        SparseVDiTConfig.from_pretrained("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", subfolder="transformer", cache_dir=tmp_path)
-    with pytest.raises(FileNotFoundError, match="not in the Hugging Face cache"):  # the pipeline root has no config.json
+        SparseVDiTConfig.from_pretrained(
+            "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", subfolder="transformer", cache_dir=tmp_path
+        )
+    with pytest.raises(
+        FileNotFoundError, match="not in the Hugging Face cache"
+    ):  # the pipeline root has no config.json
         SparseVDiTConfig.from_pretrained("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", cache_dir=tmp_path)
 
 
@@ -114,15 +127,24 @@ def test_push_to_hub_uploads_the_map_with_its_card(hub):
     plt = pytest.importorskip("matplotlib")  # noqa: F841  (the picture is part of the push)
     from PIL import Image
 
-    config = make_config(base_model="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", calibration={"height": 480, "width": 832, "num_frames": 81})
+    config = make_config(
+        base_model="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", calibration={"height": 480, "width": 832, "num_frames": 81}
+    )
     url = config.push_to_hub("user/wan-map", private=True, token="hf_test")
     assert url.endswith(SHA_MAIN)
-    assert hub["create_repo"] == dict(repo_id="user/wan-map", private=True, exist_ok=True, user_agent="diffusers-sparse-vdit")
+    assert hub["create_repo"] == dict(
+        repo_id="user/wan-map", private=True, exist_ok=True, user_agent="diffusers-sparse-vdit"
+    )
     assert "create_branch" not in hub
     assert hub["upload_folder"]["repo_id"] == "user/wan-map" and not hub["upload_folder"]["create_pr"]
 
     folder = hub["uploaded"]
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "mode_map.png", "mode_map.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "mode_map.png",
+        "mode_map.safetensors",
+    ]
     assert SparseVDiTConfig.from_pretrained(folder) == config
     assert _read_config_json(folder / "config.json")["base_model"] == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
@@ -142,7 +164,12 @@ def test_push_to_a_branch_or_as_a_pull_request(hub):
     assert hub["create_repo"]["repo_id"] == "wan-map"
     assert hub["create_branch"] == dict(repo_id="me/wan-map", branch="v2", exist_ok=True)
     upload = hub["upload_folder"]
-    assert (upload["repo_id"], upload["revision"], upload["create_pr"], upload["commit_message"]) == ("me/wan-map", "v2", True, "new map")
+    assert (upload["repo_id"], upload["revision"], upload["create_pr"], upload["commit_message"]) == (
+        "me/wan-map",
+        "v2",
+        True,
+        "new map",
+    )
     assert 'from_pretrained("me/wan-map")' in (hub["uploaded"] / "README.md").read_text()  # the namespaced id
 
 
