@@ -104,6 +104,6 @@ def resolve_file(
         raise FileNotFoundError(f"{source} has no revision {revision!r}: pass a branch, tag or commit it has") from e
     except RepositoryNotFoundError as e:  # also GatedRepoError
         raise OSError(
-            f"cannot access the Hub repo {source!r}: it does not exist, or it is private or gated and needs a token "
-            "with access (pass token=... or run `hf auth login`)"
+            f"cannot access the Hub repo {source!r} (and there is no folder of that name): it does not exist, or it "
+            "is private or gated and needs a token with access (pass token=... or run `hf auth login`)"
         ) from e

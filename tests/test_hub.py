@@ -2,12 +2,15 @@
 
 import io
 import shutil
+from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
 from huggingface_hub import HfApi, ModelCard, RepoUrl
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
-from diffusers_sparse_vdit import SparseVDiTConfig
+from diffusers_sparse_vdit import SparseVDiTConfig, __version__
+from diffusers_sparse_vdit import hub as hub_module
 from diffusers_sparse_vdit.config import _read_config_json
 
 from .maps import DIFFUSERS_TRANSFORMER_CONFIG, make_config, map_files, put_in_hf_cache
@@ -96,6 +99,49 @@ def test_repo_without_mode_map(tmp_path):
     put_in_hf_cache(tmp_path / "c", "user/half", files, commit=SHA_MAIN)
     with pytest.raises(FileNotFoundError, match="mode_map.safetensors of user/half"):
         SparseVDiTConfig.from_pretrained("user/half", cache_dir=tmp_path / "c")
+
+
+# What goes to hf_hub_download, and what its errors become --------------------------------------
+def test_download_arguments(monkeypatch, tmp_path):
+    folder = make_config().save_files(tmp_path / "files")
+    seen = []
+
+    def download(repo_id, filename, **kwargs):
+        seen.append((repo_id, filename, kwargs))
+        return str(folder / filename)
+
+    monkeypatch.setattr(hub_module, "hf_hub_download", download)
+    loaded = SparseVDiTConfig.from_pretrained("user/map", revision="v2", token="hf_x", force_download=True)
+    assert loaded == make_config()
+    assert [(repo, name) for repo, name, _ in seen] == [
+        ("user/map", "config.json"),
+        ("user/map", "mode_map.safetensors"),
+    ]
+    kwargs = seen[1][2]
+    assert (kwargs["revision"], kwargs["token"], kwargs["force_download"]) == ("v2", "hf_x", True)
+    assert (kwargs["library_name"], kwargs["library_version"]) == ("diffusers-sparse-vdit", __version__)  # user agent
+
+
+# RemoteEntryNotFoundError (huggingface_hub >= 1.0) is what a missing file on the Hub raises
+REMOTE_ENTRY_NOT_FOUND = getattr(huggingface_hub.errors, "RemoteEntryNotFoundError", EntryNotFoundError)
+
+
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (RepositoryNotFoundError, "no folder of that name.*does not exist, or it is private or gated.*hf auth login"),
+        (RevisionNotFoundError, "user/map has no revision 'v9'"),
+        (REMOTE_ENTRY_NOT_FOUND, "user/map@v9 has no config.json. It is not a Sparse-vDiT mode map"),
+    ],
+)
+def test_hub_errors_say_what_to_do(monkeypatch, error, message):
+    def download(*args, **kwargs):
+        raise error("404 Client Error", response=SimpleNamespace(headers={}, request=None, status_code=404))
+
+    monkeypatch.setattr(hub_module, "hf_hub_download", download)
+    with pytest.raises(OSError, match=message) as caught:
+        SparseVDiTConfig.from_pretrained("user/map", revision="v9")
+    assert isinstance(caught.value.__cause__, error)  # the Hub's own error stays attached
 
 
 # Pushing ------------------------------------------------------------------------------------
