@@ -110,6 +110,7 @@ def model_card(
 
     Extra keywords are passed to the template, as ``ModelHubMixin``'s ``model_card_kwargs`` are."""
     base = config.base_model
+    link = f"[`{base}`](https://huggingface.co/{base})" if base else f"a diffusers `{config.transformer_class}`"
     total = config.modes.numel()
     modes = [
         {
@@ -126,9 +127,7 @@ def model_card(
         template_str=TEMPLATE,
         marker=GENERATED_MARKER,
         model_name=base or config.transformer_class,
-        model_link=f"[`{base}`](https://huggingface.co/{base})"
-        if base
-        else f"a diffusers `{config.transformer_class}`",
+        model_link=link,
         base_model_id=base or "<base model>",
         repo_id=repo_id or "<this repo>",
         num_layers=config.num_layers,
