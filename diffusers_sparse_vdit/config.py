@@ -13,6 +13,18 @@ On disk a map is two files:
 ``ranges`` is 1 unless the map changes with the denoising step (``step_ranges``).
 Nothing is pickled; everything read is validated and a bad file gets an error that says
 what is wrong.
+
+On the Hub a map is a model repo (``library_name: diffusers-sparse-vdit``) holding those two
+files, a generated ``README.md`` model card and a ``mode_map.png`` picture of the map (with
+matplotlib). :class:`SparseVDiTConfig` is a ``huggingface_hub.ModelHubMixin``:
+``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` work as in other HF libraries,
+HF cache and offline mode included.
+
+``calibration`` is free-form JSON from the search. The model card and :meth:`summary` read
+these keys when present: ``layout`` (the latent token grid, :class:`TokenLayout` fields), or
+``height`` / ``width`` / ``num_frames`` in pixels (+ ``patch_size_t`` for CogVideoX1.5) to
+derive it; ``prompts`` (or ``num_prompts``) and ``num_inference_steps``. Everything else is
+listed as it is.
 """
 
 from __future__ import annotations
@@ -20,19 +32,27 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from huggingface_hub import ModelCard, ModelCardData, ModelHubMixin
 from safetensors.torch import load_file, save_file
 
+from . import card, hub, plots
+from .layout import TokenLayout
 from .modes import Mode, ModeSpec
+from .plan import build_plan
 
 __all__ = ["SparseVDiTConfig", "FAMILIES", "SCHEMA_VERSION", "CONFIG_NAME", "MODE_MAP_NAME"]
 
 SCHEMA_VERSION = 1
 CONFIG_NAME = "config.json"
 MODE_MAP_NAME = "mode_map.safetensors"
+PLOT_NAME = "mode_map.png"
+README_NAME = "README.md"
 _FORMAT_KEY = "sparse_vdit_config"
 
 # family -> diffusers transformer classes it covers
@@ -43,11 +63,26 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 
 
-class SparseVDiTConfig:
+# Latent token grid from the pixel size: Wan2.1, CogVideoX and HunyuanVideo all compress 4x in
+# time and 8x in space (VAE), then make one token of 2x2 latent pixels; CogVideoX1.5 also patches 2
+# frames (calibration["patch_size_t"] = 2). Text tokens per family, as the transformer sees them.
+_VAE_TEMPORAL, _SPATIAL_PER_TOKEN = 4, 16
+_TEXT_TOKENS = {"wan": (0, "none"), "cogvideox": (226, "before"), "hunyuan_video": (256, "after")}
+
+
+class SparseVDiTConfig(
+    ModelHubMixin,
+    library_name=hub.LIBRARY_NAME,
+    tags=list(card.TAGS),
+    pipeline_tag="text-to-video",
+    repo_url=hub.REPO_URL,
+    paper_url=hub.PAPER_URL,
+):
     """Mode map of one transformer: which mode (and knob) every head of every target layer runs.
 
     Build one from head specs with :meth:`from_specs` (or let the search build it), save it
-    with :meth:`save_pretrained`, load it with :meth:`from_pretrained`.
+    with :meth:`save_pretrained`, load it with :meth:`from_pretrained` (a folder or a Hub repo),
+    share it with :meth:`push_to_hub`, look at it with :meth:`summary` and :func:`plot_mode_map`.
     """
 
     def __init__(
@@ -80,7 +115,9 @@ class SparseVDiTConfig:
         self.modes = modes.to(torch.uint8)
         self.widths = _as(widths, shape, torch.float32, 0.0)
         self.sink_frames = _as(sink_frames, shape, torch.uint8, 1)
-        self.stripes = torch.full((*shape, 0), -1.0) if stripes is None else torch.as_tensor(stripes, dtype=torch.float32)
+        self.stripes = (
+            torch.full((*shape, 0), -1.0) if stripes is None else torch.as_tensor(stripes, dtype=torch.float32)
+        )
         if self.stripes.dim() == 3:
             self.stripes = self.stripes[None]
         self.tile_size = int(tile_size)
@@ -164,9 +201,48 @@ class SparseVDiTConfig:
             return ModeSpec(mode, stripes=stripes, sink_frames=int(self.sink_frames[r, layer, head]))
         return ModeSpec(mode)
 
-    def mode_counts(self) -> dict[str, int]:
-        """How many (range, layer, head) entries run each mode."""
-        return {m.name: int((self.modes == m).sum()) for m in Mode}
+    def mode_counts(self, step_range: int | None = None) -> dict[str, int]:
+        """How many (range, layer, head) entries run each mode (of one step range, if given)."""
+        modes = self.modes if step_range is None else self.modes[step_range]
+        return {m.name: int((modes == m).sum()) for m in Mode}
+
+    def layer_groups(self) -> dict[str, list[int]]:
+        """Target layers grouped by name with the block index wildcarded, in order of appearance.
+
+        E.g. HunyuanVideo: ``{"transformer_blocks.*.attn": [0..19], "single_transformer_blocks.*.attn": [20..59]}``.
+        """
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(self.target_modules):
+            groups.setdefault(re.sub(r"(?<=\.)\d+(?=\.|$)", "*", name), []).append(i)
+        return groups
+
+    def calibration_layout(self) -> TokenLayout | None:
+        """The latent token grid the map was calibrated at, if ``calibration`` says (keys: module docstring)."""
+        cal = self.calibration
+        if isinstance(cal.get("layout"), dict):
+            return TokenLayout(**cal["layout"])
+        try:
+            height, width, frames = int(cal["height"]), int(cal["width"]), int(cal["num_frames"])
+            patch_t = int(cal.get("patch_size_t") or 1)
+        except (KeyError, TypeError, ValueError):
+            return None
+        latent_frames = (frames - 1) // _VAE_TEMPORAL + 1
+        text_tokens, text_position = _TEXT_TOKENS[self.family]
+        return TokenLayout(
+            -(-latent_frames // patch_t),
+            height // _SPATIAL_PER_TOKEN,
+            width // _SPATIAL_PER_TOKEN,
+            text_tokens,
+            text_position,
+        )
+
+    def density(self, layout: TokenLayout, step: int | None = None) -> float:
+        """Fraction of dense attention FLOPs the map computes at ``layout`` (mean over layers) at a step.
+
+        Dense warm-up steps are not counted: this is the density of the sparse steps.
+        """
+        plans = [build_plan(self.head_specs(layer, step), layout, self.tile_size) for layer in range(self.num_layers)]
+        return sum(p.density for p in plans) / len(plans)
 
     # Validation -------------------------------------------------------------------------
     def validate(self) -> None:
@@ -203,7 +279,9 @@ class SparseVDiTConfig:
         for i, r in enumerate(self.step_ranges):
             last = i == len(self.step_ranges) - 1
             if len(r) != 2 or r[0] != expected_start or (r[1] <= r[0] and not (last and r[1] == -1)):
-                fail(f"step_ranges must tile the steps from 0 in order, the last ending at -1 (open); got {self.step_ranges}")
+                fail(
+                    f"step_ranges must tile the steps from 0 in order, the last ending at -1 (open); got {self.step_ranges}"
+                )
             expected_start = r[1]
         if not self.tile_size >= 16 or self.tile_size & (self.tile_size - 1):
             fail(f"tile_size must be a power of two >= 16, got {self.tile_size}")
@@ -211,6 +289,12 @@ class SparseVDiTConfig:
             fail("dense_warmup_steps must be >= 0")
         if self.dense_above_timestep is not None and not math.isfinite(self.dense_above_timestep):
             fail("dense_above_timestep must be a finite number or null")
+        if not isinstance(self.calibration.get("layout", {}), dict):
+            fail("calibration['layout'] must be a dict of TokenLayout fields")
+        try:
+            self.calibration_layout()
+        except (TypeError, ValueError) as e:
+            fail(f"calibration does not give a valid token layout: {e}")
 
     # Serialization ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -256,39 +340,182 @@ class SparseVDiTConfig:
     def load_files(cls, config_file: str | Path, mode_map_file: str | Path) -> "SparseVDiTConfig":
         """Read and validate a map from its two files."""
         config_file, mode_map_file = Path(config_file), Path(mode_map_file)
-        try:
-            data = json.loads(config_file.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{config_file} is not a readable Sparse-vDiT config.json: {e}") from None
-        if not isinstance(data, dict) or data.get("library") != "diffusers-sparse-vdit":
-            raise ValueError(
-                f"{config_file} is not a diffusers-sparse-vdit config (no 'library': 'diffusers-sparse-vdit'); "
-                "is this a model repository rather than a Sparse-vDiT mode map?"
-            )
+        data = _read_config_json(config_file)
         try:
             tensors = load_file(str(mode_map_file))
         except Exception as e:  # safetensors raises its own error types for corrupt files
-            raise ValueError(f"{mode_map_file} is not a readable safetensors file: {e}") from None
+            raise ValueError(
+                f"{mode_map_file} is not a readable safetensors file ({e}); re-download it "
+                "(from_pretrained(..., force_download=True)) or save the map again"
+            ) from None
         missing = {"modes", "widths", "sink_frames", "stripes"} - set(tensors)
         if missing:
             raise ValueError(f"{mode_map_file} lacks the arrays {sorted(missing)}")
         kwargs = {k: copy.deepcopy(data.get(k)) for k in _INIT_KEYS if k in data}
         unknown = set(data) - set(_INIT_KEYS) - {"library", "library_version", "num_layers", "mode_counts"}
         if unknown:
-            from diffusers.utils import logging
-
-            logging.get_logger(__name__).warning(f"ignoring unknown keys {sorted(unknown)} in {config_file}")
+            _logger().warning(f"ignoring unknown keys {sorted(unknown)} in {config_file}")
         config = cls(**kwargs, **tensors)
         if data.get("num_layers") not in (None, config.num_layers):
-            raise ValueError(f"{config_file} says num_layers={data['num_layers']} but lists {config.num_layers} target modules")
+            raise ValueError(
+                f"{config_file} says num_layers={data['num_layers']} but lists {config.num_layers} target modules"
+            )
         return config
+
+    # Hub --------------------------------------------------------------------------------
+    # ModelHubMixin supplies the card metadata (class keywords above) and the save flow; we
+    # write our own config.json in _save_pretrained (the mixin then leaves it alone) and read
+    # it back ourselves, validated, instead of letting the mixin parse it into __init__ kwargs.
+
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        *,
+        push_to_hub: bool = False,
+        repo_id: str | None = None,
+        model_card_kwargs: dict[str, Any] | None = None,
+        **push_to_hub_kwargs,
+    ) -> str | None:
+        """Write ``config.json``, ``mode_map.safetensors``, ``mode_map.png`` (with matplotlib) and ``README.md``.
+
+        A ``README.md`` written by hand is kept; one this library generated is rewritten, since
+        its tables describe the map. With ``push_to_hub=True`` the map is then pushed to
+        ``repo_id`` (default: the folder's name) with :meth:`push_to_hub` and its keywords.
+        """
+        directory = Path(save_directory)
+        readme = directory / README_NAME
+        if readme.is_file() and card.GENERATED_MARKER in readme.read_text(encoding="utf-8", errors="replace"):
+            readme.unlink()  # the mixin never overwrites a README.md
+        super().save_pretrained(directory, model_card_kwargs={"repo_id": repo_id, **(model_card_kwargs or {})})
+        if push_to_hub:
+            return self.push_to_hub(repo_id or directory.name, **push_to_hub_kwargs)
+        return None
+
+    def _save_pretrained(self, save_directory: Path, **kwargs) -> None:
+        self.save_files(save_directory)
+        if plots.matplotlib_available():
+            plots.plot_mode_map(self, Path(save_directory) / PLOT_NAME)
+        else:
+            _logger().warning(f"not writing {PLOT_NAME} (the model card's picture): {plots.INSTALL_HINT}")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        force_download: bool = False,
+        subfolder: str | None = None,
+    ) -> "SparseVDiTConfig":
+        """Load a map from a folder written by :meth:`save_pretrained`, or from a Hub repo.
+
+        Hub files go through the HF cache: with ``local_files_only=True`` or ``HF_HUB_OFFLINE=1``
+        a map that was downloaded once loads without a network. ``revision`` is a branch, tag
+        or commit. Raises ``OSError`` (``FileNotFoundError``) when the files cannot be had and
+        ``ValueError`` when they are not a valid Sparse-vDiT map.
+        """
+        return cls._from_pretrained(
+            model_id=str(pretrained_model_name_or_path),
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+            subfolder=subfolder,
+        )
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        subfolder: str | None = None,
+        **kwargs,  # what other huggingface_hub versions pass (proxies, resume_download, init kwargs)
+    ) -> "SparseVDiTConfig":
+        where = dict(
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+            subfolder=subfolder,
+        )
+        config_file = hub.resolve_file(
+            model_id,
+            CONFIG_NAME,
+            hint="It is not a Sparse-vDiT mode map: those hold config.json and mode_map.safetensors, written by "
+            "SparseVDiTConfig.save_pretrained / push_to_hub or `sparse-vdit search`. Pass the map's repo or folder, "
+            "not the base model's.",
+            **where,
+        )
+        _read_config_json(config_file)  # a foreign repo fails here, before the tensors are fetched
+        mode_map_file = hub.resolve_file(
+            model_id,
+            MODE_MAP_NAME,
+            hint="The map is incomplete (config.json without its arrays): save or push it again.",
+            **where,
+        )
+        return cls.load_files(config_file, mode_map_file)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        commit_message: str = "Upload Sparse-vDiT mode map",
+        create_pr: bool = False,
+        revision: str | None = None,
+    ) -> str:
+        """Push the map (the files of :meth:`save_pretrained`) to ``repo_id`` in one commit; return its URL.
+
+        The repo is created if needed, and so is the branch ``revision`` (default ``main``);
+        ``create_pr=True`` opens a pull request against it instead of committing.
+        """
+        api = hub.hf_api(token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id  # adds the user's namespace
+        if revision is not None and not revision.startswith("refs/pr/"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, repo_id=repo_id)
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=tmp,
+                commit_message=commit_message,
+                revision=revision,
+                create_pr=create_pr,
+            )
+
+    def generate_model_card(self, *args, repo_id: str | None = None, **kwargs) -> ModelCard:
+        """The ``README.md`` of this map: Hub metadata, usage, mode counts, density, calibration, picture."""
+        data = ModelCardData(**self._hub_mixin_info.model_card_data.to_dict())  # library, tags, pipeline_tag
+        data.tags = sorted({*(data.tags or []), self.family})
+        if self.base_model:
+            data.base_model = self.base_model
+            # A map runs on top of the base model's weights and holds none of its own: the
+            # closest Hub relation is "adapter" (otherwise the Hub guesses "finetune").
+            data.base_model_relation = "adapter"
+        image = PLOT_NAME if plots.matplotlib_available() else None  # _save_pretrained writes it then
+        return card.model_card(
+            self, data, repo_id=repo_id, image=image, paper_url=hub.PAPER_URL, repo_url=hub.REPO_URL, **kwargs
+        )
 
     # Comparison and display -------------------------------------------------------------
     def __eq__(self, other) -> bool:
         if not isinstance(other, SparseVDiTConfig):
             return NotImplemented
         mine, theirs = self.to_dict(), other.to_dict()
-        return mine == theirs and all(torch.equal(a, b) for a, b in zip(self.tensors().values(), other.tensors().values()))
+        return mine == theirs and all(
+            torch.equal(a, b) for a, b in zip(self.tensors().values(), other.tensors().values())
+        )
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in self.mode_counts().items() if v)
@@ -296,6 +523,36 @@ class SparseVDiTConfig:
             f"SparseVDiTConfig(family={self.family!r}, {self.num_layers} layers x {self.num_heads} heads, "
             f"{self.num_ranges} step range(s), tile {self.tile_size}, {counts})"
         )
+
+    def summary(self) -> str:
+        """A printable table of mode counts per layer group and in total (per step range), with
+        the attention density at the calibration layout when the map records one."""
+        lines = [
+            f"Sparse-vDiT mode map: {self.transformer_class} ({self.family}), "
+            f"{self.num_layers} layers x {self.num_heads} heads, tile {self.tile_size}"
+        ]
+        if self.base_model:
+            lines.append(f"base model: {self.base_model}")
+        lines += card.dense_steps(self)
+        layout = self.calibration_layout()
+        names = [m.name for m in Mode]
+        for r, (start, end) in enumerate(self.step_ranges):
+            if self.num_ranges > 1:
+                lines.append(f"\nsteps {start} to {'the end' if end < 0 else end - 1}:")
+            counts = self.mode_counts(r)
+            total = sum(counts.values())
+            rows = [["layers", *names]]
+            for group, layers in self.layer_groups().items():
+                modes = self.modes[r, layers]
+                rows.append([f"{group} ({len(layers)})", *(str(int((modes == m).sum())) for m in Mode)])
+            rows.append([f"total ({total} heads)", *(str(counts[n]) for n in names)])
+            rows.append(["share", *(f"{counts[n] / total:.1%}" for n in names)])
+            widths = [max(len(cell) for cell in column) for column in zip(*rows)]
+            for label, *cells in rows:
+                lines.append("  ".join([label.ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells, widths[1:])]))
+            if layout is not None:
+                lines.append(f"attention density at {layout}: {card.density_text(self.density(layout, step=start))}")
+        return "\n".join(lines)
 
 
 _INIT_KEYS = (
@@ -311,6 +568,44 @@ _INIT_KEYS = (
     "calibration",
     "schema_version",
 )
+
+
+def _read_config_json(config_file: Path) -> dict[str, Any]:
+    """Parse a map's config.json and check that it is one, of a schema this version reads."""
+    try:
+        data = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{config_file} is not a readable Sparse-vDiT config.json: {e}") from None
+    if not isinstance(data, dict) or data.get("library") != hub.LIBRARY_NAME:
+        what = ""
+        if isinstance(data, dict) and "_class_name" in data:
+            what = f" (it is the config of a diffusers {data['_class_name']})"
+        elif isinstance(data, dict) and ("model_type" in data or "architectures" in data):
+            what = f" (it looks like a transformers config, model_type {data.get('model_type')!r})"
+        raise ValueError(
+            f'{config_file} is not a diffusers-sparse-vdit config{what}: it has no "library": "{hub.LIBRARY_NAME}". '
+            "Is this the base model's repository rather than a Sparse-vDiT mode map?"
+        )
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        newer = isinstance(version, int) and version > SCHEMA_VERSION
+        raise ValueError(
+            f"{config_file} has schema_version {version!r} but this diffusers-sparse-vdit reads {SCHEMA_VERSION}: "
+            + (
+                f"it was written by diffusers-sparse-vdit {data.get('library_version', '?')}; "
+                "upgrade with `pip install -U diffusers-sparse-vdit`"
+                if newer
+                else "the file is damaged or not written by diffusers-sparse-vdit; save the map again"
+            )
+        )
+    return data
+
+
+def _logger():
+    # diffusers' logger (rank-zero filter, verbosity conventions), imported lazily: diffusers.utils takes seconds
+    from diffusers.utils import logging
+
+    return logging.get_logger(__name__)
 
 
 def _as(value, shape, dtype, fill) -> torch.Tensor:

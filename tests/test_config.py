@@ -1,0 +1,207 @@
+import json
+import logging
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from diffusers_sparse_vdit import Mode, ModeSpec, SparseVDiTConfig, TokenLayout, build_plan
+
+from .maps import DIFFUSERS_TRANSFORMER_CONFIG, make_config
+
+
+# Round trip -----------------------------------------------------------------------------------
+def test_save_load_round_trip(tmp_path):
+    config = make_config(base_model="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", dense_warmup_steps=3, calibration={"seed": 1})
+    config.save_pretrained(tmp_path)
+    assert {"config.json", "mode_map.safetensors", "README.md"} <= {p.name for p in tmp_path.iterdir()}
+    loaded = SparseVDiTConfig.from_pretrained(tmp_path)
+    assert loaded == config
+    assert loaded.head_specs(1) == config.head_specs(1)
+    assert loaded.head_specs(0)[4] == ModeSpec.vertical_stripe(4)
+
+    # the config.json on disk is ours (written by save_files), not ModelHubMixin's dump of __init__ args
+    on_disk = json.loads((tmp_path / "config.json").read_text())
+    assert on_disk == config.to_dict()
+    # and the safetensors header repeats it, so the file describes itself on its own
+    with safe_open(tmp_path / "mode_map.safetensors", "pt") as f:
+        assert json.loads(f.metadata()["sparse_vdit_config"]) == on_disk
+
+
+def test_step_ranges_round_trip(tmp_path):
+    full, diag = [[ModeSpec.full()] * 2] * 2, [[ModeSpec.diagonal(2.0)] * 2] * 2
+    config = SparseVDiTConfig.from_specs(
+        [full, diag],
+        family="cogvideox",
+        target_modules=["transformer_blocks.0.attn1", "transformer_blocks.1.attn1"],
+        step_ranges=[[0, 10], [10, -1]],
+    )
+    config.save_pretrained(tmp_path)
+    loaded = SparseVDiTConfig.from_pretrained(tmp_path)
+    assert loaded == config and loaded.num_ranges == 2
+    assert loaded.head_specs(0, step=3)[0].mode is Mode.FULL
+    assert loaded.head_specs(0, step=30)[0] == ModeSpec.diagonal(2.0)
+
+
+def test_unknown_keys_from_newer_versions_are_dropped_with_a_warning(tmp_path, caplog):
+    make_config().save_files(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["added_in_a_later_version"] = True
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        assert SparseVDiTConfig.from_pretrained(tmp_path) == make_config()
+    assert "added_in_a_later_version" in caplog.text
+
+
+# Validation of what is built ------------------------------------------------------------------
+def _arrays(config):
+    return dict(modes=config.modes, widths=config.widths, sink_frames=config.sink_frames, stripes=config.stripes)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        pytest.param(lambda a: a.update(widths=a["widths"][:, :, :2]), "widths has shape", id="widths-shape"),
+        pytest.param(
+            lambda a: a.update(modes=a["modes"][:, :2]),
+            r"modes has shape .* \(ranges, 3 layers, 5 heads\)",
+            id="modes-shape",
+        ),
+        pytest.param(lambda a: a["modes"].__setitem__((0, 0, 0), 7), "mode ids must be 0..4, found 7", id="mode-id"),
+        pytest.param(
+            lambda a: a["stripes"].__setitem__((0, 0, 4, 0), 1.5),
+            r"stripe positions must lie in \[0, 1\)",
+            id="stripe-pos",
+        ),
+        pytest.param(lambda a: a.update(stripes=a["stripes"][:, :2]), "stripes has shape", id="stripes-shape"),
+        pytest.param(
+            lambda a: a["widths"].__setitem__((0, 0, 2), float("nan")), "band widths must be finite", id="width-nan"
+        ),
+    ],
+)
+def test_bad_arrays_say_what_is_wrong(change, message):
+    config = make_config()
+    arrays = {k: v.clone() for k, v in _arrays(config).items()}
+    change(arrays)
+    with pytest.raises(ValueError, match=message):
+        SparseVDiTConfig(
+            family="wan",
+            transformer_class="WanTransformer3DModel",
+            target_modules=config.target_modules,
+            num_heads=5,
+            **arrays,
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(schema_version=2), "schema_version 2 is not supported.*upgrade the package"),
+        (dict(family="flux"), "unknown model family 'flux'"),
+        (dict(step_ranges=[[1, -1]]), "step_ranges must tile the steps"),
+        (dict(tile_size=96), "tile_size must be a power of two"),
+        (
+            dict(calibration={"layout": {"frames": 0, "height": 2, "width": 2}}),
+            "calibration does not give a valid token layout",
+        ),
+    ],
+)
+def test_bad_settings_say_what_is_wrong(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(**kwargs)
+
+
+# Validation of what is read -------------------------------------------------------------------
+def _edit_config_json(folder, **changes):
+    data = json.loads((folder / "config.json").read_text())
+    data.update(changes)
+    (folder / "config.json").write_text(json.dumps(data))
+
+
+def test_newer_schema_on_disk_says_upgrade(tmp_path):
+    make_config().save_files(tmp_path)
+    _edit_config_json(tmp_path, schema_version=2, library_version="9.0.0")
+    with pytest.raises(
+        ValueError, match=r"written by diffusers-sparse-vdit 9\.0\.0.*pip install -U diffusers-sparse-vdit"
+    ):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+    _edit_config_json(tmp_path, schema_version="one")
+    with pytest.raises(ValueError, match="schema_version 'one'.*damaged"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+
+
+def test_a_diffusers_model_config_is_not_a_map(tmp_path):
+    (tmp_path / "config.json").write_bytes(DIFFUSERS_TRANSFORMER_CONFIG)
+    with pytest.raises(ValueError, match="config of a diffusers WanTransformer3DModel.*base model's repository"):
+        SparseVDiTConfig.from_pretrained(tmp_path)  # says so before asking for mode_map.safetensors
+    (tmp_path / "config.json").write_text('{"model_type": "t5", "architectures": ["T5EncoderModel"]}')
+    with pytest.raises(ValueError, match="transformers"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable Sparse-vDiT config.json"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+
+
+def test_corrupt_safetensors(tmp_path):
+    make_config().save_files(tmp_path)
+    (tmp_path / "mode_map.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(ValueError, match="not a readable safetensors file.*force_download=True"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+
+
+def test_arrays_that_do_not_match_config_json(tmp_path):
+    make_config().save_files(tmp_path)
+    tensors = load_file(tmp_path / "mode_map.safetensors")
+    save_file({k: v[:, :, :4].contiguous() for k, v in tensors.items()}, tmp_path / "mode_map.safetensors")
+    with pytest.raises(ValueError, match="expected \\(ranges, 3 layers, 5 heads\\)"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+    save_file({"modes": tensors["modes"]}, tmp_path / "mode_map.safetensors")
+    with pytest.raises(ValueError, match="lacks the arrays"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no config.json. It is not a Sparse-vDiT mode map"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+    make_config().save_files(tmp_path)
+    (tmp_path / "mode_map.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="has no mode_map.safetensors. The map is incomplete"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="neither an existing folder nor a Hub repo id"):
+        SparseVDiTConfig.from_pretrained(tmp_path / "no" / "such" / "folder")
+
+
+# Queries ------------------------------------------------------------------------------------
+def test_calibration_layout():
+    assert make_config().calibration_layout() is None
+    wan = make_config(calibration={"height": 480, "width": 832, "num_frames": 81})
+    assert wan.calibration_layout() == TokenLayout(21, 30, 52)
+    cog15 = make_config(
+        family="cogvideox", calibration={"height": 768, "width": 1360, "num_frames": 81, "patch_size_t": 2}
+    )
+    assert cog15.calibration_layout() == TokenLayout(11, 48, 85, 226, "before")  # DESIGN §5
+    explicit = {"frames": 2, "height": 3, "width": 4, "text_tokens": 5, "text_position": "after"}
+    assert make_config(calibration={"layout": explicit}).calibration_layout() == TokenLayout(**explicit)
+
+
+def test_density():
+    layout = TokenLayout(4, 8, 8, 16, "before")
+    config = make_config()
+    expected = sum(build_plan(config.head_specs(i), layout, 128).density for i in range(3)) / 3
+    assert config.density(layout) == pytest.approx(expected)
+    assert 0 < expected < 1
+    for spec, density in ((ModeSpec.full(), 1.0), (ModeSpec.skip(), 0.0)):
+        only = SparseVDiTConfig.from_specs([[spec] * 2] * 2, family="wan", target_modules=["a.0", "a.1"])
+        assert only.density(layout) == density
+
+
+def test_layer_groups_and_counts():
+    names = [f"transformer_blocks.{i}.attn" for i in range(2)] + [
+        f"single_transformer_blocks.{i}.attn" for i in range(3)
+    ]
+    config = make_config(layers=5, family="hunyuan_video", target_modules=names)
+    assert config.layer_groups() == {"transformer_blocks.*.attn": [0, 1], "single_transformer_blocks.*.attn": [2, 3, 4]}
+    assert config.mode_counts() == {m.name: 5 for m in Mode}
+    assert config.mode_counts(step_range=0) == config.mode_counts()
+    assert torch.equal(config.modes[0, 0], torch.arange(5, dtype=torch.uint8))
