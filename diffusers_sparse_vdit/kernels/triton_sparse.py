@@ -47,15 +47,15 @@ def _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, str
             n_video_tiles, n_tokens, video_start, text_start, qk_scale,
             offs_d, d_ok,
             TILE: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, GATHER: tl.constexpr,
-            MASKED: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+            MASKED: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr):
     """Online-softmax update over ``count`` key tiles of the list starting at ``first``.
 
-    ``k_src``/``v_src`` are TMA descriptors with ``USE_TMA`` (contiguous tiles, frame-major
-    plans only), base pointers otherwise.
+    ``k_src``/``v_src`` are TMA descriptors with ``USE_TMA`` (contiguous tiles of
+    frame-major heads), base pointers otherwise.
     """
     SUB: tl.constexpr = TILE // BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
-    for i in tl.range(0, count * SUB, warp_specialize=WARP_SPECIALIZE):
+    for i in range(0, count * SUB):
         tile = tl.load(kv_tiles + first + i // SUB)
         offs = (i % SUB) * BLOCK_N + offs_n
         if USE_TMA:
@@ -98,6 +98,34 @@ def _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, str
 
 
 @triton.jit
+def _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order, tile_lengths, text_len,
+                n_video_tiles, n_tokens, video_start, text_start, qk_scale, offs_d, d_ok,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, BLOCK_N: tl.constexpr,
+                GATHER: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr):
+    """One query tile's whole key list: the full tiles unmasked, then the partial and text tiles masked."""
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    m_i = tl.full([TILE], float("-inf"), tl.float32)
+    l_i = tl.zeros([TILE], tl.float32)
+    acc = tl.zeros([TILE, BLOCK_D], tl.float32)
+    k_src = k_base
+    v_src = v_base
+    if USE_TMA:
+        # one descriptor per program, built outside the key loop
+        k_src = tl.make_tensor_descriptor(k_base, [n_tokens, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM])
+        v_src = tl.make_tensor_descriptor(v_base, [n_tokens, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM])
+    acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
+                            kv_tiles, first, n_full, order, row_maps, rows_per_order, tile_lengths, text_len,
+                            n_video_tiles, n_tokens, video_start, text_start, qk_scale, offs_d, d_ok,
+                            TILE, BLOCK_N, EVEN_D, GATHER, False, IEEE, USE_TMA)
+    acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
+                            kv_tiles, first + n_full, n_total - n_full, order, row_maps, rows_per_order,
+                            tile_lengths, text_len, n_video_tiles, n_tokens, video_start, text_start, qk_scale,
+                            offs_d, d_ok, TILE, BLOCK_N, EVEN_D, GATHER, True, IEEE, USE_TMA)
+    return acc, m_i, l_i
+
+
+@triton.jit
 def _sparse_attention_fwd(
     Q, K, V, O,
     stride_qb, stride_qh, stride_qn, stride_qd,
@@ -107,8 +135,7 @@ def _sparse_attention_fwd(
     work, kv_tiles, row_maps, head_order, tile_lengths, text_lengths,
     n_work, n_tokens, n_video_tiles, rows_per_order, video_start, text_start, text_tokens, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, BLOCK_N: tl.constexpr,
-    GATHER: tl.constexpr, HAS_TEXT_LENGTHS: tl.constexpr, IEEE: tl.constexpr,
-    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    GATHER: tl.constexpr, HAS_TEXT_LENGTHS: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     pid = tl.program_id(0)
     # batch outermost: programs in flight share one batch item's K/V in L2
@@ -131,7 +158,6 @@ def _sparse_attention_fwd(
     offs_m = tl.arange(0, TILE)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
     rows_q = _tile_rows(q_tile, offs_m, order, row_maps, rows_per_order, n_video_tiles, n_tokens,
                         video_start, text_start, TILE, GATHER)
     row_ok = offs_m < tl.load(tile_lengths + q_tile)
@@ -141,23 +167,25 @@ def _sparse_attention_fwd(
     q = tl.load(Q + b * stride_qb + head * stride_qh + rows_q[:, None] * stride_qn + offs_d[None, :] * stride_qd,
                 mask=q_mask, other=0.0)
 
-    m_i = tl.full([TILE], float("-inf"), tl.float32)
-    l_i = tl.zeros([TILE], tl.float32)
-    acc = tl.zeros([TILE, BLOCK_D], tl.float32)
-    k_src = K + b * stride_kb + head * stride_kh
-    v_src = V + b * stride_vb + head * stride_vh
-    if USE_TMA:
-        # one descriptor per program, built outside the key loop
-        k_src = tl.make_tensor_descriptor(k_src, [n_tokens, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM])
-        v_src = tl.make_tensor_descriptor(v_src, [n_tokens, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM])
-    acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
-                            kv_tiles, first, n_full, order, row_maps, rows_per_order, tile_lengths, text_len,
-                            n_video_tiles, n_tokens, video_start, text_start, qk_scale, offs_d, d_ok,
-                            TILE, BLOCK_N, EVEN_D, GATHER, False, IEEE, USE_TMA, WARP_SPECIALIZE)
-    acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
-                            kv_tiles, first + n_full, n_total - n_full, order, row_maps, rows_per_order,
-                            tile_lengths, text_len, n_video_tiles, n_tokens, video_start, text_start, qk_scale,
-                            offs_d, d_ok, TILE, BLOCK_N, EVEN_D, GATHER, True, IEEE, USE_TMA, False)
+    k_base = K + b * stride_kb + head * stride_kh
+    v_base = V + b * stride_vb + head * stride_vh
+    if USE_TMA and GATHER:
+        # a mixed plan: frame-major heads take the TMA loop, token-major heads gather their rows
+        if order == 0:
+            acc, m_i, l_i = _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                                        kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order,
+                                        tile_lengths, text_len, n_video_tiles, n_tokens, video_start, text_start,
+                                        qk_scale, offs_d, d_ok, HEAD_DIM, BLOCK_D, TILE, BLOCK_N, False, IEEE, True)
+        else:
+            acc, m_i, l_i = _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                                        kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order,
+                                        tile_lengths, text_len, n_video_tiles, n_tokens, video_start, text_start,
+                                        qk_scale, offs_d, d_ok, HEAD_DIM, BLOCK_D, TILE, BLOCK_N, True, IEEE, False)
+    else:
+        acc, m_i, l_i = _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                                    kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order,
+                                    tile_lengths, text_len, n_video_tiles, n_tokens, video_start, text_start,
+                                    qk_scale, offs_d, d_ok, HEAD_DIM, BLOCK_D, TILE, BLOCK_N, GATHER, IEEE, USE_TMA)
     l_i = tl.where(l_i == 0.0, 1.0, l_i)  # SKIP rows: acc is 0, so the output is 0
     out = acc / l_i[:, None]
     o_ptrs = O + b * stride_ob + head * stride_oh + rows_q[:, None] * stride_on + offs_d[None, :] * stride_od
@@ -165,17 +193,16 @@ def _sparse_attention_fwd(
 
 
 def kernel_config(head_dim: int, tile_size: int, device: torch.device) -> dict:
-    """Launch configuration: key sub-tile, warps, pipeline stages, TMA and warp specialization.
+    """Launch configuration: key sub-tile, warps, pipeline stages and TMA loads.
 
-    Chosen from the H100 sweeps in ``benchmarks/results/`` (see ``benchmarks/NOTES.md``);
-    under the CPU interpreter the whole tile is one step.
+    The winners of the H100 sweeps in ``benchmarks/results/kernel_h100_v2.json`` (notes in
+    ``benchmarks/NOTES.md``); under the CPU interpreter a whole tile is one step.
     """
     if device.type != "cuda":
-        return {"BLOCK_N": tile_size, "num_warps": 4, "num_stages": 1, "USE_TMA": False, "WARP_SPECIALIZE": False}
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    if block_d <= 64:
-        return {"BLOCK_N": min(tile_size, 128), "num_warps": 4, "num_stages": 3, "USE_TMA": False, "WARP_SPECIALIZE": False}
-    return {"BLOCK_N": min(tile_size, 128), "num_warps": 8, "num_stages": 3, "USE_TMA": False, "WARP_SPECIALIZE": False}
+        return {"BLOCK_N": tile_size, "num_warps": 4, "num_stages": 1, "USE_TMA": False}
+    if head_dim <= 64:
+        return {"BLOCK_N": min(tile_size, 128), "num_warps": 4, "num_stages": 2, "USE_TMA": True}
+    return {"BLOCK_N": min(tile_size, 128), "num_warps": 8, "num_stages": 3, "USE_TMA": True}
 
 
 def _tma_ok(*tensors) -> bool:
@@ -208,9 +235,9 @@ def sparse_attention_triton(q, k, v, plan, *, scale: float, out: torch.Tensor, t
     block_n = cfg.pop("BLOCK_N")
     if plan.tile_size % block_n:
         raise ValueError(f"BLOCK_N={block_n} must divide the plan's tile size {plan.tile_size}")
-    # token-major heads gather their rows, which TMA cannot do on Hopper
-    cfg["USE_TMA"] = bool(cfg["USE_TMA"]) and not plan.has_reordered_heads and _tma_ok(k, v)
-    cfg["WARP_SPECIALIZE"] = bool(cfg["WARP_SPECIALIZE"]) and cfg["USE_TMA"] and q.is_cuda
+    # TMA for the contiguous tiles of frame-major heads; token-major heads gather their rows
+    # with pointer loads (Hopper's TMA cannot gather rows)
+    cfg["USE_TMA"] = bool(cfg["USE_TMA"]) and _tma_ok(k, v)
     if cfg["USE_TMA"]:
         _set_allocator(q.device)
     layout = plan.layout

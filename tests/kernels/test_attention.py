@@ -167,12 +167,14 @@ def test_restricted_plan_writes_only_its_query_tiles(backend):
         torch.testing.assert_close(out[0, h, rows], expected[0, h, rows], **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("reordered", [False, True], ids=["frame-major", "mixed-orders"])
 @pytest.mark.parametrize("layout", LAYOUTS[:3], ids=str)
-def test_tma_descriptor_path(layout):
-    # TMA loads whole contiguous tiles (frame-major plans); rows past the end read as zeros and are masked
+def test_tma_descriptor_path(layout, reordered):
+    # TMA loads whole contiguous tiles of frame-major heads (rows past the end read as zeros and are
+    # masked); in a plan with token-major heads those heads take the gather loop in the same launch
     from diffusers_sparse_vdit.kernels.triton_sparse import sparse_attention_triton
 
-    specs = [s for s in MIXED if not s.reordered]
+    specs = MIXED if reordered else [s for s in MIXED if not s.reordered]
     plan = build_plan(specs, layout, tile_size=16)
     q, k, v = (randn(2, layout.num_tokens, len(specs), 32).transpose(1, 2) for _ in range(3))
     out = torch.full_like(q, float("nan"))
