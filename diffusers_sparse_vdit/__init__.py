@@ -7,4 +7,16 @@ from .plan import SparsePlan, build_plan
 
 __version__ = "0.1.0"
 
-__all__ = ["Mode", "ModeSpec", "TokenLayout", "SparsePlan", "build_plan", "sparse_attention", "__version__"]
+# The processors import diffusers' model code: load them on first use, so the kernels and
+# plans stay importable without paying for it.
+_PROCESSORS = ("SparseVDiTProcessor", "apply_sparse_vdit", "remove_sparse_vdit")
+
+__all__ = ["Mode", "ModeSpec", "TokenLayout", "SparsePlan", "build_plan", "sparse_attention", *_PROCESSORS, "__version__"]
+
+
+def __getattr__(name):
+    if name in _PROCESSORS:
+        from . import processors
+
+        return getattr(processors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
