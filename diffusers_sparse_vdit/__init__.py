@@ -11,7 +11,9 @@ __version__ = "0.1.0"
 # plans stay importable without paying for it.
 _PROCESSORS = ("SparseVDiTProcessor", "apply_sparse_vdit", "remove_sparse_vdit")
 
-__all__ = ["Mode", "ModeSpec", "TokenLayout", "SparsePlan", "build_plan", "sparse_attention", *_PROCESSORS, "__version__"]
+__all__ = [
+    "Mode", "ModeSpec", "TokenLayout", "SparsePlan", "build_plan", "sparse_attention", *_PROCESSORS, "__version__"
+]
 
 
 def __getattr__(name):

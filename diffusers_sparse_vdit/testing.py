@@ -14,7 +14,7 @@ Every transformer has 2 sparse target layers of 3 heads x 16 channels.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -128,7 +128,9 @@ def _cogvideox_rotary_emb(config, frames: int, height: int, width: int):
     )
 
 
-def tiny_mode_map(transformer, layers: Sequence[Sequence[ModeSpec]], *, tile_size: int = 16, **kwargs) -> SparseVDiTConfig:
+def tiny_mode_map(
+    transformer, layers: Sequence[Sequence[ModeSpec]], *, tile_size: int = 16, **kwargs
+) -> SparseVDiTConfig:
     """A mode map for ``transformer`` from per-layer head specs (``layers[i][h]``), tile 16 by default."""
     from .processors import family_of, sparse_targets
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from diffusers.hooks import HookRegistry
 from diffusers.utils import logging
 
 from ..config import CONFIG_NAME, FAMILIES, MODE_MAP_NAME, SparseVDiTConfig
@@ -58,7 +59,7 @@ def apply_sparse_vdit(
         video = pipe(prompt, num_frames=81, height=480, width=832).frames[0]
         remove_sparse_vdit(pipe)
     """
-    from .binding import SparseVDiTProcessor
+    from .binding import SparseVDiTProcessor  # deferred: binding imports this module
 
     transformer = _transformer_of(pipe_or_transformer)
     source = config_or_repo_or_processor
@@ -93,7 +94,7 @@ def remove_sparse_vdit(pipe_or_transformer) -> None:
 
 def install(transformer, config: SparseVDiTConfig, *, backend: str = "auto", processor_cls=None) -> SparseVDiTHook:
     """Validate ``config`` against ``transformer`` and install it (the work behind both routes)."""
-    from .binding import SparseVDiTProcessor
+    from .binding import SparseVDiTProcessor  # deferred: binding imports this module
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -112,8 +113,10 @@ def install(transformer, config: SparseVDiTConfig, *, backend: str = "auto", pro
             )
 
     # A placeholder SparseVDiTProcessor left on a module stands for that module's stock processor.
-    def settled(name, processor):
-        return family.stock_processor(name.removesuffix(".processor")) if isinstance(processor, SparseVDiTProcessor) else processor
+    def settled(key, processor):
+        if isinstance(processor, SparseVDiTProcessor):
+            return family.stock_processor(key.removesuffix(".processor"))
+        return processor
 
     previous = get_sparse_vdit_hook(transformer)
     if previous is not None:
@@ -121,7 +124,7 @@ def install(transformer, config: SparseVDiTConfig, *, backend: str = "auto", pro
         transformer._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
         logger.info(f"replacing the Sparse-vDiT map already applied to {type(transformer).__name__}")
     else:
-        originals = {name: settled(name, p) for name, p in current.items()}
+        originals = {key: settled(key, p) for key, p in current.items()}
 
     hook = SparseVDiTHook(family, config, backend, originals)
     layer_of = {name: i for i, name in enumerate(targets)}
@@ -136,8 +139,7 @@ def install(transformer, config: SparseVDiTConfig, *, backend: str = "auto", pro
         else:
             processors[key] = settled(key, processor)
     transformer.set_attn_processor(processors)
-    registry = _registry(transformer)
-    registry.register_hook(hook, HOOK_NAME)
+    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, HOOK_NAME)
     counts = ", ".join(f"{k} {v}" for k, v in config.mode_counts().items() if v)
     logger.info(
         f"Sparse-vDiT map applied to {len(targets)} attention layers of {type(transformer).__name__} "
@@ -152,8 +154,9 @@ def validate(family: Family, config: SparseVDiTConfig, transformer) -> list[str]
     made_for = f"{config.transformer_class} (family {config.family!r})"
     fix = "load the map made for this checkpoint, or run `sparse-vdit search` on it to make one"
     if config.family != family.name or config.transformer_class != model:
-        raise ValueError(f"this Sparse-vDiT map was made for {made_for}, but the model is {model} "
-                         f"(family {family.name!r}): {fix}")
+        raise ValueError(
+            f"this Sparse-vDiT map was made for {made_for}, but the model is {model} (family {family.name!r}): {fix}"
+        )
     targets = family.target_modules(transformer)
     if len(targets) != config.num_layers:
         raise ValueError(
@@ -161,7 +164,7 @@ def validate(family: Family, config: SparseVDiTConfig, transformer) -> list[str]
             f"({_span(config.target_modules)}), but this {model} has {len(targets)} ({_span(targets)}); "
             f"the map was made for another model size: {fix}"
         )
-    for i, (ours, theirs) in enumerate(zip(config.target_modules, targets)):
+    for i, (ours, theirs) in enumerate(zip(config.target_modules, targets, strict=True)):
         if ours != theirs:
             raise ValueError(
                 f"this Sparse-vDiT map's layer {i} is {ours!r}, but this {model}'s is {theirs!r}: "
@@ -213,7 +216,8 @@ def _transformer_of(pipe_or_transformer):
     transformer = getattr(pipe_or_transformer, "transformer", pipe_or_transformer)
     if transformer is None or not hasattr(transformer, "set_attn_processor"):
         raise TypeError(
-            f"expected a diffusers pipeline with a transformer, or a transformer; got {type(pipe_or_transformer).__name__}"
+            "expected a diffusers pipeline with a transformer, or a transformer; "
+            f"got {type(pipe_or_transformer).__name__}"
         )
     if transformer is not pipe_or_transformer and getattr(pipe_or_transformer, "transformer_2", None) is not None:
         logger.warning(
@@ -221,12 +225,6 @@ def _transformer_of(pipe_or_transformer):
             "Apply a map made for transformer_2 to it explicitly."
         )
     return transformer
-
-
-def _registry(transformer):
-    from diffusers.hooks import HookRegistry
-
-    return HookRegistry.check_if_exists_or_initialize(transformer)
 
 
 def _span(names: list[str]) -> str:

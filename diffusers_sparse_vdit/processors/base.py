@@ -17,8 +17,9 @@ attention path, so they cost and compute exactly what diffusers would.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -63,7 +64,7 @@ class SparseAttnProcessor:
     # path honours it.
     _attention_backend = None
 
-    def __init__(self, config: "SparseVDiTConfig", layer: int, state: "SparseVDiTState", *, backend: str = "auto"):
+    def __init__(self, config: SparseVDiTConfig, layer: int, state: SparseVDiTState, *, backend: str = "auto"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
         self.config = config
@@ -132,7 +133,8 @@ class SparseAttnProcessor:
         grid = self.state.grid
         if grid is None:
             return None
-        layout = TokenLayout(*grid, text_tokens=text_tokens, text_position=self.text_position if text_tokens else "none")
+        position = self.text_position if text_tokens else "none"
+        layout = TokenLayout(*grid, text_tokens=text_tokens, text_position=position)
         if layout.num_tokens != num_tokens:
             raise RuntimeError(
                 f"{type(self).__name__} (layer {self.layer}, {self.config.target_modules[self.layer]}): the "

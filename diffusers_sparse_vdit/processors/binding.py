@@ -77,7 +77,7 @@ class SparseVDiTProcessor:
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | Path, *, backend: str = "auto", **hub_kwargs
-    ) -> "SparseVDiTProcessor":
+    ) -> SparseVDiTProcessor:
         """Load a mode map from a Hub repo id or local folder (``hub_kwargs``: revision, token, cache_dir, ...)."""
         return cls(load_config(pretrained_model_name_or_path, **hub_kwargs), backend=backend)
 
@@ -115,9 +115,12 @@ class SparseVDiTProcessor:
 
 def _record_at_end_of_call(transformer, hook) -> None:
     """Feed the binding call's arguments to the step counter once that call returns."""
+    transformer_ref = weakref.ref(transformer)
 
+    # If the call raises, this fires at the end of the next successful one instead, which the
+    # hook has already recorded: recording a call twice changes nothing.
     def record(module, args, kwargs, output):
-        if module is transformer:
+        if module is transformer_ref():
             handle.remove()
             hook.observe(module, args, kwargs)
 

@@ -68,7 +68,9 @@ class CogVideoXSparseAttnProcessor(SparseAttnProcessor):
         )
 
     def dense_attention(self, query, key, value, attention_mask):
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+        return F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+        )
 
     def finish(self, attn, out, call):
         batch_size, heads, _, head_dim = out.shape

@@ -94,7 +94,7 @@ def get_sparse_vdit_hook(transformer) -> SparseVDiTHook | None:
     return registry.get_hook(HOOK_NAME) if isinstance(registry, HookRegistry) else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward_signature(cls) -> inspect.Signature:
     return inspect.signature(cls.forward)
 

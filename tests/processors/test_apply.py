@@ -77,7 +77,8 @@ class NotAVideoTransformer(WanTransformer3DModel):
         (lambda: tiny_transformer("cogvideox"), lambda: mode_map(tiny_transformer("wan")),
          r"made for WanTransformer3DModel \(family 'wan'\), but the model is CogVideoXTransformer3DModel"),
         # another transformer class of the same family
-        (lambda: tiny_transformer("wan"), lambda: _renamed(mode_map(tiny_transformer("wan")), transformer_class="WanVACE"),
+        (lambda: tiny_transformer("wan"),
+         lambda: _renamed(mode_map(tiny_transformer("wan")), transformer_class="WanVACE"),
          r"made for WanVACE \(family 'wan'\), but the model is WanTransformer3DModel"),
         # another model size: 3 layers
         (lambda: tiny_transformer("wan", num_layers=3), lambda: mode_map(tiny_transformer("wan")),

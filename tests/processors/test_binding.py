@@ -42,7 +42,7 @@ def test_set_attn_processor_changes_only_the_targets_like_apply():
     assert get_sparse_vdit_hook(literal).state.step == get_sparse_vdit_hook(explicit).state.step == 1
 
     # targets are sparse, cross-attention got fresh stock processors and computes what stock does
-    for block, stock_block in zip(literal.blocks, stock.blocks):
+    for block, stock_block in zip(literal.blocks, stock.blocks, strict=True):
         assert isinstance(block.attn1.processor, WanSparseAttnProcessor)
         assert type(block.attn2.processor) is WanAttnProcessor
         hidden, text = torch.randn(1, 60, 48), torch.randn(1, 7, 16)
