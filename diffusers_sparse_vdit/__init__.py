@@ -9,6 +9,10 @@ from .plots import plot_mode_map
 
 __version__ = "0.1.0"
 
+# The processors import diffusers' model code: load them on first use, so the kernels and
+# plans stay importable without paying for it.
+_PROCESSORS = ("SparseVDiTProcessor", "apply_sparse_vdit", "remove_sparse_vdit")
+
 __all__ = [
     "Mode",
     "ModeSpec",
@@ -18,5 +22,14 @@ __all__ = [
     "sparse_attention",
     "SparseVDiTConfig",
     "plot_mode_map",
+    *_PROCESSORS,
     "__version__",
 ]
+
+
+def __getattr__(name):
+    if name in _PROCESSORS:
+        from . import processors
+
+        return getattr(processors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,40 @@
+"""Sparse attention processors for diffusers' video transformers, and how to install them.
+
+Two routes, same result:
+
+* ``transformer.set_attn_processor(SparseVDiTProcessor.from_pretrained(repo))``: the diffusers
+  idiom; the object binds to the transformer at its first forward (see :mod:`.binding`);
+* ``apply_sparse_vdit(pipe, repo)`` / ``remove_sparse_vdit(pipe)``: explicit, immediate and
+  reversible (see :mod:`.apply`).
+
+One thin processor per family (:mod:`.wan`, :mod:`.hunyuan_video`, :mod:`.cogvideox`) keeps
+the stock projections, norms, RoPE and output path and replaces only the attention call.
+"""
+
+from .apply import FAMILY_REGISTRY, apply_sparse_vdit, family_of, load_config, remove_sparse_vdit, sparse_targets
+from .base import AttentionCall, Family, SparseAttnProcessor
+from .binding import SparseVDiTProcessor
+from .cogvideox import CogVideoXSparseAttnProcessor
+from .hook import HOOK_NAME, SparseVDiTHook, SparseVDiTState, get_sparse_vdit_hook
+from .hunyuan_video import HunyuanVideoSparseAttnProcessor
+from .wan import WanSparseAttnProcessor
+
+__all__ = [
+    "SparseVDiTProcessor",
+    "apply_sparse_vdit",
+    "remove_sparse_vdit",
+    "sparse_targets",
+    "family_of",
+    "load_config",
+    "get_sparse_vdit_hook",
+    "SparseAttnProcessor",
+    "WanSparseAttnProcessor",
+    "HunyuanVideoSparseAttnProcessor",
+    "CogVideoXSparseAttnProcessor",
+    "AttentionCall",
+    "Family",
+    "FAMILY_REGISTRY",
+    "SparseVDiTHook",
+    "SparseVDiTState",
+    "HOOK_NAME",
+]

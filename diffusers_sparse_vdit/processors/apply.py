@@ -1,0 +1,231 @@
+"""``apply_sparse_vdit`` / ``remove_sparse_vdit``: install a mode map on a transformer, and undo it.
+
+Installing a map does two things, both undone by :func:`remove_sparse_vdit`:
+
+1. every target attention module gets its own family processor (layer index, shared state);
+   the other attention modules keep their processors;
+2. a :class:`~.hook.SparseVDiTHook` in the transformer's ``HookRegistry`` records each call's
+   latent grid and denoising step, and remembers the exact processor objects to restore.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffusers.hooks import HookRegistry
+from diffusers.utils import logging
+
+from ..config import CONFIG_NAME, FAMILIES, MODE_MAP_NAME, SparseVDiTConfig
+from ..kernels.attention import BACKENDS
+from .base import Family, SparseAttnProcessor
+from .cogvideox import COGVIDEOX
+from .hook import HOOK_NAME, SparseVDiTHook, get_sparse_vdit_hook
+from .hunyuan_video import HUNYUAN_VIDEO
+from .wan import WAN
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["apply_sparse_vdit", "remove_sparse_vdit", "family_of", "sparse_targets", "load_config", "FAMILY_REGISTRY"]
+
+FAMILY_REGISTRY: dict[str, Family] = {f.name: f for f in (WAN, HUNYUAN_VIDEO, COGVIDEOX)}
+
+
+def apply_sparse_vdit(
+    pipe_or_transformer,
+    config_or_repo_or_processor,
+    *,
+    backend: str = "auto",
+    processor_cls: type[SparseAttnProcessor] | None = None,
+) -> None:
+    """Make a transformer's target attention layers sparse with a Sparse-vDiT mode map.
+
+    Args:
+        pipe_or_transformer: a pipeline (its ``transformer`` is used) or a Wan, HunyuanVideo or
+            CogVideoX transformer.
+        config_or_repo_or_processor: a :class:`SparseVDiTConfig`, a Hub repo id or local folder
+            holding one, or a :class:`SparseVDiTProcessor` (its map and backend are used).
+        backend: ``"auto"`` (Triton on CUDA, the PyTorch reference elsewhere; all-FULL layers
+            and dense warm-up steps use the stock attention), ``"triton"``, ``"torch"`` or ``"flex"``.
+        processor_cls: a subclass of the family processor to install instead (for code that
+            overrides a step, e.g. ``attend``).
+
+    Applying again replaces the previous map; :func:`remove_sparse_vdit` restores the processors
+    from before the first one.
+
+    Example::
+
+        pipe = WanPipeline.from_pretrained("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", torch_dtype=torch.bfloat16).to("cuda")
+        apply_sparse_vdit(pipe, "someone/wan21-1.3b-sparse-vdit")
+        video = pipe(prompt, num_frames=81, height=480, width=832).frames[0]
+        remove_sparse_vdit(pipe)
+    """
+    from .binding import SparseVDiTProcessor  # deferred: binding imports this module
+
+    transformer = _transformer_of(pipe_or_transformer)
+    source = config_or_repo_or_processor
+    if isinstance(source, SparseVDiTProcessor):
+        source.disarm()  # bound here and now, not at the transformer's first forward
+        config = source.config
+        if backend == "auto":
+            backend = source.backend
+    elif isinstance(source, SparseVDiTConfig):
+        config = source
+    elif isinstance(source, (str, Path)):
+        config = load_config(source)
+    else:
+        raise TypeError(
+            "apply_sparse_vdit takes a SparseVDiTConfig, a Hub repo id or local folder, or a SparseVDiTProcessor; "
+            f"got {type(source).__name__}"
+        )
+    install(transformer, config, backend=backend, processor_cls=processor_cls)
+
+
+def remove_sparse_vdit(pipe_or_transformer) -> None:
+    """Undo :func:`apply_sparse_vdit`: restore the exact processor objects from before and remove the hook."""
+    transformer = _transformer_of(pipe_or_transformer)
+    hook = get_sparse_vdit_hook(transformer)
+    if hook is None:
+        logger.warning(f"remove_sparse_vdit: no Sparse-vDiT map is applied to this {type(transformer).__name__}")
+        return
+    transformer.set_attn_processor(dict(hook.original_processors))  # set_attn_processor pops from its dict
+    transformer._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
+    logger.info(f"removed the Sparse-vDiT map from {type(transformer).__name__}")
+
+
+def install(transformer, config: SparseVDiTConfig, *, backend: str = "auto", processor_cls=None) -> SparseVDiTHook:
+    """Validate ``config`` against ``transformer`` and install it (the work behind both routes)."""
+    from .binding import SparseVDiTProcessor  # deferred: binding imports this module
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    family = family_of(transformer)
+    targets = validate(family, config, transformer)
+    cls = processor_cls or family.processor_cls
+    if not (isinstance(cls, type) and issubclass(cls, family.processor_cls)):
+        raise TypeError(f"processor_cls must subclass {family.processor_cls.__name__} for a {family.name} model")
+
+    current = transformer.attn_processors
+    for name in targets:
+        if getattr(current[f"{name}.processor"], "_parallel_config", None) is not None:
+            raise ValueError(
+                "Sparse-vDiT does not support context parallelism (each attention call needs the whole sequence); "
+                "apply the map to a transformer without enable_parallelism()"
+            )
+
+    # A placeholder SparseVDiTProcessor left on a module stands for that module's stock processor.
+    def settled(key, processor):
+        if isinstance(processor, SparseVDiTProcessor):
+            return family.stock_processor(key.removesuffix(".processor"))
+        return processor
+
+    previous = get_sparse_vdit_hook(transformer)
+    if previous is not None:
+        originals = previous.original_processors
+        transformer._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
+        logger.info(f"replacing the Sparse-vDiT map already applied to {type(transformer).__name__}")
+    else:
+        originals = {key: settled(key, p) for key, p in current.items()}
+
+    hook = SparseVDiTHook(family, config, backend, originals)
+    layer_of = {name: i for i, name in enumerate(targets)}
+    processors = {}
+    for key, processor in current.items():
+        name = key.removesuffix(".processor")
+        if name in layer_of:
+            sparse = cls(config, layer_of[name], hook.state, backend=backend)
+            # keep a backend chosen with set_attention_backend() for the dense path
+            sparse._attention_backend = getattr(processor, "_attention_backend", None)
+            processors[key] = sparse
+        else:
+            processors[key] = settled(key, processor)
+    transformer.set_attn_processor(processors)
+    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, HOOK_NAME)
+    counts = ", ".join(f"{k} {v}" for k, v in config.mode_counts().items() if v)
+    logger.info(
+        f"Sparse-vDiT map applied to {len(targets)} attention layers of {type(transformer).__name__} "
+        f"({config.num_ranges} step range(s); heads: {counts}; backend {backend!r})"
+    )
+    return hook
+
+
+def validate(family: Family, config: SparseVDiTConfig, transformer) -> list[str]:
+    """Check that a map was made for this model; returns the model's target modules."""
+    model = type(transformer).__name__
+    made_for = f"{config.transformer_class} (family {config.family!r})"
+    fix = "load the map made for this checkpoint, or run `sparse-vdit search` on it to make one"
+    if config.family != family.name or config.transformer_class != model:
+        raise ValueError(
+            f"this Sparse-vDiT map was made for {made_for}, but the model is {model} (family {family.name!r}): {fix}"
+        )
+    targets = family.target_modules(transformer)
+    if len(targets) != config.num_layers:
+        raise ValueError(
+            f"this Sparse-vDiT map covers {config.num_layers} attention layers "
+            f"({_span(config.target_modules)}), but this {model} has {len(targets)} ({_span(targets)}); "
+            f"the map was made for another model size: {fix}"
+        )
+    for i, (ours, theirs) in enumerate(zip(config.target_modules, targets, strict=True)):
+        if ours != theirs:
+            raise ValueError(
+                f"this Sparse-vDiT map's layer {i} is {ours!r}, but this {model}'s is {theirs!r}: "
+                f"the map was made for another architecture: {fix}"
+            )
+    modules = dict(transformer.named_modules())
+    heads = {modules[name].heads for name in targets}
+    if heads != {config.num_heads}:
+        raise ValueError(
+            f"this Sparse-vDiT map has {config.num_heads} heads per layer, but this {model}'s attention layers have "
+            f"{'/'.join(map(str, sorted(heads)))}: the map was made for another model size: {fix}"
+        )
+    return targets
+
+
+def family_of(transformer) -> Family:
+    """The :class:`~.base.Family` of a transformer (by class), or a ValueError naming the supported ones."""
+    name = type(transformer).__name__
+    for family_name, classes in FAMILIES.items():
+        if name in classes:
+            return FAMILY_REGISTRY[family_name]
+    supported = ", ".join(c for classes in FAMILIES.values() for c in classes)
+    raise ValueError(f"Sparse-vDiT supports {supported}; got {name}")
+
+
+def sparse_targets(transformer) -> list[str]:
+    """Names of the attention modules a mode map for this transformer covers, in layer order."""
+    return family_of(transformer).target_modules(transformer)
+
+
+def load_config(pretrained_model_name_or_path, **hub_kwargs) -> SparseVDiTConfig:
+    """Load a mode map from a Hub repo id or a local folder."""
+    from_pretrained = getattr(SparseVDiTConfig, "from_pretrained", None)
+    if from_pretrained is not None:
+        return from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+    # Until SparseVDiTConfig.from_pretrained lands, read local folders only.
+    directory = Path(pretrained_model_name_or_path)
+    if not directory.is_dir():
+        raise ValueError(
+            f"{str(pretrained_model_name_or_path)!r} is not a local folder, and this version of "
+            "diffusers-sparse-vdit reads mode maps from local folders only"
+        )
+    if hub_kwargs:
+        logger.warning(f"ignoring Hub arguments {sorted(hub_kwargs)} for the local folder {directory}")
+    return SparseVDiTConfig.load_files(directory / CONFIG_NAME, directory / MODE_MAP_NAME)
+
+
+def _transformer_of(pipe_or_transformer):
+    transformer = getattr(pipe_or_transformer, "transformer", pipe_or_transformer)
+    if transformer is None or not hasattr(transformer, "set_attn_processor"):
+        raise TypeError(
+            "expected a diffusers pipeline with a transformer, or a transformer; "
+            f"got {type(pipe_or_transformer).__name__}"
+        )
+    if transformer is not pipe_or_transformer and getattr(pipe_or_transformer, "transformer_2", None) is not None:
+        logger.warning(
+            "this pipeline has a second transformer (transformer_2); the map goes to pipe.transformer only. "
+            "Apply a map made for transformer_2 to it explicitly."
+        )
+    return transformer
+
+
+def _span(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{names[0]} ... {names[-1]}" if names else "none"

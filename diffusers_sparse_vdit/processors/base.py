@@ -1,0 +1,196 @@
+"""What the family processors share: the prepare -> attend -> finish skeleton and the family record.
+
+A family processor reproduces its stock diffusers processor line for line except for the
+attention call. The call is split into three overridable steps so a subclass changes one
+without copying the others:
+
+* :meth:`SparseAttnProcessor.prepare`: the stock projections, norms and RoPE, ending in
+  q, k, v as ``(B, H, N, D)`` views plus where the tokens are (:class:`AttentionCall`);
+* :meth:`SparseAttnProcessor.attend`: the attention call itself. This is the seam the search
+  overrides to score candidate modes on a layer's real q, k, v;
+* :meth:`SparseAttnProcessor.finish`: the stock output projection and text/video split.
+
+Dense calls (warm-up steps, and all-FULL layers under ``backend="auto"``) take the stock
+attention path, so they cost and compute exactly what diffusers would.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+from ..kernels import sparse_attention
+from ..kernels.attention import BACKENDS
+from ..layout import TokenLayout
+from ..modes import Mode
+from ..plan import SparsePlan, build_plan
+
+if TYPE_CHECKING:
+    from ..config import SparseVDiTConfig
+    from .hook import SparseVDiTState
+
+__all__ = ["AttentionCall", "Family", "SparseAttnProcessor"]
+
+
+@dataclass
+class AttentionCall:
+    """One attention call after the stock projections, norms and RoPE."""
+
+    query: torch.Tensor  # (B, H, N, D), any strides: usually a view of diffusers' (B, N, H, D)
+    key: torch.Tensor
+    value: torch.Tensor
+    text_tokens: int  # text tokens in the joint sequence (0 in Wan self-attention)
+    layout: TokenLayout | None  # None while the latent grid is unknown (see SparseVDiTState)
+    text_lengths: torch.Tensor | None = None  # (B,) valid text tokens, when some are padding
+    attention_mask: torch.Tensor | None = None  # the stock mask, for the dense path
+
+
+class SparseAttnProcessor:
+    """Base of the per-family processors: one instance per target attention layer.
+
+    ``config`` is the mode map, ``layer`` this module's index in ``config.target_modules``,
+    ``state`` the transformer-wide :class:`~.hook.SparseVDiTState` (grid and step of the call in
+    progress). Instances are made by :func:`~.apply.apply_sparse_vdit`.
+    """
+
+    #: where the family puts text tokens in the joint sequence ("none", "before", "after")
+    text_position = "none"
+    # Like the stock processors: ModelMixin.set_attention_backend() sets this, and the dense
+    # path honours it.
+    _attention_backend = None
+
+    def __init__(self, config: SparseVDiTConfig, layer: int, state: SparseVDiTState, *, backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+        self.config = config
+        self.layer = layer
+        self.state = state
+        self.backend = backend
+        self._plans: dict[tuple[int, TokenLayout], SparsePlan | None] = {}
+
+    # The three steps --------------------------------------------------------------------
+    def prepare(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb) -> AttentionCall:
+        raise NotImplementedError
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        plan: SparsePlan | None,
+        *,
+        layout: TokenLayout | None = None,
+        text_lengths: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attention of ``(B, H, N, D)`` q, k, v; returns ``(B, H, N, D)`` with q's strides.
+
+        ``plan`` is None for a dense call; ``layout`` is the call's token layout (None while the
+        grid is unknown), ``text_lengths`` the valid text tokens per batch item for the sparse
+        kernel and ``attention_mask`` the same padding as the stock mask, for the dense path.
+        """
+        if plan is None:
+            return self.dense_attention(query, key, value, attention_mask)
+        return sparse_attention(query, key, value, plan, backend=self.backend, text_lengths=text_lengths)
+
+    def finish(self, attn, out: torch.Tensor, call: AttentionCall):
+        raise NotImplementedError
+
+    # Shared machinery -------------------------------------------------------------------
+    def run(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb):
+        call = self.prepare(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        out = self.attend(
+            call.query,
+            call.key,
+            call.value,
+            self.plan(call.layout),
+            layout=call.layout,
+            text_lengths=call.text_lengths,
+            attention_mask=call.attention_mask,
+        )
+        return self.finish(attn, out, call)
+
+    def dense_attention(self, query, key, value, attention_mask):
+        """The stock attention call (diffusers' dispatcher, (B, N, H, D) in and out)."""
+        out = dispatch_attention_fn(
+            query.transpose(1, 2),
+            key.transpose(1, 2),
+            value.transpose(1, 2),
+            attn_mask=attention_mask,
+            dropout_p=0.0,
+            is_causal=False,
+            backend=self._attention_backend,
+        )
+        return out.transpose(1, 2)
+
+    def layout(self, num_tokens: int, text_tokens: int) -> TokenLayout | None:
+        """This call's token layout from the recorded grid; None while the grid is unknown."""
+        grid = self.state.grid
+        if grid is None:
+            return None
+        position = self.text_position if text_tokens else "none"
+        layout = TokenLayout(*grid, text_tokens=text_tokens, text_position=position)
+        if layout.num_tokens != num_tokens:
+            raise RuntimeError(
+                f"{type(self).__name__} (layer {self.layer}, {self.config.target_modules[self.layer]}): the "
+                f"transformer's input gives {layout}, but this attention call sees {num_tokens} tokens. "
+                "Sparse-vDiT needs the whole sequence in one attention call: context parallelism and "
+                "token merging or dropping are not supported; remove them or remove_sparse_vdit()."
+            )
+        return layout
+
+    def plan(self, layout: TokenLayout | None) -> SparsePlan | None:
+        """The plan for this call, or None when it runs dense."""
+        if layout is None:  # grid unknown: the call that bound SparseVDiTProcessor (see binding.py)
+            return None
+        step = self.state.step
+        if self.config.is_dense(step, self.state.timestep):
+            return None
+        key = (self.config.range_index(step), layout)
+        try:
+            return self._plans[key]
+        except KeyError:
+            pass
+        specs = self.config.head_specs(self.layer, step)
+        # Under "auto" an all-FULL layer is plain dense attention: the stock backend (cuDNN or
+        # flash on GPUs) beats any block-sparse kernel at density 1. An explicit backend runs
+        # the chosen kernel for every sparse layer.
+        dense = self.backend == "auto" and all(s.mode is Mode.FULL for s in specs)
+        plan = self._plans[key] = None if dense else build_plan(specs, layout, self.config.tile_size)
+        return plan
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(layer={self.layer}, backend={self.backend!r})"
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one model family is made sparse: which modules, which processors, where the grid is."""
+
+    name: str  # a key of config.FAMILIES
+    processor_cls: type[SparseAttnProcessor]
+    # attention modules that become sparse, as full-match regexes over module names (no
+    # ".processor"); their order in the model is the layer order of the mode map
+    target_patterns: tuple[str, ...]
+    # fresh stock processors: for target modules, and for the model's other attention modules
+    stock_target_processor: Callable[[], object]
+    stock_other_processor: Callable[[], object]
+    # latent (frames, height, width) after patchify, from the transformer config and the
+    # hidden_states its forward receives
+    latent_grid: Callable[[object, torch.Tensor], tuple[int, int, int]]
+
+    def is_target(self, module_name: str) -> bool:
+        return any(re.fullmatch(p, module_name) for p in self.target_patterns)
+
+    def target_modules(self, transformer) -> list[str]:
+        """Names of the transformer's sparse target attention modules, in model order."""
+        names = [key.removesuffix(".processor") for key in transformer.attn_processors]
+        return [n for n in names if self.is_target(n)]
+
+    def stock_processor(self, module_name: str):
+        return self.stock_target_processor() if self.is_target(module_name) else self.stock_other_processor()

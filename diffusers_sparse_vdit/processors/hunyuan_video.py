@@ -1,0 +1,172 @@
+"""HunyuanVideo (``HunyuanVideoTransformer3DModel``): sparse joint attention in every block.
+
+Targets are the dual-stream ``transformer_blocks.*.attn`` (video and text projected
+separately, text appended after video) and the single-stream ``single_transformer_blocks.*.attn``
+(one sequence, text after video). Everything but the attention call is diffusers 0.42.1's
+``HunyuanVideoAttnProcessor2_0``. The token refiner's attention (``context_embedder``) is
+text-only and keeps its stock ``AttnProcessor2_0``.
+
+Text padding. The transformer masks padded prompt tokens with a ``(B, 1, 1, N)`` boolean
+key mask that is True up to ``video + valid text`` tokens. The sparse kernel takes the same
+information as ``text_lengths`` (valid text tokens per batch item); a mask of any other form
+is refused rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+
+from .base import AttentionCall, Family, SparseAttnProcessor
+
+__all__ = ["HunyuanVideoSparseAttnProcessor", "HUNYUAN_VIDEO", "text_lengths_from_mask"]
+
+
+class HunyuanVideoSparseAttnProcessor(SparseAttnProcessor):
+    """``HunyuanVideoAttnProcessor2_0`` with per-head sparse attention."""
+
+    text_position = "after"
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        return self.run(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+    def prepare(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb) -> AttentionCall:
+        if attn.add_q_proj is None and encoder_hidden_states is not None:
+            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
+
+        # 1. QKV projections
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+
+        query = query.unflatten(2, (attn.heads, -1))
+        key = key.unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+
+        # 2. QK normalization
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        # 3. Rotational positional embeddings applied to latent stream
+        if image_rotary_emb is not None:
+            if attn.add_q_proj is None and encoder_hidden_states is not None:
+                text = encoder_hidden_states.shape[1]
+                query = torch.cat(
+                    [apply_rotary_emb(query[:, :-text], image_rotary_emb, sequence_dim=1), query[:, -text:]], dim=1
+                )
+                key = torch.cat(
+                    [apply_rotary_emb(key[:, :-text], image_rotary_emb, sequence_dim=1), key[:, -text:]], dim=1
+                )
+            else:
+                query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+                key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        # 4. Encoder condition QKV projection and normalization
+        if attn.add_q_proj is not None and encoder_hidden_states is not None:
+            encoder_query = attn.add_q_proj(encoder_hidden_states)
+            encoder_key = attn.add_k_proj(encoder_hidden_states)
+            encoder_value = attn.add_v_proj(encoder_hidden_states)
+
+            encoder_query = encoder_query.unflatten(2, (attn.heads, -1))
+            encoder_key = encoder_key.unflatten(2, (attn.heads, -1))
+            encoder_value = encoder_value.unflatten(2, (attn.heads, -1))
+
+            if attn.norm_added_q is not None:
+                encoder_query = attn.norm_added_q(encoder_query)
+            if attn.norm_added_k is not None:
+                encoder_key = attn.norm_added_k(encoder_key)
+
+            query = torch.cat([query, encoder_query], dim=1)
+            key = torch.cat([key, encoder_key], dim=1)
+            value = torch.cat([value, encoder_value], dim=1)
+
+        num_tokens = query.shape[1]
+        text_tokens = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        return AttentionCall(
+            query.transpose(1, 2),
+            key.transpose(1, 2),
+            value.transpose(1, 2),
+            text_tokens=text_tokens,
+            layout=self.layout(num_tokens, text_tokens),
+            text_lengths=self._text_lengths(attention_mask, num_tokens - text_tokens, text_tokens),
+            attention_mask=attention_mask,
+        )
+
+    def finish(self, attn, out, call):
+        hidden_states = out.transpose(1, 2).flatten(2, 3)
+        hidden_states = hidden_states.to(call.query.dtype)
+
+        # 6. Output projection
+        encoder_hidden_states = None
+        if call.text_tokens:
+            text = call.text_tokens
+            hidden_states, encoder_hidden_states = hidden_states[:, :-text], hidden_states[:, -text:]
+
+            if getattr(attn, "to_out", None) is not None:
+                hidden_states = attn.to_out[0](hidden_states)
+                hidden_states = attn.to_out[1](hidden_states)
+
+            if getattr(attn, "to_add_out", None) is not None:
+                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+
+        return hidden_states, encoder_hidden_states
+
+    def _text_lengths(self, mask, video_tokens: int, text_tokens: int) -> torch.Tensor | None:
+        if mask is None:
+            return None
+        # Every layer of a call gets the same mask object: convert (and check) it once per call.
+        cached = self.state.memo.get(id(mask))
+        if cached is not None and cached[0] is mask:
+            return cached[1]
+        lengths = text_lengths_from_mask(mask, video_tokens, text_tokens)
+        self.state.memo[id(mask)] = (mask, lengths)
+        return lengths
+
+
+def text_lengths_from_mask(mask: torch.Tensor, video_tokens: int, text_tokens: int) -> torch.Tensor | None:
+    """Valid text tokens per batch item of HunyuanVideo's key-padding mask; None when none is padding.
+
+    ``mask`` must be the ``(B, 1, 1, N)`` boolean mask ``HunyuanVideoTransformer3DModel.forward``
+    builds: True for every video token and for each item's leading valid text tokens, False
+    for the padding after them.
+    """
+    n = video_tokens + text_tokens
+    if mask.dtype != torch.bool or mask.dim() != 4 or tuple(mask.shape[1:]) != (1, 1, n):
+        raise ValueError(
+            "HunyuanVideo sparse attention takes the (batch, 1, 1, tokens) boolean key-padding mask that "
+            f"HunyuanVideoTransformer3DModel.forward builds; got a {mask.dtype} mask of shape {tuple(mask.shape)} "
+            f"for {n} tokens. Pass text padding through encoder_attention_mask instead of a custom attention mask."
+        )
+    keys = mask[:, 0, 0]
+    lengths = keys[:, video_tokens:].sum(dim=-1)
+    expected = torch.arange(n, device=mask.device)[None, :] < (video_tokens + lengths)[:, None]
+    if not torch.equal(keys, expected):
+        raise ValueError(
+            "HunyuanVideo sparse attention supports a key-padding mask that keeps every video token and a prefix "
+            "of the text tokens (padding at the end of the prompt), as the transformer builds from "
+            "encoder_attention_mask; this mask masks other tokens. Left-padded prompts are not supported."
+        )
+    if bool((lengths == text_tokens).all()):
+        return None
+    return lengths.to(torch.int32)
+
+
+def _latent_grid(config, hidden_states: torch.Tensor) -> tuple[int, int, int]:
+    # hidden_states: (B, C, F, H, W) latents; a Conv3d patchifies them by (patch_size_t, patch_size, patch_size)
+    _, _, frames, height, width = hidden_states.shape
+    p, p_t = config.patch_size, config.patch_size_t
+    return frames // p_t, height // p, width // p
+
+
+HUNYUAN_VIDEO = Family(
+    name="hunyuan_video",
+    processor_cls=HunyuanVideoSparseAttnProcessor,
+    target_patterns=(r"transformer_blocks\.\d+\.attn", r"single_transformer_blocks\.\d+\.attn"),
+    stock_target_processor=HunyuanVideoAttnProcessor2_0,
+    stock_other_processor=AttnProcessor2_0,
+    latent_grid=_latent_grid,
+)

@@ -1,0 +1,247 @@
+"""Tiny random-weight transformers and pipelines of the three families, built in memory.
+
+For tests, examples and ``--tiny`` runs: the real diffusers classes at toy sizes, random
+weights, and tokenizers built from scratch, so nothing is downloaded. Variants:
+
+* ``"wan"``: ``WanTransformer3DModel`` (patch ``(1, 2, 2)``), ``WanPipeline``;
+* ``"hunyuan_video"``: ``HunyuanVideoTransformer3DModel`` (1 dual + 1 single block, 1 refiner
+  block, patch 2), ``HunyuanVideoPipeline`` (Llama + CLIP text encoders);
+* ``"cogvideox"``: ``CogVideoXTransformer3DModel`` with RoPE (CogVideoX-5b style), ``CogVideoXPipeline``;
+* ``"cogvideox1.5"``: the same with temporal patching (``patch_size_t=2``).
+
+Every transformer has 2 sparse target layers of 3 heads x 16 channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .config import SparseVDiTConfig
+from .modes import ModeSpec
+
+__all__ = [
+    "VARIANTS",
+    "tiny_transformer",
+    "tiny_transformer_inputs",
+    "tiny_mode_map",
+    "tiny_pipeline",
+    "tiny_pipeline_inputs",
+    "tiny_tokenizer",
+]
+
+VARIANTS = ("wan", "hunyuan_video", "cogvideox", "cogvideox1.5")
+HEADS, HEAD_DIM = 3, 16
+TEXT_DIM = 16  # text encoder width = the transformers' text embedding width
+
+
+def tiny_transformer(variant: str, *, seed: int = 0, **overrides):
+    """A random-weight transformer of ``variant`` (see :data:`VARIANTS`), float32, eval mode."""
+    from diffusers import CogVideoXTransformer3DModel, HunyuanVideoTransformer3DModel, WanTransformer3DModel
+
+    common = dict(num_attention_heads=HEADS, attention_head_dim=HEAD_DIM)
+    if variant == "wan":
+        cls, kwargs = WanTransformer3DModel, dict(
+            patch_size=(1, 2, 2), in_channels=4, out_channels=4, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32,
+            num_layers=2, cross_attn_norm=True, rope_max_seq_len=32,
+        )
+    elif variant == "hunyuan_video":
+        cls, kwargs = HunyuanVideoTransformer3DModel, dict(
+            in_channels=4, out_channels=4, num_layers=1, num_single_layers=1, num_refiner_layers=1, mlp_ratio=2.0,
+            patch_size=2, patch_size_t=1, text_embed_dim=TEXT_DIM, pooled_projection_dim=8, rope_axes_dim=(4, 6, 6),
+        )
+    elif variant in ("cogvideox", "cogvideox1.5"):
+        cls, kwargs = CogVideoXTransformer3DModel, dict(
+            in_channels=4, out_channels=4, time_embed_dim=8, text_embed_dim=TEXT_DIM, num_layers=2,
+            sample_width=16, sample_height=16, sample_frames=9, patch_size=2, max_text_seq_length=16,
+            use_rotary_positional_embeddings=True,
+        )
+        if variant == "cogvideox1.5":
+            kwargs.update(patch_size_t=2, sample_frames=17)
+    else:
+        raise ValueError(f"unknown tiny variant {variant!r}; choose one of {VARIANTS}")
+    torch.manual_seed(seed)
+    return cls(**{**common, **kwargs, **overrides}).eval()
+
+
+def tiny_transformer_inputs(
+    transformer,
+    *,
+    grid: tuple[int, int, int] = (3, 4, 5),
+    batch_size: int = 1,
+    text_tokens: int = 7,
+    text_lengths: Sequence[int] | None = None,
+    timestep: float = 500.0,
+    seed: int = 0,
+) -> dict:
+    """Forward keyword arguments for a tiny transformer with a latent token ``grid`` after patchify.
+
+    ``text_lengths`` (HunyuanVideo): valid prompt tokens per batch item, the rest is padding.
+    """
+    family = type(transformer).__name__
+    config = transformer.config
+    frames, height, width = grid
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g)
+
+    timesteps = torch.full((batch_size,), float(timestep))
+    text = randn(batch_size, text_tokens, TEXT_DIM)
+    if family == "WanTransformer3DModel":
+        p_t, p_h, p_w = config.patch_size
+        latents = randn(batch_size, config.in_channels, frames * p_t, height * p_h, width * p_w)
+        return dict(hidden_states=latents, timestep=timesteps, encoder_hidden_states=text, return_dict=False)
+    if family == "HunyuanVideoTransformer3DModel":
+        p, p_t = config.patch_size, config.patch_size_t
+        latents = randn(batch_size, config.in_channels, frames * p_t, height * p, width * p)
+        lengths = torch.tensor(text_lengths if text_lengths is not None else [text_tokens] * batch_size)
+        mask = (torch.arange(text_tokens)[None, :] < lengths[:, None]).long()
+        return dict(
+            hidden_states=latents, timestep=timesteps, encoder_hidden_states=text, encoder_attention_mask=mask,
+            pooled_projections=randn(batch_size, config.pooled_projection_dim),
+            guidance=torch.full((batch_size,), 4500.0), return_dict=False,
+        )
+    if family == "CogVideoXTransformer3DModel":
+        p, p_t = config.patch_size, config.patch_size_t
+        latents = randn(batch_size, frames * (p_t or 1), config.in_channels, height * p, width * p)
+        rope = _cogvideox_rotary_emb(config, frames, height, width) if config.use_rotary_positional_embeddings else None
+        return dict(
+            hidden_states=latents, encoder_hidden_states=text, timestep=timesteps, image_rotary_emb=rope,
+            return_dict=False,
+        )
+    raise ValueError(f"no tiny inputs for {family}")
+
+
+def _cogvideox_rotary_emb(config, frames: int, height: int, width: int):
+    # CogVideoXPipeline._prepare_rotary_positional_embeddings, on the token grid
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+    from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+
+    base_height, base_width = config.sample_height // config.patch_size, config.sample_width // config.patch_size
+    if config.patch_size_t is None:
+        crops = get_resize_crop_region_for_grid((height, width), base_width, base_height)
+        return get_3d_rotary_pos_embed(config.attention_head_dim, crops, (height, width), frames)
+    return get_3d_rotary_pos_embed(
+        config.attention_head_dim, None, (height, width), frames, grid_type="slice", max_size=(base_height, base_width)
+    )
+
+
+def tiny_mode_map(
+    transformer, layers: Sequence[Sequence[ModeSpec]], *, tile_size: int = 16, **kwargs
+) -> SparseVDiTConfig:
+    """A mode map for ``transformer`` from per-layer head specs (``layers[i][h]``), tile 16 by default."""
+    from .processors import family_of, sparse_targets
+
+    return SparseVDiTConfig.from_specs(
+        layers,
+        family=family_of(transformer).name,
+        transformer_class=type(transformer).__name__,
+        target_modules=sparse_targets(transformer),
+        tile_size=tile_size,
+        **kwargs,
+    )
+
+
+# Pipelines --------------------------------------------------------------------------------
+
+_WORDS = (
+    "a an the of and in on with at to is dance monkey cat dog walks runs street city night day sunset beach "
+    "forest river red blue green bright dark video photo blurry low quality"
+).split()
+
+
+def tiny_tokenizer(model_max_length: int = 512):
+    """A word-level tokenizer over a few dozen words (pad 0, eos 1, unk 2, bos 3), built in memory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", "<s>", *_WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>",
+        model_max_length=model_max_length,
+    )
+
+
+def tiny_pipeline(variant: str, *, seed: int = 0):
+    """A whole random-weight pipeline of ``variant`` on CPU, float32 (see :func:`tiny_pipeline_inputs`)."""
+    import diffusers
+    import transformers
+
+    tokenizer = tiny_tokenizer()
+    vocab = len(tokenizer)
+    torch.manual_seed(seed)
+    if variant == "wan":
+        text_encoder = transformers.UMT5EncoderModel(transformers.UMT5Config(
+            vocab_size=vocab, d_model=TEXT_DIM, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        ))
+        vae = diffusers.AutoencoderKLWan(
+            base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        )
+        pipe = diffusers.WanPipeline(
+            tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+            scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0),
+            transformer=tiny_transformer("wan", seed=seed, in_channels=16, out_channels=16),
+        )
+    elif variant == "hunyuan_video":
+        text_encoder = transformers.LlamaModel(transformers.LlamaConfig(
+            vocab_size=vocab, hidden_size=TEXT_DIM, intermediate_size=32, num_attention_heads=4,
+            num_key_value_heads=4, num_hidden_layers=2, pad_token_id=0, bos_token_id=3, eos_token_id=1,
+        ))
+        # eos_token_id=2 selects CLIP's legacy pooling (argmax of the ids), which any vocabulary supports
+        text_encoder_2 = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+            vocab_size=vocab, hidden_size=8, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
+            projection_dim=8, max_position_embeddings=77, pad_token_id=0, bos_token_id=3, eos_token_id=2,
+        ))
+        vae = diffusers.AutoencoderKLHunyuanVideo(
+            in_channels=3, out_channels=3, latent_channels=4,
+            down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+            block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, spatial_compression_ratio=8,
+            temporal_compression_ratio=4, mid_block_add_attention=True,
+        )
+        pipe = diffusers.HunyuanVideoPipeline(
+            text_encoder=text_encoder, tokenizer=tokenizer,
+            transformer=tiny_transformer("hunyuan_video", seed=seed), vae=vae,
+            scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0),
+            text_encoder_2=text_encoder_2, tokenizer_2=tiny_tokenizer(model_max_length=77),
+        )
+    elif variant in ("cogvideox", "cogvideox1.5"):
+        text_encoder = transformers.T5EncoderModel(transformers.T5Config(
+            vocab_size=vocab, d_model=TEXT_DIM, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        ))
+        vae = diffusers.AutoencoderKLCogVideoX(
+            in_channels=3, out_channels=3, latent_channels=4,
+            down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
+            block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+        )
+        pipe = diffusers.CogVideoXPipeline(
+            tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+            transformer=tiny_transformer(variant, seed=seed), scheduler=diffusers.CogVideoXDDIMScheduler(),
+        )
+    else:
+        raise ValueError(f"unknown tiny variant {variant!r}; choose one of {VARIANTS}")
+    # models built from a config start in training mode: dropout would make runs differ
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return pipe
+
+
+def tiny_pipeline_inputs(variant: str, *, seed: int = 0, num_inference_steps: int = 2) -> dict:
+    """Call arguments for :func:`tiny_pipeline`: 9 frames of 32x48, classifier-free guidance on."""
+    inputs = dict(
+        prompt="a cat walks in the city at night", negative_prompt="blurry low quality", height=32, width=48,
+        num_frames=9, num_inference_steps=num_inference_steps, guidance_scale=5.0, max_sequence_length=16,
+        generator=torch.Generator().manual_seed(seed), output_type="pt",
+    )
+    if variant == "hunyuan_video":
+        # the default template is long (crop_start 95); a bare one keeps the tiny Llama's input short.
+        # guidance_scale is HunyuanVideo's embedded guidance; true_cfg_scale > 1 runs real CFG
+        # (two transformer calls per step).
+        inputs.update(prompt_template={"template": "{}", "crop_start": 0}, true_cfg_scale=2.0)
+    return inputs
