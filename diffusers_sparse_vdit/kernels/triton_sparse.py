@@ -18,7 +18,6 @@ valid text length).
 
 from __future__ import annotations
 
-import math
 
 import torch
 import triton

@@ -15,7 +15,7 @@ from pathlib import Path
 from diffusers.hooks import HookRegistry
 from diffusers.utils import logging
 
-from ..config import CONFIG_NAME, FAMILIES, MODE_MAP_NAME, SparseVDiTConfig
+from ..config import FAMILIES, SparseVDiTConfig
 from ..kernels.attention import BACKENDS
 from .base import Family, SparseAttnProcessor
 from .cogvideox import COGVIDEOX
@@ -197,19 +197,7 @@ def sparse_targets(transformer) -> list[str]:
 
 def load_config(pretrained_model_name_or_path, **hub_kwargs) -> SparseVDiTConfig:
     """Load a mode map from a Hub repo id or a local folder."""
-    from_pretrained = getattr(SparseVDiTConfig, "from_pretrained", None)
-    if from_pretrained is not None:
-        return from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-    # Until SparseVDiTConfig.from_pretrained lands, read local folders only.
-    directory = Path(pretrained_model_name_or_path)
-    if not directory.is_dir():
-        raise ValueError(
-            f"{str(pretrained_model_name_or_path)!r} is not a local folder, and this version of "
-            "diffusers-sparse-vdit reads mode maps from local folders only"
-        )
-    if hub_kwargs:
-        logger.warning(f"ignoring Hub arguments {sorted(hub_kwargs)} for the local folder {directory}")
-    return SparseVDiTConfig.load_files(directory / CONFIG_NAME, directory / MODE_MAP_NAME)
+    return SparseVDiTConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
 
 
 def _transformer_of(pipe_or_transformer):
