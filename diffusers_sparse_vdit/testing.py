@@ -74,10 +74,13 @@ def tiny_transformer_inputs(
     text_lengths: Sequence[int] | None = None,
     timestep: float = 500.0,
     seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> dict:
-    """Forward keyword arguments for a tiny transformer with a latent token ``grid`` after patchify.
+    """Forward keyword arguments for a transformer (any size) with a latent token ``grid`` after patchify.
 
     ``text_lengths`` (HunyuanVideo): valid prompt tokens per batch item, the rest is padding.
+    Inputs are drawn on the CPU from ``seed`` and moved, so they do not depend on the device.
     """
     family = type(transformer).__name__
     config = transformer.config
@@ -85,10 +88,11 @@ def tiny_transformer_inputs(
     g = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
-        return torch.randn(*shape, generator=g)
+        return torch.randn(*shape, generator=g).to(device, dtype)
 
-    timesteps = torch.full((batch_size,), float(timestep))
-    text = randn(batch_size, text_tokens, TEXT_DIM)
+    timesteps = torch.full((batch_size,), float(timestep), device=device)
+    text_dim = config.text_dim if family == "WanTransformer3DModel" else config.text_embed_dim
+    text = randn(batch_size, text_tokens, text_dim)
     if family == "WanTransformer3DModel":
         p_t, p_h, p_w = config.patch_size
         latents = randn(batch_size, config.in_channels, frames * p_t, height * p_h, width * p_w)
@@ -97,21 +101,23 @@ def tiny_transformer_inputs(
         p, p_t = config.patch_size, config.patch_size_t
         latents = randn(batch_size, config.in_channels, frames * p_t, height * p, width * p)
         lengths = torch.tensor(text_lengths if text_lengths is not None else [text_tokens] * batch_size)
-        mask = (torch.arange(text_tokens)[None, :] < lengths[:, None]).long()
+        mask = (torch.arange(text_tokens)[None, :] < lengths[:, None]).long().to(device)
         return dict(
             hidden_states=latents, timestep=timesteps, encoder_hidden_states=text, encoder_attention_mask=mask,
             pooled_projections=randn(batch_size, config.pooled_projection_dim),
-            guidance=torch.full((batch_size,), 4500.0), return_dict=False,
+            guidance=torch.full((batch_size,), 4500.0, device=device), return_dict=False,
         )
     if family == "CogVideoXTransformer3DModel":
         p, p_t = config.patch_size, config.patch_size_t
         latents = randn(batch_size, frames * (p_t or 1), config.in_channels, height * p, width * p)
         rope = _cogvideox_rotary_emb(config, frames, height, width) if config.use_rotary_positional_embeddings else None
+        if rope is not None:
+            rope = tuple(r.to(device) for r in rope)
         return dict(
             hidden_states=latents, encoder_hidden_states=text, timestep=timesteps, image_rotary_emb=rope,
             return_dict=False,
         )
-    raise ValueError(f"no tiny inputs for {family}")
+    raise ValueError(f"no inputs for {family}")
 
 
 def _cogvideox_rotary_emb(config, frames: int, height: int, width: int):

@@ -1,0 +1,246 @@
+"""End-to-end benchmark: one full transformer forward at real dims (random weights), dense vs sparse.
+
+For each family, in one run (bf16, batch 1, ``torch.no_grad``):
+
+* stock diffusers with PyTorch's default SDPA choice (FA2 first on Hopper; HunyuanVideo's
+  masked text drops to the memory-efficient kernel): what a user has today;
+* stock with the fastest dense backend first (cuDNN, then FLASH, EFFICIENT): the honest baseline;
+* the same with the sparse self-attention replaced by a no-op: the attention share ``a``;
+* our processors with a paper-like mixed map at the paper's attention FLOP reduction
+  (1.7x Wan2.1, 2.1x CogVideoX1.5, 2.4x HunyuanVideo); dense paths under the same fast backend.
+
+It prints the measured speedups beside the Amdahl bound ``1 / ((1 - a) + a * density)`` and
+writes JSON. ``--layers`` cuts the depth (same per-layer shapes); a correctness check runs
+first (our all-FULL map through the Triton kernel against stock, same inputs).
+
+    python benchmarks/bench_e2e.py --out benchmarks/results/e2e_h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_kernel import spec_for_tile_density, time_ms  # noqa: E402
+
+from diffusers_sparse_vdit import Mode, ModeSpec, SparseVDiTConfig, TokenLayout, build_plan  # noqa: E402
+from diffusers_sparse_vdit.plan import spec_density  # noqa: E402
+from diffusers_sparse_vdit.processors import apply_sparse_vdit, family_of, remove_sparse_vdit, sparse_targets  # noqa: E402
+from diffusers_sparse_vdit.testing import tiny_transformer_inputs  # noqa: E402
+
+MODELS = {
+    # name: (diffusers class, real config, latent grid after patchify, text tokens, paper FLOP reduction)
+    "wan2.1-1.3b-480p": (
+        "WanTransformer3DModel",
+        dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+             text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+             qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
+        (21, 30, 52), 512, 1.7,
+    ),
+    "cogvideox1.5-5b-768p": (
+        "CogVideoXTransformer3DModel",
+        dict(num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, time_embed_dim=512,
+             text_embed_dim=4096, num_layers=42, sample_width=300, sample_height=300, sample_frames=81, patch_size=2,
+             patch_size_t=2, patch_bias=False, max_text_seq_length=226, use_rotary_positional_embeddings=True,
+             use_learned_positional_embeddings=False),
+        (11, 48, 85), 226, 2.1,
+    ),
+    "hunyuanvideo-720p": (
+        "HunyuanVideoTransformer3DModel",
+        dict(in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
+             num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
+             qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768,
+             rope_theta=256.0, rope_axes_dim=(16, 56, 56)),
+        (33, 45, 80), 256, 2.4,
+    ),
+}
+# depth cut per model (--layers default): same per-layer shapes, proportionally fewer layers
+DEFAULT_CUT = {"wan2.1-1.3b-480p": {}, "cogvideox1.5-5b-768p": {"num_layers": 6},
+               "hunyuanvideo-720p": {"num_layers": 2, "num_single_layers": 4}}
+
+
+def build(name: str, cut: dict):
+    import diffusers
+
+    cls_name, config, grid, text, _ = MODELS[name]
+    with torch.device("cuda"):
+        torch.manual_seed(0)
+        model = getattr(diffusers, cls_name)(**{**config, **cut})
+    return model.to(torch.bfloat16).eval()
+
+
+def paper_like_map(model, grid, text_tokens, reduction: float, seed: int = 0) -> tuple[SparseVDiTConfig, TokenLayout]:
+    """~30% FULL, 30% DIAGONAL, 20% MULTI_DIAGONAL, 15% VERTICAL_STRIPE, 5% SKIP heads per layer,
+    the sparse modes' tile density chosen so the whole map computes 1/reduction of dense attention."""
+    family = family_of(model)
+    targets = sparse_targets(model)
+    heads = model.config.num_attention_heads
+    position = {"wan": "none", "cogvideox": "before", "hunyuan_video": "after"}[family.name]
+    layout = TokenLayout(*grid, text_tokens=text_tokens if position != "none" else 0, text_position=position)
+    n_skip = max(1, round(0.05 * heads))
+    counts = {Mode.DIAGONAL: round(0.30 * heads), Mode.MULTI_DIAGONAL: round(0.20 * heads),
+              Mode.VERTICAL_STRIPE: round(0.15 * heads)}
+    n_full = heads - n_skip - sum(counts.values())
+
+    def specs_for(x: float) -> list[ModeSpec]:
+        specs = [ModeSpec.full()] * n_full + [ModeSpec.skip()] * n_skip
+        for mode, n in counts.items():
+            specs += [spec_for_tile_density(mode, x, layout, 128)] * n
+        return specs
+
+    def density(specs) -> float:
+        return sum(spec_density(s, layout, 128)[0] for s in specs) / len(specs)
+
+    lo, hi = 0.0, 1.0  # bisect the sparse heads' density to hit the target
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if density(specs_for(mid)) < 1 / reduction else (lo, mid)
+    base = specs_for(lo)
+    rng = random.Random(seed)
+    layers = [rng.sample(base, len(base)) for _ in targets]  # a different head order in every layer
+    return SparseVDiTConfig.from_specs(layers, family=family.name, transformer_class=type(model).__name__,
+                                       target_modules=targets), layout
+
+
+@contextlib.contextmanager
+def fastest_dense():
+    """SDPA with cuDNN first, then FLASH, EFFICIENT, MATH: each call takes the first that supports it."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    with sdpa_kernel(order, set_priority=True):
+        yield
+
+
+@contextlib.contextmanager
+def no_self_attention(num_tokens: int):
+    """SDPA calls over the whole joint sequence return their query: the rest of the forward, timed alone."""
+    import torch.nn.functional as F
+
+    original = F.scaled_dot_product_attention
+
+    def fake(*args, **kwargs):
+        names = ("query", "key", "value")
+        q, k = (args[i] if len(args) > i else kwargs[names[i]] for i in range(2))
+        if q.shape[-2] == k.shape[-2] == num_tokens:  # (B, H, N, D) over the whole joint sequence
+            return q
+        return original(*args, **kwargs)
+
+    F.scaled_dot_product_attention = fake
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def rel_err(a, b) -> float:
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def bench_model(name: str, args, rows: list):
+    cls_name, config, grid, text_tokens, reduction = MODELS[name]
+    cut = {} if args.full_depth else DEFAULT_CUT[name]
+    model = build(name, cut)
+    inputs = tiny_transformer_inputs(model, grid=grid, text_tokens=text_tokens, device="cuda", dtype=torch.bfloat16,
+                                     text_lengths=[text_tokens // 2] if name.startswith("hunyuan") else None)
+    sparse_map, layout = paper_like_map(model, grid, text_tokens, reduction)
+    density = sum(build_plan(sparse_map.head_specs(i), layout).density for i in range(sparse_map.num_layers))
+    density /= sparse_map.num_layers
+    print(f"{name}: {cls_name} {cut or '(full depth)'}, {layout}, map density {density:.3f} "
+          f"({1 / density:.2f}x fewer attention FLOPs)", flush=True)
+
+    @torch.no_grad()
+    def forward():
+        return model(**inputs)[0]
+
+    # correctness first: our all-FULL map through the Triton kernel equals stock attention
+    with fastest_dense():
+        stock = forward()
+        full_map = SparseVDiTConfig.from_specs([[ModeSpec.full()] * sparse_map.num_heads] * sparse_map.num_layers,
+                                               family=sparse_map.family, transformer_class=cls_name,
+                                               target_modules=sparse_map.target_modules)
+        apply_sparse_vdit(model, full_map, backend="triton")
+        err_full = rel_err(forward(), stock)
+        apply_sparse_vdit(model, sparse_map)
+        sparse_out = forward()
+        err_sparse = rel_err(sparse_out, stock)
+        remove_sparse_vdit(model)
+    print(f"  check: all-FULL map via Triton vs stock rel err {err_full:.2e}; mixed map vs stock {err_sparse:.2e}",
+          flush=True)
+    assert err_full < 2e-2 and not sparse_out.isnan().any()
+
+    t_default = time_ms(forward, min_reps=3)
+    with fastest_dense():
+        t_fast = time_ms(forward, min_reps=3)
+        with no_self_attention(layout.num_tokens):
+            t_rest = time_ms(forward, min_reps=3)
+        apply_sparse_vdit(model, sparse_map)
+        t_ours = time_ms(forward, min_reps=3)
+        remove_sparse_vdit(model)
+    share = (t_fast - t_rest) / t_fast
+    bound = 1 / ((1 - share) + share * density)
+    row = {
+        "model": name, "class": cls_name, "depth_cut": cut, "layout": str(layout), "map_density": density,
+        "flop_reduction": 1 / density, "ms_stock_default": t_default, "ms_fastest_dense": t_fast,
+        "ms_without_attention": t_rest, "ms_sparse": t_ours, "attention_share": share, "amdahl_bound": bound,
+        "speedup_vs_fastest_dense": t_fast / t_ours, "fraction_of_amdahl": t_fast / t_ours / bound,
+        "speedup_vs_stock_default": t_default / t_ours, "check_full_rel_err": err_full,
+        "mixed_vs_dense_rel_err": err_sparse, "mode_counts": sparse_map.mode_counts(),
+    }
+    rows.append(row)
+    print(f"  stock default {t_default:.1f} ms | fastest dense {t_fast:.1f} ms | without attention {t_rest:.1f} ms "
+          f"(share {share:.2f}) | sparse {t_ours:.1f} ms", flush=True)
+    print(f"  speedup {t_fast / t_ours:.2f}x vs fastest dense (Amdahl bound {bound:.2f}x, "
+          f"{t_fast / t_ours / bound:.0%} of it), {t_default / t_ours:.2f}x vs stock default", flush=True)
+    del model
+    torch.cuda.empty_cache()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--full-depth", action="store_true", help="all layers (default: the depth cut in DEFAULT_CUT)")
+    parser.add_argument("--out", default="benchmarks/results/e2e.json")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("this benchmark needs a CUDA GPU")
+    import diffusers
+    import triton
+
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "diffusers": diffusers.__version__, "cudnn": torch.backends.cudnn.version(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "dtype": "bfloat16", "batch": 1}
+    print(json.dumps(meta), flush=True)
+    rows = []
+    for name in args.models.split(","):
+        try:
+            bench_model(name, args, rows)
+        except Exception as e:
+            print(f"  {name} failed: {type(e).__name__}: {e}", flush=True)
+            rows.append({"model": name, "error": f"{type(e).__name__}: {e}"})
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(f"\n{'model':22s} {'density':>7s} {'default':>9s} {'fastest':>9s} {'no-attn':>9s} {'share':>6s} "
+          f"{'sparse':>9s} {'x fast':>7s} {'bound':>6s} {'of bnd':>6s} {'x dflt':>7s}")
+    for r in rows:
+        if "error" in r:
+            continue
+        print(f"{r['model']:22s} {r['map_density']:7.3f} {r['ms_stock_default']:9.1f} {r['ms_fastest_dense']:9.1f} "
+              f"{r['ms_without_attention']:9.1f} {r['attention_share']:6.2f} {r['ms_sparse']:9.1f} "
+              f"{r['speedup_vs_fastest_dense']:7.2f} {r['amdahl_bound']:6.2f} {r['fraction_of_amdahl']:6.0%} "
+              f"{r['speedup_vs_stock_default']:7.2f}")
+
+
+if __name__ == "__main__":
+    main()
