@@ -93,7 +93,8 @@ def solve_mckp(errors: torch.Tensor, costs: torch.Tensor, budget: float, weights
     item's lower convex hull of (cost, error) is walked in order of error removed per unit of
     cost, taking upgrades while they fit (optimal whenever the budget lands on a hull
     vertex). Then the leftover budget is filled greedily with the best-ratio upgrades that
-    still fit. Returns the choice and ``{"error", "cost", "lower_bound"}``; ``lower_bound`` is
+    still fit, and single swaps (one head up, another down) are applied while one lowers
+    the error. Returns the choice and ``{"error", "cost", "lower_bound"}``; ``lower_bound`` is
     the LP relaxation's optimum, so no choice has less error: it certifies the gap.
     """
     err = errors.double().numpy().copy()
@@ -136,19 +137,61 @@ def solve_mckp(errors: torch.Tensor, costs: torch.Tensor, budget: float, weights
         lower += gain
         choice[i], used = to, used + extra
 
-    while True:  # fill what is left with the best upgrades that still fit
-        d_cost = w[:, None] * (cost - cost[rows, choice][:, None])
-        d_err = w[:, None] * (err - err[rows, choice][:, None])
-        ok = np.isfinite(d_err) & (d_err < 0) & (d_cost <= budget - used + tol)
-        if not ok.any():
+    used = _fill(err, cost, w, choice, budget, used, tol)
+    for _ in range(n):  # polish: an upgrade paid for by a downgrade elsewhere, while one helps
+        if not _swap(err, cost, w, choice, budget, used, tol):
             break
+        used = _fill(err, cost, w, choice, budget, float((w * cost[rows, choice]).sum()), tol)
+    error = float((w * err[rows, choice]).sum())
+    return torch.from_numpy(choice).long(), {"error": error, "cost": float(used), "lower_bound": min(lower, error)}
+
+
+def _moves(err, cost, w, choice):
+    rows = np.arange(len(choice))
+    d_cost = w[:, None] * (cost - cost[rows, choice][:, None])
+    d_err = w[:, None] * (err - err[rows, choice][:, None])
+    return d_cost, d_err, np.isfinite(d_err) & np.isfinite(d_cost)
+
+
+def _fill(err, cost, w, choice, budget, used, tol) -> float:
+    """Spend leftover budget on the upgrades with the most error removed per unit of cost."""
+    c = err.shape[1]
+    while True:
+        d_cost, d_err, finite = _moves(err, cost, w, choice)
+        ok = finite & (d_err < 0) & (d_cost <= budget - used + tol)
+        if not ok.any():
+            return used
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(ok, np.where(d_cost > 0, d_err / d_cost, -np.inf), np.inf)
         i, to = divmod(int(ratio.argmin()), c)
         used += d_cost[i, to]
         choice[i] = to
-    error = float((w * err[rows, choice]).sum())
-    return torch.from_numpy(choice).long(), {"error": error, "cost": float(used), "lower_bound": min(lower, error)}
+
+
+def _swap(err, cost, w, choice, budget, used, tol, top: int = 256) -> bool:
+    """Apply the best (upgrade i, downgrade j != i) pair that fits and lowers the error, if any."""
+    c = err.shape[1]
+    d_cost, d_err, finite = _moves(err, cost, w, choice)
+    up = np.flatnonzero((finite & (d_err < 0) & (d_cost > budget - used + tol)).ravel())
+    down = np.flatnonzero((finite & (d_cost < 0)).ravel())
+    if not len(up) or not len(down):
+        return False
+    up = up[np.argsort(d_err.ravel()[up])[:top]]  # the largest possible gains first
+    freed, raised, down_item = -d_cost.ravel()[down], d_err.ravel()[down], down // c
+    best, move = -1e-15 * max(1.0, float(np.abs(err[np.isfinite(err)]).max())), None
+    for flat in up:
+        i = flat // c
+        fits = (freed >= d_cost.ravel()[flat] - (budget - used) - tol) & (down_item != i)
+        if fits.any():
+            k = np.flatnonzero(fits)[raised[fits].argmin()]
+            gain = d_err.ravel()[flat] + raised[k]
+            if gain < best:
+                best, move = gain, (i, flat % c, down_item[k], down[k] % c)
+    if move is None:
+        return False
+    i, to, j, to_j = move
+    choice[i], choice[j] = to, to_j
+    return True
 
 
 # Results -----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ are moved (sink and the partial last tile stay put), so no tile changes length.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -88,6 +89,12 @@ def top_stripe_tiles(mass: torch.Tensor, count: int, selectable: torch.Tensor) -
     return order[..., :count]
 
 
+@functools.lru_cache(maxsize=16)
+def frame_major_tile_of_token(layout: TokenLayout, tile_size: int) -> torch.Tensor:
+    """Frame-major kernel tile of every caller token (cached: the scorer asks every call)."""
+    return layout.tile_of_token(FRAME_MAJOR, tile_size)
+
+
 def key_tile_mass(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -98,7 +105,7 @@ def key_tile_mass(
     *,
     scale: float,
     key_valid: torch.Tensor | None = None,
-    max_elements: int = 1 << 26,
+    max_elements: int = 1 << 28,
 ) -> torch.Tensor:
     """Attention mass per frame-major video key tile, averaged over sampled video query rows.
 
@@ -106,12 +113,12 @@ def key_tile_mass(
     Returns float64 ``(B, H, video_tiles)``: per batch item and head, the weighted mean over
     rows of the softmax probability summed over each key tile, with each row's own tile
     zeroed. ``key_valid`` (bool ``(B, N)``) masks padded text keys. Memory stays bounded:
-    at most ``max_elements`` scores (rows x keys x heads x batch) exist at a time.
+    at most ``max_elements`` scores (batch x heads x rows x keys) exist at a time.
     """
     batch, heads, n, _ = q.shape
-    nvt = layout.video_tiles(tile_size)
-    key_tile = layout.tile_of_token(FRAME_MAJOR, tile_size).to(q.device)
-    own = key_tile[rows]  # video rows: their own frame-major tile
+    nvt, start, count = layout.video_tiles(tile_size), layout.video_start, layout.video_tokens
+    whole = count // tile_size  # frame-major video key tiles are contiguous runs of keys
+    own = frame_major_tile_of_token(layout, tile_size).to(q.device)[rows]
     weights = row_weights.to(q.device, torch.float64)
     mass = torch.zeros(batch, heads, nvt, dtype=torch.float64, device=q.device)
     per_chunk = max(1, max_elements // (batch * n))  # rows x heads per chunk
@@ -122,13 +129,15 @@ def key_tile_mass(
         kh = k[:, hs].float()
         for r0 in range(0, len(rows), row_step):
             idx = rows[r0 : r0 + row_step]
-            logits = torch.matmul(q[:, hs, idx].float(), kh.transpose(-1, -2)) * scale  # (B, h, r, N)
+            logits = torch.matmul(q[:, hs, idx].float(), kh.transpose(-1, -2)).mul_(scale)  # (B, h, r, N)
             if key_valid is not None:
                 logits.masked_fill_(~key_valid[:, None, None, :], -math.inf)
-            probs = torch.softmax(logits, dim=-1)
-            per_tile = torch.zeros(*probs.shape[:3], nvt + layout.text_tiles(tile_size), device=q.device)
-            per_tile.index_add_(3, key_tile, probs)
-            per_tile = per_tile[..., :nvt]
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+            probs = logits[..., start : start + count].sub_(lse).exp_()  # video keys only, in place
+            per_tile = torch.zeros(*probs.shape[:3], nvt, device=q.device)
+            per_tile[..., :whole] = probs[..., : whole * tile_size].reshape(*probs.shape[:3], whole, tile_size).sum(-1)
+            if whole < nvt:
+                per_tile[..., whole] = probs[..., whole * tile_size :].sum(-1)
             own_idx = own[r0 : r0 + row_step].view(1, 1, -1, 1).expand(*per_tile.shape[:3], 1)
             per_tile.scatter_(3, own_idx, 0.0)
             mass[:, hs] += torch.einsum("bhrt,r->bht", per_tile.double(), weights[r0 : r0 + row_step])
@@ -172,15 +181,21 @@ class StripePermutation:
         self.perm = perm
         self.inv = torch.empty_like(perm).scatter_(1, perm, torch.arange(layout.num_tokens).expand(heads, -1))
         self.layout, self.tile_size = layout, tile_size
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _maps(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._on:
+            self._on[device] = (self.perm.to(device), self.inv.to(device))
+        return self._on[device]
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, N, D)`` in caller order -> each head's permuted order (a copy)."""
-        index = self.perm.to(x.device)[None, :, :, None].expand(x.shape[0], -1, -1, x.shape[-1])
+        index = self._maps(x.device)[0][None, :, :, None].expand(x.shape[0], -1, -1, x.shape[-1])
         return torch.gather(x, 2, index)
 
     def gather_rows(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Rows ``rows`` (caller indices) of a permuted-order ``(B, H, N, D)`` tensor: ``(B, H, R, D)``."""
-        index = self.inv.to(x.device)[:, rows][None, :, :, None].expand(x.shape[0], -1, -1, x.shape[-1])
+        index = self._maps(x.device)[1][:, rows][None, :, :, None].expand(x.shape[0], -1, -1, x.shape[-1])
         return torch.gather(x, 2, index)
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,5 +204,5 @@ class StripePermutation:
 
     def query_tiles(self, rows: torch.Tensor) -> torch.Tensor:
         """Frame-major tiles (any head) holding the permuted positions of the given caller rows."""
-        tile_of = self.layout.tile_of_token(FRAME_MAJOR, self.tile_size)
+        tile_of = frame_major_tile_of_token(self.layout, self.tile_size)
         return torch.unique(tile_of[self.inv[:, rows.cpu()]])
