@@ -29,7 +29,8 @@ to a stratified random sample of ``sample_tiles`` video query tiles per call: th
 tiles are cut into that many equal strata and one tile is drawn from each, weighted by its
 stratum's size, so sums over sampled rows are unbiased estimates of sums over all rows (the
 error and the energy use the same rows, a ratio estimator). Text rows are always scored in
-full: they attend densely in every mode but SKIP, where they count. A fresh sample each
+full: they attend densely in every mode but SKIP, where they count (padded text rows past
+``text_lengths`` count nowhere: no video token sees them). A fresh sample each
 call means the sampling noise averages out over calls. ``tests/search`` measures it on a
 32-tile layout sampled 8 tiles a call: the single-call estimate is off by a median 4%
 (the worst entries by ~60%), and the mean by at most 14% over 12 calls, 9% over 24 and 6%
@@ -73,15 +74,15 @@ OutProj = Union[torch.Tensor, Sequence[tuple[Rows, torch.Tensor]], None]
 
 @dataclass
 class _Sample:
-    tiles: torch.Tensor  # sampled video tiles, kernel order of the sample
+    tiles: torch.Tensor  # sampled video tiles, in the sample's kernel order (CPU)
     rows: torch.Tensor  # caller rows: sampled video rows, then every text row
-    weights: torch.Tensor  # float64 per row: stratum size for video rows, 1 for text rows
+    weights: torch.Tensor  # float64 (B, rows): stratum size for video rows, 1 (0 if padding) for text rows
     n_video: int
 
 
 @dataclass
 class _Projection:
-    pair_of_token: torch.Tensor  # (N,) which (rows, weight) pair projects each token, -1 for none
+    pair_of_token: torch.Tensor  # (N,) on the device: which (rows, weight) pair projects each token, -1 for none
     weights: list[torch.Tensor]  # float32 (C, H*D) per pair
     grams: list[torch.Tensor]  # float32 (H, D, D) per pair: W_h^T W_h
 
@@ -183,45 +184,25 @@ class HeadScorer:
         if dense is None:
             dense = self._dense(q, k, v, scale, text_lengths)
         proj = self._projection(out_proj, heads, head_dim, q.device)
-        fm = self._sample(FRAME_MAJOR)
-        samples = {FRAME_MAJOR: fm}
-        if any(c.mode is Mode.MULTI_DIAGONAL for c in self.candidates):
-            samples[TOKEN_MAJOR] = self._sample(TOKEN_MAJOR)
+        orders = {TOKEN_MAJOR if c.mode is Mode.MULTI_DIAGONAL else FRAME_MAJOR for c in self.candidates} | {FRAME_MAJOR}
+        samples = {o: self._sample(o, batch, q.device, text_lengths) for o in sorted(orders)}
         energy = {o: self._energy(dense, s, proj) for o, s in samples.items()}
-
-        perm = None
-        if self._max_stripes:
-            video = fm.rows[: fm.n_video].to(q.device)
-            mass = key_tile_mass(q, k, video, fm.weights[: fm.n_video], self.layout, self.tile_size, scale=scale,
-                                 key_valid=self._key_valid(batch, q.device, text_lengths),
-                                 max_elements=self.max_chunk_elements)
-            self._mass_sum[r, layer] += mass.sum(0).cpu()
-            perm = StripePermutation(self._stripe_tiles(r, layer), self.layout, self.tile_size, self._sink_frames)
-            qp, kp, vp = (perm.apply(x) for x in (q, k, v))
+        striped = self._striped_inputs(r, layer, q, k, v, samples[FRAME_MAJOR], scale, text_lengths)
 
         errors = torch.zeros(batch, heads, len(self.candidates), dtype=torch.float64, device=q.device)
         buffer = torch.empty_like(q)
         for c, cand in enumerate(self.candidates):
-            if cand.mode is Mode.FULL:
+            if cand.mode is Mode.FULL:  # exact by definition
                 continue
             order = TOKEN_MAJOR if cand.mode is Mode.MULTI_DIAGONAL else FRAME_MAJOR
             s = samples[order]
-            if cand.mode is Mode.SKIP:  # output 0 on every row, text rows included
-                delta = -dense[:, :, s.rows.to(q.device)].float()
-                errors[..., c] = self._error(delta, s, proj) / energy[order][:, None]
-                continue
-            rows = s.rows[: s.n_video].to(q.device)  # text rows are exact in every other mode
-            if cand.mode is Mode.VERTICAL_STRIPE:
-                plan = self._plans[c].restrict_queries(perm.query_tiles(rows))
-                out = sparse_attention(qp, kp, vp, plan, scale=scale, backend=self.backend, text_lengths=text_lengths,
-                                       out=buffer)
-                got = perm.gather_rows(out, rows)
-            else:
-                plan = self._plans[c].restrict_queries(s.tiles)
-                out = sparse_attention(q, k, v, plan, scale=scale, backend=self.backend, text_lengths=text_lengths, out=buffer)
-                got = out[:, :, rows]
-            delta = got.float() - dense[:, :, rows].float()
-            errors[..., c] = self._error(delta, s, proj, n_rows=s.n_video) / energy[order][:, None]
+            if cand.mode is Mode.SKIP:  # zero on every row, text rows included
+                delta = -dense[:, :, s.rows].float()
+            else:  # text rows attend densely in every other mode: only video rows can differ
+                rows = s.rows[: s.n_video]
+                got = self._sampled_rows(c, q, k, v, rows, s.tiles, striped, scale, text_lengths, buffer)
+                delta = got.float() - dense[:, :, rows].float()
+            errors[..., c] = self._error(delta, s, proj) / energy[order][:, None]
 
         errors = errors.cpu()
         self._err_sum[r, layer] += errors.sum(0)
@@ -277,19 +258,24 @@ class HeadScorer:
         valid[:, self._text_rows.to(device)] = pos[None, :] < text_lengths[:, None]
         return valid
 
-    def _sample(self, order: int) -> _Sample:
-        """One video tile per stratum of equal size, weighted by the stratum size, plus all text rows."""
+    def _sample(self, order: int, batch: int, device, text_lengths) -> _Sample:
+        """One video tile per stratum of equal size, weighted by the stratum size, plus the text rows.
+
+        Padded text rows (past ``text_lengths``) get weight 0: they never reach a video token.
+        """
         nvt = self.layout.video_tiles(self.tile_size)
         k = min(self.sample_tiles, nvt)
         edges = torch.arange(k + 1) * nvt // k
         sizes = edges[1:] - edges[:-1]
         tiles = edges[:-1] + (torch.rand(k, generator=self._generator) * sizes).long().clamp(max=sizes - 1)
-        lengths = self._tile_lengths[tiles]
-        valid = torch.arange(self.tile_size)[None, :] < lengths[:, None]
+        valid = torch.arange(self.tile_size)[None, :] < self._tile_lengths[tiles][:, None]
         video = self._tile_rows[order][tiles][valid]
-        weights = sizes[:, None].expand(-1, self.tile_size)[valid].double()
+        weights = torch.ones(batch, len(video) + len(self._text_rows), dtype=torch.float64)
+        weights[:, : len(video)] = sizes[:, None].expand(-1, self.tile_size)[valid].double()
+        if text_lengths is not None:
+            weights[:, len(video) :] = (torch.arange(len(self._text_rows))[None, :] < text_lengths.cpu()[:, None]).double()
         rows = torch.cat([video, self._text_rows])
-        return _Sample(tiles, rows, torch.cat([weights, torch.ones(len(self._text_rows), dtype=torch.float64)]), len(video))
+        return _Sample(tiles, rows.to(device), weights.to(device), len(video))
 
     def _projection(self, out_proj: OutProj, heads: int, head_dim: int, device) -> _Projection | None:
         if self.metric == "mse":
@@ -304,7 +290,7 @@ class HeadScorer:
         for p, (rows, weight) in enumerate(pairs):
             if weight.dim() != 2 or weight.shape[1] != heads * head_dim:
                 raise ValueError(f"out_proj weight {p} must be (C, H*D) = (C, {heads * head_dim}), got {tuple(weight.shape)}")
-            idx = torch.arange(n)[rows] if isinstance(rows, slice) else torch.as_tensor(rows, dtype=torch.int64).reshape(-1)
+            idx = torch.arange(n)[rows] if isinstance(rows, slice) else torch.as_tensor(rows).cpu().long().reshape(-1)
             if (pair_of[idx] >= 0).any():
                 raise ValueError("out_proj pairs overlap: each token row may be projected by one weight only")
             pair_of[idx] = p
@@ -312,37 +298,57 @@ class HeadScorer:
             per_head = w.view(w.shape[0], heads, head_dim)
             weights.append(w)
             grams.append(torch.einsum("chd,che->hde", per_head, per_head))
-        return _Projection(pair_of, weights, grams)
+        return _Projection(pair_of.to(device), weights, grams)
 
     def _energy(self, dense, s: _Sample, proj: _Projection | None) -> torch.Tensor:
         """(B,) float64: the estimated total the errors are divided by (see the module docstring)."""
-        w = s.weights.to(dense.device)
         if proj is None:  # plain MSE: a weighted mean over rows and channels
-            return torch.full((dense.shape[0],), float(w.sum()) * dense.shape[-1], dtype=torch.float64, device=dense.device)
+            return s.weights.sum(-1) * dense.shape[-1]
         total = torch.zeros(dense.shape[0], dtype=torch.float64, device=dense.device)
         which = proj.pair_of_token[s.rows]
         for p, weight in enumerate(proj.weights):
-            sel = (which == p).nonzero().flatten()
-            for chunk in sel.split(4096):
-                rows = s.rows[chunk].to(dense.device)
-                y = dense[:, :, rows].float().transpose(1, 2).flatten(2) @ weight.T  # (B, r, C)
-                total += (y.square().sum(-1).double() * w[chunk.to(dense.device)]).sum(-1)
+            for sel in (which == p).nonzero().flatten().split(4096):
+                y = dense[:, :, s.rows[sel]].float().transpose(1, 2).flatten(2) @ weight.T  # (B, r, C)
+                total += (y.square().sum(-1).double() * s.weights[:, sel]).sum(-1)
         return total.clamp(min=torch.finfo(torch.float64).tiny)
 
-    def _error(self, delta, s: _Sample, proj: _Projection | None, n_rows: int | None = None) -> torch.Tensor:
-        """(B, H) float64 weighted error sums over the first ``n_rows`` rows of the sample."""
-        n_rows = delta.shape[2] if n_rows is None else n_rows
-        w = s.weights[:n_rows].to(delta.device)
+    def _error(self, delta, s: _Sample, proj: _Projection | None) -> torch.Tensor:
+        """(B, H) float64 weighted error sums over the first ``delta.shape[2]`` rows of the sample."""
+        n = delta.shape[2]
+        w = s.weights[:, :n]
         if proj is None:
-            return (delta.square().sum(-1).double() * w).sum(-1)
+            return (delta.square().sum(-1).double() * w[:, None, :]).sum(-1)
         total = torch.zeros(delta.shape[:2], dtype=torch.float64, device=delta.device)
-        which = proj.pair_of_token[s.rows[:n_rows]].to(delta.device)
+        which = proj.pair_of_token[s.rows[:n]]
         for p, gram in enumerate(proj.grams):
             sel = (which == p).nonzero().flatten()
             if len(sel):
-                d = delta[:, :, sel] * w[sel].sqrt().float()[:, None]
+                d = delta[:, :, sel] * w[:, None, sel, None].sqrt().float()
                 total += torch.einsum("bhrd,hde,bhre->bh", d, gram, d).double()
         return total
+
+    def _striped_inputs(self, r, layer, q, k, v, fm: _Sample, scale, text_lengths):
+        """Measure stripe mass on the frame-major sample, then permute q, k, v so every head's
+        heaviest tiles sit at the canonical stripe positions (:class:`StripePermutation`)."""
+        if not self._max_stripes:
+            return None
+        video = fm.rows[: fm.n_video]
+        mass = key_tile_mass(q, k, video, fm.weights[0, : fm.n_video], self.layout, self.tile_size, scale=scale,
+                             key_valid=self._key_valid(q.shape[0], q.device, text_lengths),
+                             max_elements=self.max_chunk_elements)
+        self._mass_sum[r, layer] += mass.sum(0).cpu()
+        perm = StripePermutation(self._stripe_tiles(r, layer), self.layout, self.tile_size, self._sink_frames)
+        return perm, *(perm.apply(x) for x in (q, k, v))
+
+    def _sampled_rows(self, c, q, k, v, rows, tiles, striped, scale, text_lengths, buffer) -> torch.Tensor:
+        """Candidate ``c``'s output on the sampled caller ``rows``, all heads: ``(B, H, R, D)``."""
+        kwargs = dict(scale=scale, backend=self.backend, text_lengths=text_lengths, out=buffer)
+        if self.candidates[c].mode is Mode.VERTICAL_STRIPE:
+            perm, qp, kp, vp = striped
+            out = sparse_attention(qp, kp, vp, self._plans[c].restrict_queries(perm.query_tiles(rows)), **kwargs)
+            return perm.gather_rows(out, rows)
+        out = sparse_attention(q, k, v, self._plans[c].restrict_queries(tiles), **kwargs)
+        return out[:, :, rows]
 
     def _stripe_tiles(self, r: int, layer: int, count: int | None = None) -> torch.Tensor:
         count = self._max_stripes if count is None else count

@@ -138,7 +138,7 @@ def solve_mckp(errors: torch.Tensor, costs: torch.Tensor, budget: float, weights
         choice[i], used = to, used + extra
 
     used = _fill(err, cost, w, choice, budget, used, tol)
-    for _ in range(n):  # polish: an upgrade paid for by a downgrade elsewhere, while one helps
+    for _ in range(64):  # polish: an upgrade paid for by a downgrade elsewhere, while one helps
         if not _swap(err, cost, w, choice, budget, used, tol):
             break
         used = _fill(err, cost, w, choice, budget, float((w * cost[rows, choice]).sum()), tol)
@@ -227,11 +227,11 @@ class SearchResult:
     def summary(self) -> str:
         total = self.choices.numel()
         lines = [f"Sparse-vDiT search ({self.settings.get('rule')}): {self.config!r}",
-                 f"{'candidate':<40} {'heads':>6} {'share':>7} {'density':>8}"]
+                 f"{'candidate':<44} {'heads':>6} {'share':>7} {'density':>8}"]
         for i, (cand, dens) in enumerate(zip(self.candidates, self.densities.tolist())):
             count = int((self.choices == i).sum())
             if count:
-                lines.append(f"{str(cand):<40} {count:>6} {count / total:>7.1%} {dens:>8.3f}")
+                lines.append(f"{str(cand):<44} {count:>6} {count / total:>7.1%} {dens:>8.3f}")
         e2e = self.end_to_end_speedup
         lines.append(f"attention density {self.attention_density:.3f} ({self.attention_speedup:.2f}x fewer attention FLOPs)"
                      + (f"; end-to-end {e2e:.2f}x at attention share {self.attention_share:.2f}, "
@@ -300,6 +300,8 @@ def _build(scores, choice, steps, dense_fraction, rule_settings, *, warmup, num_
                 row.append(cand.spec(stripes))
             specs[-1].append(row)
 
+    # every target layer has the same heads, tokens and head size (HunyuanVideo's dual- and
+    # single-stream blocks included), so a head's attention FLOPs are its density times a constant
     dens = scores.densities[choice]  # (R, L, H)
     per_range = dens.mean(dim=(1, 2))
     sparse_fraction = 1.0 - dense_fraction

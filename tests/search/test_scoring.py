@@ -23,19 +23,28 @@ def oracle_outputs(scorer, q, k, v, specs, scale=None, text_lengths=None):
 
 
 def oracle_errors(scorer, q, k, v, pairs, metric, text_lengths=None, layer=0):
-    """Every candidate's error computed the obvious way, on all rows, with N x N masks."""
+    """Every candidate's error computed the obvious way, on all rows, with N x N masks.
+
+    Padded text rows (past ``text_lengths``) count in neither the error nor the energy.
+    """
     b, h, n, d = q.shape
-    full = [ModeSpec.full()] * h
-    dense = oracle_outputs(scorer, q, k, v, full, text_lengths=text_lengths)
-    nvt = scorer.layout.video_tiles(scorer.tile_size)
+    layout = scorer.layout
+    counted = torch.ones(b, n, dtype=torch.bool)
+    if text_lengths is not None:
+        pos = torch.arange(n) - layout.text_start
+        is_text = (pos >= 0) & (pos < layout.text_tokens)
+        counted = ~is_text[None] | (pos[None] < torch.tensor(text_lengths)[:, None])
+    dense = oracle_outputs(scorer, q, k, v, [ModeSpec.full()] * h, text_lengths=text_lengths) * counted[:, None, :, None]
+    nvt = layout.video_tiles(scorer.tile_size)
     tiles = scorer._stripe_tiles(0, layer)  # the stripes this call was scored with
     errors = torch.zeros(b, h, len(scorer.candidates), dtype=torch.float64)
     for c, cand in enumerate(scorer.candidates):
         specs = [cand.spec(tile_positions(sorted(tiles[i, : cand.stripes].tolist()), nvt)) if cand.mode is Mode.VERTICAL_STRIPE
                  else cand.spec() for i in range(h)]
-        delta = oracle_outputs(scorer, q, k, v, specs, text_lengths=text_lengths) - dense
+        out = oracle_outputs(scorer, q, k, v, specs, text_lengths=text_lengths) * counted[:, None, :, None]
+        delta = out - dense
         if metric == "mse":
-            errors[..., c] = delta.square().mean(dim=(2, 3))
+            errors[..., c] = delta.square().sum(dim=(2, 3)) / (counted.sum(1)[:, None] * d)
             continue
         energy = torch.zeros(b, dtype=torch.float64)
         for rows, w in pairs:
