@@ -342,7 +342,7 @@ class HeadScorer:
 
     def _sampled_rows(self, c, q, k, v, rows, tiles, striped, scale, text_lengths, buffer) -> torch.Tensor:
         """Candidate ``c``'s output on the sampled caller ``rows``, all heads: ``(B, H, R, D)``."""
-        kwargs = dict(scale=scale, backend=self.backend, text_lengths=text_lengths, out=buffer)
+        kwargs = {"scale": scale, "backend": self.backend, "text_lengths": text_lengths, "out": buffer}
         if self.candidates[c].mode is Mode.VERTICAL_STRIPE:
             perm, qp, kp, vp = striped
             out = sparse_attention(qp, kp, vp, self._plans[c].restrict_queries(perm.query_tiles(rows)), **kwargs)

@@ -35,7 +35,7 @@ def test_default_candidates_span_the_target_densities(layout):
         assert all(abs(a - b) < 0.04 for a, b in zip(got, (0.1, 0.25, 0.5))), got
     stripes = [c for c in cands if c.mode is Mode.VERTICAL_STRIPE]
     assert len(stripes) == 2 and all(c.stripes >= 1 for c in stripes)
-    assert len(set(c.scoring_spec(layout, 128) for c in cands)) == len(cands)
+    assert len({c.scoring_spec(layout, 128) for c in cands}) == len(cands)
 
 
 def test_band_widths_land_on_whole_tiles():

@@ -63,7 +63,7 @@ def test_budget_is_met_and_error_falls_as_the_budget_grows():
         assert result.attention_density <= target + 1e-9
         assert result.error >= result.settings["lower_bound"] - 1e-15
         errors.append(result.error)
-    assert all(a >= b - 1e-15 for a, b in zip(errors, errors[1:])), errors
+    assert all(a >= b - 1e-15 for a, b in itertools.pairwise(errors)), errors
     assert errors[-1] == 0  # all FULL fits
 
 
