@@ -1,0 +1,46 @@
+"""Search: score every candidate mode for every head on calibration calls, then solve for a mode map.
+
+::
+
+    scorer = HeadScorer(layout, num_layers, num_heads, metadata={...})
+    # for every target attention call of a calibration run (see HeadScorer.attend):
+    out = scorer.attend(layer, q, k, v, out_proj=attn.to_out[0].weight, step=step)
+    scores = scorer.scores()
+    scores.save("scores/")                                    # re-solve later in seconds
+    result = solve_budget(ScoreSet.load("scores/"), target_speedup=2.0, dense_warmup_steps=10)
+    result.config.save_files("wan-map/"); print(result.summary())
+"""
+
+from .candidates import Candidate, candidate_densities, default_candidates
+from .scores import ScoreSet
+from .scoring import HeadScorer
+from .solver import (
+    ATTENTION_SHARE,
+    DEFAULT_LAMBDA,
+    SearchResult,
+    default_attention_share,
+    default_epsilon,
+    paper_choice,
+    rule_units,
+    solve_budget,
+    solve_mckp,
+    solve_paper,
+)
+
+__all__ = [
+    "Candidate",
+    "default_candidates",
+    "candidate_densities",
+    "HeadScorer",
+    "ScoreSet",
+    "SearchResult",
+    "solve_paper",
+    "solve_budget",
+    "solve_mckp",
+    "paper_choice",
+    "rule_units",
+    "default_epsilon",
+    "default_attention_share",
+    "DEFAULT_LAMBDA",
+    "ATTENTION_SHARE",
+]

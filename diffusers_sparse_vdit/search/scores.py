@@ -1,0 +1,249 @@
+"""Accumulated per-head scores on disk, so a new budget is a new solve, not a new calibration.
+
+A :class:`ScoreSet` holds, per step range, layer, head and candidate, the error averaged over
+scored calls, the calls behind each average, the candidates with their densities, the
+measured stripe mass per key tile, and metadata (model, prompts, resolution, steps, how the
+scores were taken). On disk it is two files:
+
+* ``scores.json``: everything but the arrays;
+* ``scores.safetensors``: ``errors`` float64 ``(ranges, layers, heads, candidates)``,
+  ``counts`` int64 ``(ranges, layers)``, ``densities`` float64 ``(candidates,)`` and
+  ``stripe_mass`` float64 ``(ranges, layers, heads, video_tiles)``; its header repeats the
+  JSON so the file describes itself.
+
+Nothing is pickled; loading validates every field and says what is wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..layout import TokenLayout
+from ..modes import Mode
+from .candidates import Candidate
+from .stripes import selectable_tiles, tile_positions, top_stripe_tiles
+
+__all__ = ["ScoreSet", "SCORES_JSON", "SCORES_TENSORS", "METRICS"]
+
+SCORES_SCHEMA_VERSION = 1
+SCORES_JSON = "scores.json"
+SCORES_TENSORS = "scores.safetensors"
+METRICS = ("projected", "mse")
+_KIND = "sparse_vdit_scores"
+_FORMAT_KEY = "sparse_vdit_scores"
+_ARRAYS = {"errors": torch.float64, "counts": torch.int64, "densities": torch.float64, "stripe_mass": torch.float64}
+
+
+def layout_to_dict(layout: TokenLayout) -> dict[str, Any]:
+    return {k: getattr(layout, k) for k in ("frames", "height", "width", "text_tokens", "text_position")}
+
+
+def _fail(where, msg):
+    raise ValueError(f"invalid Sparse-vDiT scores{f' in {where}' if where else ''}: {msg}")
+
+
+@dataclass
+class ScoreSet:
+    """Per (step range, layer, head, candidate) errors averaged over calls, plus what the solver needs."""
+
+    layout: TokenLayout
+    tile_size: int
+    candidates: tuple[Candidate, ...]
+    errors: torch.Tensor  # float64 (R, L, H, C): mean error per scored call
+    counts: torch.Tensor  # int64 (R, L): scored calls (batch items) behind each mean
+    densities: torch.Tensor  # float64 (C,)
+    stripe_mass: torch.Tensor  # float64 (R, L, H, video_tiles): mean attention mass per key tile
+    metric: str = "projected"
+    step_ranges: list[list[int]] = field(default_factory=lambda: [[0, -1]])
+    sample_tiles: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.candidates = tuple(self.candidates)
+        self.step_ranges = [list(map(int, r)) for r in self.step_ranges]
+        self.validate()
+
+    # Shape --------------------------------------------------------------------------------
+    @property
+    def num_ranges(self) -> int:
+        return self.errors.shape[0]
+
+    @property
+    def num_layers(self) -> int:
+        return self.errors.shape[1]
+
+    @property
+    def num_heads(self) -> int:
+        return self.errors.shape[2]
+
+    @property
+    def full_index(self) -> int:
+        return next(i for i, c in enumerate(self.candidates) if c.mode is Mode.FULL)
+
+    # Stripes ------------------------------------------------------------------------------
+    def stripe_tiles(self, count: int, sink_frames: int = 1) -> torch.Tensor:
+        """int64 ``(R, L, H, count)``: each head's ``count`` heaviest selectable key tiles, best first."""
+        selectable = selectable_tiles(self.layout, self.tile_size, sink_frames)
+        return top_stripe_tiles(self.stripe_mass, count, selectable)
+
+    def stripes(self, range_index: int, layer: int, head: int, count: int, sink_frames: int = 1) -> tuple[float, ...]:
+        """Relative stripe positions (ModeSpec's unit) of one head, from the total measured mass."""
+        tiles = self.stripe_tiles(count, sink_frames)[range_index, layer, head]
+        return tile_positions(sorted(tiles.tolist()), self.layout.video_tiles(self.tile_size))
+
+    # Combining ----------------------------------------------------------------------------
+    def merge(self, *others: "ScoreSet") -> "ScoreSet":
+        """Scores of several runs of the same set-up (e.g. prompt shards on several GPUs), call-weighted."""
+        runs = (self, *others)
+        for o in others:
+            same = (o.layout, o.tile_size, o.candidates, o.metric, o.step_ranges, o.errors.shape) == (
+                self.layout, self.tile_size, self.candidates, self.metric, self.step_ranges, self.errors.shape
+            )
+            if not same:
+                raise ValueError("only scores of the same layout, tile size, candidates, metric, step ranges and model merge")
+        counts = sum(r.counts for r in runs)
+        w = [r.counts.double() / counts.clamp(min=1).double() for r in runs]
+        errors = sum(wi[..., None, None] * r.errors for wi, r in zip(w, runs))
+        mass = sum(wi[..., None, None] * r.stripe_mass for wi, r in zip(w, runs))
+        meta = copy.deepcopy(self.metadata)
+        meta["merged_runs"] = len(runs)
+        return ScoreSet(self.layout, self.tile_size, self.candidates, errors, counts, self.densities.clone(), mass,
+                        self.metric, self.step_ranges, self.sample_tiles, meta)
+
+    # Validation ---------------------------------------------------------------------------
+    def validate(self, where: str = "") -> None:
+        if self.metric not in METRICS:
+            _fail(where, f"metric must be one of {METRICS}, got {self.metric!r}")
+        if not self.candidates or not all(isinstance(c, Candidate) for c in self.candidates):
+            _fail(where, "candidates must be a non-empty list of Candidate")
+        if sum(c.mode is Mode.FULL for c in self.candidates) != 1:
+            _fail(where, "the candidates must include FULL exactly once (it is every rule's fallback)")
+        if len(set(self.candidates)) != len(self.candidates):
+            _fail(where, "candidates must be distinct")
+        for name, dtype in _ARRAYS.items():
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor) or value.dtype != dtype:
+                _fail(where, f"{name} must be a {dtype} tensor")
+        e = self.errors
+        if e.dim() != 4 or e.shape[3] != len(self.candidates) or 0 in e.shape[:3]:
+            _fail(where, f"errors has shape {tuple(e.shape)}, expected (ranges, layers, heads, {len(self.candidates)} candidates)")
+        if not torch.isfinite(e).all() or (e < 0).any():
+            _fail(where, "errors must be finite and >= 0")
+        if tuple(self.counts.shape) != tuple(e.shape[:2]) or (self.counts < 0).any():
+            _fail(where, f"counts must be >= 0 with shape {tuple(e.shape[:2])}, got {tuple(self.counts.shape)}")
+        d = self.densities
+        if tuple(d.shape) != (len(self.candidates),) or not torch.isfinite(d).all() or (d < 0).any() or (d > 1 + 1e-9).any():
+            _fail(where, f"densities must be {len(self.candidates)} fractions in [0, 1]")
+        nvt = self.layout.video_tiles(self.tile_size)
+        m = self.stripe_mass
+        if tuple(m.shape) != (*e.shape[:3], nvt) or not torch.isfinite(m).all() or (m < 0).any():
+            _fail(where, f"stripe_mass must be finite, >= 0, shaped {(*e.shape[:3], nvt)}; got {tuple(m.shape)}")
+        if len(self.step_ranges) != e.shape[0]:
+            _fail(where, f"{e.shape[0]} step ranges of errors but {len(self.step_ranges)} step_ranges")
+        start = 0
+        for i, r in enumerate(self.step_ranges):
+            last = i == len(self.step_ranges) - 1
+            if len(r) != 2 or r[0] != start or (r[1] <= r[0] and not (last and r[1] == -1)):
+                _fail(where, f"step_ranges must tile the steps from 0 in order, the last ending at -1; got {self.step_ranges}")
+            start = r[1]
+        if not isinstance(self.tile_size, int) or self.tile_size < 16 or self.tile_size & (self.tile_size - 1):
+            _fail(where, f"tile_size must be a power of two >= 16, got {self.tile_size!r}")
+
+    # Files --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        from .. import __version__
+
+        return {
+            "library": "diffusers-sparse-vdit",
+            "library_version": __version__,
+            "kind": _KIND,
+            "schema_version": SCORES_SCHEMA_VERSION,
+            "layout": layout_to_dict(self.layout),
+            "tile_size": self.tile_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "metric": self.metric,
+            "step_ranges": self.step_ranges,
+            "sample_tiles": self.sample_tiles,
+            "candidates": [c.to_dict() for c in self.candidates],
+            "metadata": self.metadata,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``scores.json`` and ``scores.safetensors`` into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
+        (directory / SCORES_JSON).write_text(text + "\n")
+        tensors = {name: getattr(self, name).contiguous() for name in _ARRAYS}
+        save_file(tensors, str(directory / SCORES_TENSORS), metadata={"format": "pt", _FORMAT_KEY: text})
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ScoreSet":
+        """Read and validate scores written by :meth:`save`."""
+        directory = Path(directory)
+        json_file, tensor_file = directory / SCORES_JSON, directory / SCORES_TENSORS
+        try:
+            data = json.loads(json_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{json_file} is not a readable Sparse-vDiT scores file: {e}") from None
+        if not isinstance(data, dict) or data.get("library") != "diffusers-sparse-vdit" or data.get("kind") != _KIND:
+            raise ValueError(
+                f"{json_file} is not diffusers-sparse-vdit search scores (needs 'library': 'diffusers-sparse-vdit' "
+                f"and 'kind': '{_KIND}'); a mode map (config.json) is solved from scores, not loaded as them"
+            )
+        if data.get("schema_version") != SCORES_SCHEMA_VERSION:
+            _fail(json_file, f"schema_version {data.get('schema_version')!r} is not {SCORES_SCHEMA_VERSION}; re-run the scoring")
+        try:
+            tensors = load_file(str(tensor_file))
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise ValueError(f"{tensor_file} is not a readable safetensors file: {e}") from None
+        missing = set(_ARRAYS) - set(tensors)
+        if missing:
+            _fail(tensor_file, f"missing arrays {sorted(missing)}")
+        try:
+            layout = TokenLayout(**data["layout"])
+            candidates = tuple(Candidate.from_dict(c) for c in data["candidates"])
+            scores = cls(
+                layout=layout,
+                tile_size=data["tile_size"],
+                candidates=candidates,
+                metric=data["metric"],
+                step_ranges=data["step_ranges"],
+                sample_tiles=int(data.get("sample_tiles", 0)),
+                metadata=data.get("metadata") or {},
+                **{k: tensors[k] for k in _ARRAYS},
+            )
+        except ValueError as e:
+            if str(e).startswith("invalid Sparse-vDiT scores"):
+                raise ValueError(str(e).replace("scores:", f"scores in {directory}:", 1)) from None
+            _fail(directory, str(e))
+        except (KeyError, TypeError) as e:
+            _fail(json_file, f"missing or malformed field: {e!r}")
+        if (data.get("num_layers"), data.get("num_heads")) != (scores.num_layers, scores.num_heads):
+            _fail(directory, f"{json_file.name} says {data.get('num_layers')} layers x {data.get('num_heads')} heads, "
+                  f"the arrays hold {scores.num_layers} x {scores.num_heads}")
+        return scores
+
+    def summary(self) -> str:
+        lines = [f"ScoreSet: {self.num_layers} layers x {self.num_heads} heads, {self.num_ranges} step range(s), "
+                 f"{self.layout}, tile {self.tile_size}, metric {self.metric}, "
+                 f"calls per layer {int(self.counts.min())}..{int(self.counts.max())}"]
+        mean = self.errors.mean(dim=(0, 1, 2))
+        for c, d, e in zip(self.candidates, self.densities.tolist(), mean.tolist()):
+            lines.append(f"  {str(c):<44} density {d:6.3f}   mean error {e:.3e}")
+        return "\n".join(lines)
+
+    __str__ = summary
+
+
+def as_step_ranges(step_ranges: Sequence[Sequence[int]] | None) -> list[list[int]]:
+    return [[0, -1]] if step_ranges is None else [list(map(int, r)) for r in step_ranges]

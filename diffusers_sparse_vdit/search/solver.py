@@ -1,0 +1,405 @@
+"""Turn per-head scores into a mode map: the paper's rule, or the least error under a FLOP budget.
+
+Paper's rule (Eq. 2, Algorithm 1), per head: ``L_c = e_c + lambda * d_c`` for every sparse
+candidate ``c`` (``d`` its density, the paper's ``1 - S``); the head takes ``argmin L`` unless
+no ``L_c`` is under ``epsilon``, then FULL. The scores' errors are fractions of the layer's
+output energy (:mod:`.scoring`), which shrink as a layer has more heads, so the rule reads
+them in *head units*, ``e = H * err``: the error as a fraction of an average head's share
+of the layer output. A threshold then means the same in a 12-head and a 48-head model, and
+for SKIP ``e`` is simply the head's share relative to the average head.
+
+``lambda = 0.5`` is the paper's default. The paper's ``epsilon = 1`` is in its own units
+(raw MSE of each model's attention output) and does not carry over. Our default is
+``epsilon = lambda``: FULL is itself a candidate with ``e = 0`` and ``d = 1``, so its loss is
+exactly ``lambda``, and with ``epsilon = lambda`` the rule becomes "the argmin over all five
+modes, FULL included": a head goes sparse only when the error it adds is worth less than
+the FLOPs it saves at the same exchange rate (``e < lambda * (1 - d)``). Larger ``epsilon``
+accepts worse heads (the paper's sweep, Table 3, trades PSNR for speed the same way).
+With ``metric="mse"`` the errors are the paper's own and its ``epsilon = 1`` is kept.
+
+Budget mode: the least total error with the mean attention density (over heads, layers and
+steps, dense warm-up steps counted dense) at or under a target, a multiple-choice knapsack
+(:func:`solve_mckp`). The end-to-end speedup is predicted with Amdahl's law from the share
+of a dense forward spent in attention (DESIGN §6, measured on one H100 with cuDNN).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..config import FAMILIES, SparseVDiTConfig
+from ..modes import Mode
+from .candidates import Candidate
+from .stripes import tile_positions
+
+__all__ = [
+    "DEFAULT_LAMBDA",
+    "ATTENTION_SHARE",
+    "default_epsilon",
+    "default_attention_share",
+    "rule_units",
+    "paper_choice",
+    "solve_mckp",
+    "solve_paper",
+    "solve_budget",
+    "SearchResult",
+]
+
+DEFAULT_LAMBDA = 0.5
+
+# Share of a dense transformer forward spent in attention (cuDNN SDPA, one H100, DESIGN §6).
+ATTENTION_SHARE = {"wan-1.3b": 0.56, "wan-14b": 0.67, "cogvideox1.5": 0.72, "hunyuan_video": 0.85}
+
+
+def default_epsilon(metric: str) -> float:
+    """``lambda`` (0.5) in head units for the projected metric; the paper's 1 for its plain MSE."""
+    return DEFAULT_LAMBDA if metric == "projected" else 1.0
+
+
+def default_attention_share(family: str | None, base_model: str | None = None) -> float | None:
+    """The measured share for a model family (Wan by size from ``base_model``), or None."""
+    name = (base_model or "").lower()
+    if family == "wan":
+        return ATTENTION_SHARE["wan-14b" if "14b" in name else "wan-1.3b"]
+    return {"cogvideox": ATTENTION_SHARE["cogvideox1.5"], "hunyuan_video": ATTENTION_SHARE["hunyuan_video"]}.get(family)
+
+
+def rule_units(errors: torch.Tensor, metric: str, num_heads: int) -> torch.Tensor:
+    """Scores' errors in the units the paper's rule reads (head units for ``projected``)."""
+    return errors * num_heads if metric == "projected" else errors
+
+
+def paper_choice(errors: torch.Tensor, densities: torch.Tensor, *, lam: float = DEFAULT_LAMBDA,
+                 epsilon: float, full_index: int) -> torch.Tensor:
+    """The paper's per-head rule on errors ``(..., C)`` in rule units: a candidate index per head."""
+    loss = errors.double() + lam * densities.to(errors.device, torch.float64)
+    loss[..., full_index] = math.inf  # FULL is the fallback, not a contestant
+    best = loss.min(dim=-1)
+    return torch.where(best.values < epsilon, best.indices, torch.full_like(best.indices, full_index))
+
+
+# Budget ------------------------------------------------------------------------------------
+def solve_mckp(errors: torch.Tensor, costs: torch.Tensor, budget: float, weights: torch.Tensor | None = None,
+               allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """One candidate per item, least ``sum w*err`` with ``sum w*cost <= budget``.
+
+    ``errors`` is ``(n, C)``, ``costs`` ``(n, C)`` or ``(C,)``, ``weights`` ``(n,)``, ``allowed``
+    an optional boolean ``(n, C)``. First the Lagrangian relaxation, solved exactly: every
+    item's lower convex hull of (cost, error) is walked in order of error removed per unit of
+    cost, taking upgrades while they fit (optimal whenever the budget lands on a hull
+    vertex). Then the leftover budget is filled greedily with the best-ratio upgrades that
+    still fit, and single swaps (one head up, another down) are applied while one lowers
+    the error. Returns the choice and ``{"error", "cost", "lower_bound"}``; ``lower_bound`` is
+    the LP relaxation's optimum, so no choice has less error: it certifies the gap.
+    """
+    err = errors.double().numpy().copy()
+    n, c = err.shape
+    cost = np.broadcast_to(costs.double().numpy(), (n, c)).copy()
+    w = np.ones(n) if weights is None else weights.double().numpy()
+    if allowed is not None:
+        err[~allowed.numpy()] = np.inf
+        cost[~allowed.numpy()] = np.inf
+    rows = np.arange(n)
+    tol = 1e-12 * max(1.0, abs(budget))
+    # start at the cheapest candidate, the least error among equally cheap ones
+    choice = np.where(cost <= cost.min(1, keepdims=True), err, np.inf).argmin(1)
+    used = float((w * cost[rows, choice]).sum())
+    if used > budget + tol:
+        raise ValueError(f"infeasible: even the cheapest candidates cost {used:.6g} > budget {budget:.6g}")
+
+    upgrades = []  # (slope, item, to): lower hull edges; slopes strictly increase along an item's hull
+    for i in range(n):
+        cur = choice[i]
+        while True:
+            better = np.isfinite(err[i]) & (cost[i] > cost[i, cur]) & (err[i] < err[i, cur])
+            if not better.any():
+                break
+            slope = np.full(c, np.inf)
+            slope[better] = (err[i, better] - err[i, cur]) / (cost[i, better] - cost[i, cur])
+            ties = np.flatnonzero(slope <= slope.min() + 1e-15 * abs(slope.min()))
+            nxt = ties[cost[i, ties].argmax()]  # the farthest of collinear points
+            upgrades.append((slope.min(), i, nxt))
+            cur = nxt
+    upgrades.sort(key=lambda u: u[0])
+
+    lower = float((w * err[rows, choice]).sum())
+    for _, i, to in upgrades:
+        extra = w[i] * (cost[i, to] - cost[i, choice[i]])
+        gain = w[i] * (err[i, to] - err[i, choice[i]])
+        if used + extra > budget + tol:
+            lower += (budget - used) / extra * gain  # the LP takes this upgrade in part
+            break
+        lower += gain
+        choice[i], used = to, used + extra
+
+    used = _fill(err, cost, w, choice, budget, used, tol)
+    for _ in range(64):  # polish: an upgrade paid for by a downgrade elsewhere, while one helps
+        if not _swap(err, cost, w, choice, budget, used, tol):
+            break
+        used = _fill(err, cost, w, choice, budget, float((w * cost[rows, choice]).sum()), tol)
+    error = float((w * err[rows, choice]).sum())
+    return torch.from_numpy(choice).long(), {"error": error, "cost": float(used), "lower_bound": min(lower, error)}
+
+
+def _moves(err, cost, w, choice):
+    rows = np.arange(len(choice))
+    d_cost = w[:, None] * (cost - cost[rows, choice][:, None])
+    d_err = w[:, None] * (err - err[rows, choice][:, None])
+    return d_cost, d_err, np.isfinite(d_err) & np.isfinite(d_cost)
+
+
+def _fill(err, cost, w, choice, budget, used, tol) -> float:
+    """Spend leftover budget on the upgrades with the most error removed per unit of cost."""
+    c = err.shape[1]
+    while True:
+        d_cost, d_err, finite = _moves(err, cost, w, choice)
+        ok = finite & (d_err < 0) & (d_cost <= budget - used + tol)
+        if not ok.any():
+            return used
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(ok, np.where(d_cost > 0, d_err / d_cost, -np.inf), np.inf)
+        i, to = divmod(int(ratio.argmin()), c)
+        used += d_cost[i, to]
+        choice[i] = to
+
+
+def _swap(err, cost, w, choice, budget, used, tol, top: int = 256) -> bool:
+    """Apply the best (upgrade i, downgrade j != i) pair that fits and lowers the error, if any."""
+    c = err.shape[1]
+    d_cost, d_err, finite = _moves(err, cost, w, choice)
+    up = np.flatnonzero((finite & (d_err < 0) & (d_cost > budget - used + tol)).ravel())
+    down = np.flatnonzero((finite & (d_cost < 0)).ravel())
+    if not len(up) or not len(down):
+        return False
+    up = up[np.argsort(d_err.ravel()[up])[:top]]  # the largest possible gains first
+    freed, raised, down_item = -d_cost.ravel()[down], d_err.ravel()[down], down // c
+    best, move = -1e-15 * max(1.0, float(np.abs(err[np.isfinite(err)]).max())), None
+    for flat in up:
+        i = flat // c
+        fits = (freed >= d_cost.ravel()[flat] - (budget - used) - tol) & (down_item != i)
+        if fits.any():
+            k = np.flatnonzero(fits)[raised[fits].argmin()]
+            gain = d_err.ravel()[flat] + raised[k]
+            if gain < best:
+                best, move = gain, (i, flat % c, down_item[k], down[k] % c)
+    if move is None:
+        return False
+    i, to, j, to_j = move
+    choice[i], choice[j] = to, to_j
+    return True
+
+
+# Results -----------------------------------------------------------------------------------
+@dataclass
+class SearchResult:
+    """A solved mode map with what it is predicted to cost and gain."""
+
+    config: SparseVDiTConfig
+    choices: torch.Tensor  # int64 (ranges, layers, heads): candidate index
+    candidates: tuple[Candidate, ...]
+    densities: torch.Tensor  # (C,)
+    error: float  # mean per-head error of the choice (scores' units), step-weighted
+    attention_density: float  # attention FLOPs vs dense, whole run, warm-up included
+    attention_share: float | None
+    kernel_efficiency: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def attention_speedup(self) -> float:
+        """Predicted attention FLOP reduction (x)."""
+        return 1.0 / self.attention_density if self.attention_density > 0 else math.inf
+
+    @property
+    def end_to_end_speedup(self) -> float | None:
+        """Amdahl's law: ``1 / ((1 - share) + share * density / kernel_efficiency)``."""
+        if self.attention_share is None:
+            return None
+        return 1.0 / ((1 - self.attention_share) + self.attention_share * self.attention_density / self.kernel_efficiency)
+
+    def mode_counts(self) -> dict[str, int]:
+        return {m.name: sum(int((self.choices == i).sum()) for i, c in enumerate(self.candidates) if c.mode is m) for m in Mode}
+
+    def summary(self) -> str:
+        total = self.choices.numel()
+        lines = [f"Sparse-vDiT search ({self.settings.get('rule')}): {self.config!r}",
+                 f"{'candidate':<44} {'heads':>6} {'share':>7} {'density':>8}"]
+        for i, (cand, dens) in enumerate(zip(self.candidates, self.densities.tolist())):
+            count = int((self.choices == i).sum())
+            if count:
+                lines.append(f"{str(cand):<44} {count:>6} {count / total:>7.1%} {dens:>8.3f}")
+        e2e = self.end_to_end_speedup
+        lines.append(f"attention density {self.attention_density:.3f} ({self.attention_speedup:.2f}x fewer attention FLOPs)"
+                     + (f"; end-to-end {e2e:.2f}x at attention share {self.attention_share:.2f}, "
+                        f"kernel efficiency {self.kernel_efficiency:.2f}" if e2e else ""))
+        lines.append(f"mean head error {self.error:.3e}"
+                     + (f" (no better than {self.settings['lower_bound']:.3e} exists)" if "lower_bound" in self.settings else ""))
+        return "\n".join(lines)
+
+    __str__ = summary
+
+
+def _step_weights(scores, num_steps: int | None, warmup: int) -> tuple[torch.Tensor, float]:
+    """Sparse steps in each step range, and the dense (warm-up) fraction of all steps."""
+    if num_steps is None:
+        if scores.num_ranges > 1 or warmup:
+            raise ValueError("pass num_inference_steps (or keep it in the scores' metadata) to weigh step ranges and warm-up")
+        return torch.ones(1, dtype=torch.float64), 0.0
+    if not 0 <= warmup <= num_steps:
+        raise ValueError(f"dense_warmup_steps must be in 0..{num_steps}, got {warmup}")
+    steps = []
+    for start, end in scores.step_ranges:
+        end = num_steps if end < 0 else min(end, num_steps)
+        steps.append(max(0, end - max(start, warmup)))
+    return torch.tensor(steps, dtype=torch.float64), warmup / num_steps
+
+
+def _prepare(scores, dense_layers, warmup, num_steps):
+    if (scores.counts == 0).any():
+        missing = (scores.counts == 0).nonzero().tolist()
+        raise ValueError(f"no scored calls for (step range, layer) {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    num_steps = num_steps if num_steps is not None else scores.metadata.get("num_inference_steps")
+    steps, dense_fraction = _step_weights(scores, num_steps, warmup)
+    allowed = torch.ones(scores.errors.shape, dtype=torch.bool)
+    for layer in dense_layers:
+        allowed[:, layer] = False
+        allowed[:, layer, :, scores.full_index] = True
+    return steps, dense_fraction, allowed, num_steps
+
+
+def _build(scores, choice, steps, dense_fraction, rule_settings, *, warmup, num_steps, attention_share,
+           kernel_efficiency, family, target_modules, transformer_class, base_model, lower_bound=None) -> SearchResult:
+    meta = scores.metadata
+    family = family or meta.get("family")
+    target_modules = target_modules or meta.get("target_modules")
+    if family not in FAMILIES or not target_modules:
+        raise ValueError("a mode map needs the model family and the target modules' names: pass family= and "
+                         "target_modules= (or keep them in the scores' metadata)")
+    base_model = base_model or meta.get("base_model")
+    if attention_share is None:
+        attention_share = default_attention_share(family, base_model)
+
+    counts = [c.stripes for c in scores.candidates if c.mode is Mode.VERTICAL_STRIPE]
+    sink = next((c.sink_frames for c in scores.candidates if c.mode is Mode.VERTICAL_STRIPE), 1)
+    tiles = scores.stripe_tiles(max(counts), sink) if counts else None
+    nvt = scores.layout.video_tiles(scores.tile_size)
+    specs = []
+    for r in range(scores.num_ranges):
+        specs.append([])
+        for layer in range(scores.num_layers):
+            row = []
+            for h in range(scores.num_heads):
+                cand = scores.candidates[int(choice[r, layer, h])]
+                stripes = ()
+                if cand.mode is Mode.VERTICAL_STRIPE:
+                    stripes = tile_positions(sorted(tiles[r, layer, h, : cand.stripes].tolist()), nvt)
+                row.append(cand.spec(stripes))
+            specs[-1].append(row)
+
+    # every target layer has the same heads, tokens and head size (HunyuanVideo's dual- and
+    # single-stream blocks included), so a head's attention FLOPs are its density times a constant
+    dens = scores.densities[choice]  # (R, L, H)
+    per_range = dens.mean(dim=(1, 2))
+    sparse_fraction = 1.0 - dense_fraction
+    density = dense_fraction + sparse_fraction * float((steps * per_range).sum() / steps.sum().clamp(min=1e-300))
+    err = scores.errors.gather(3, choice[..., None])[..., 0].mean(dim=(1, 2))
+    error = float((steps * err).sum() / steps.sum().clamp(min=1e-300))
+    result = SearchResult(None, choice, scores.candidates, scores.densities, error, density, attention_share,
+                          kernel_efficiency, dict(rule_settings))
+    if lower_bound is not None:
+        result.settings["lower_bound"] = lower_bound
+    e2e = result.end_to_end_speedup
+    calibration = {k: v for k, v in meta.items() if k not in ("family", "target_modules", "transformer_class", "base_model")}
+    calibration.update({
+        "scores": {"metric": scores.metric, "tile_size": scores.tile_size, "sample_tiles": scores.sample_tiles,
+                   "layout": str(scores.layout), "candidates": [str(c) for c in scores.candidates],
+                   "calls_per_layer": [int(scores.counts.min()), int(scores.counts.max())],
+                   "mean_error": error},
+        "solver": {**result.settings, "dense_warmup_steps": warmup, "num_inference_steps": num_steps},
+        "predicted": {"attention_density": density,
+                      "attention_flop_speedup": result.attention_speedup if density > 0 else None,
+                      "end_to_end_speedup": e2e, "attention_share": attention_share,
+                      "kernel_efficiency": kernel_efficiency},
+    })
+    result.config = SparseVDiTConfig.from_specs(
+        specs if scores.num_ranges > 1 else specs[0],
+        family=family,
+        transformer_class=transformer_class or meta.get("transformer_class"),
+        target_modules=target_modules,
+        tile_size=scores.tile_size,
+        step_ranges=scores.step_ranges,
+        dense_warmup_steps=warmup,
+        base_model=base_model,
+        calibration=calibration,
+    )
+    return result
+
+
+def solve_paper(scores, *, lam: float = DEFAULT_LAMBDA, epsilon: float | None = None, dense_warmup_steps: int = 0,
+                num_inference_steps: int | None = None, dense_layers: Sequence[int] = (),
+                attention_share: float | None = None, kernel_efficiency: float = 1.0, family: str | None = None,
+                target_modules: Sequence[str] | None = None, transformer_class: str | None = None,
+                base_model: str | None = None) -> SearchResult:
+    """Every head by the paper's rule (module docstring) on the averaged scores."""
+    epsilon = default_epsilon(scores.metric) if epsilon is None else float(epsilon)
+    steps, dense_fraction, allowed, num_steps = _prepare(scores, dense_layers, dense_warmup_steps, num_inference_steps)
+    units = rule_units(scores.errors, scores.metric, scores.num_heads).masked_fill(~allowed, math.inf)
+    choice = paper_choice(units, scores.densities, lam=lam, epsilon=epsilon, full_index=scores.full_index)
+    settings = {"rule": "paper", "lambda": lam, "epsilon": epsilon, "dense_layers": list(dense_layers)}
+    return _build(scores, choice, steps, dense_fraction, settings, warmup=dense_warmup_steps, num_steps=num_steps,
+                  attention_share=attention_share, kernel_efficiency=kernel_efficiency, family=family,
+                  target_modules=target_modules, transformer_class=transformer_class, base_model=base_model)
+
+
+def solve_budget(scores, *, target_density: float | None = None, target_speedup: float | None = None,
+                 target_end_to_end: float | None = None, dense_warmup_steps: int = 0,
+                 num_inference_steps: int | None = None, dense_layers: Sequence[int] = (),
+                 attention_share: float | None = None, kernel_efficiency: float = 1.0, family: str | None = None,
+                 target_modules: Sequence[str] | None = None, transformer_class: str | None = None,
+                 base_model: str | None = None) -> SearchResult:
+    """The least total error whose attention FLOPs meet one target.
+
+    ``target_density``: attention FLOPs as a fraction of dense over the whole run;
+    ``target_speedup``: the attention FLOP reduction (``1 / density``);
+    ``target_end_to_end``: an end-to-end speedup, turned into a density with Amdahl's law
+    (``attention_share`` defaults to the family's measured share, ``kernel_efficiency`` to 1).
+    """
+    if sum(t is not None for t in (target_density, target_speedup, target_end_to_end)) != 1:
+        raise ValueError("give exactly one of target_density, target_speedup, target_end_to_end")
+    meta = scores.metadata
+    if target_speedup is not None:
+        if target_speedup < 1:
+            raise ValueError(f"target_speedup must be >= 1, got {target_speedup}")
+        target_density = 1.0 / target_speedup
+    elif target_end_to_end is not None:
+        share = attention_share if attention_share is not None else default_attention_share(
+            family or meta.get("family"), base_model or meta.get("base_model"))
+        if share is None:
+            raise ValueError("target_end_to_end needs attention_share for this model")
+        attention_share = share
+        target_density = kernel_efficiency * (1.0 / target_end_to_end - (1.0 - share)) / share
+        if target_density < 0:
+            raise ValueError(f"an end-to-end {target_end_to_end}x is out of reach with attention at {share:.0%} of the "
+                             f"forward: even free attention gives {1 / (1 - share):.2f}x")
+    steps, dense_fraction, allowed, num_steps = _prepare(scores, dense_layers, dense_warmup_steps, num_inference_steps)
+    sparse_fraction = 1.0 - dense_fraction
+    if sparse_fraction <= 0:
+        raise ValueError("every step is a dense warm-up step: there is nothing to make sparse")
+    # item weight: the share of the run's attention FLOPs one (range, layer, head) stands for
+    r, layers, heads, c = scores.errors.shape
+    item_w = (steps / steps.sum() * sparse_fraction / (layers * heads))[:, None, None].expand(r, layers, heads).reshape(-1)
+    budget = target_density - dense_fraction
+    if budget < 0:
+        raise ValueError(f"the dense warm-up alone costs density {dense_fraction:.3f} > target {target_density:.3f}")
+    choice, info = solve_mckp(scores.errors.reshape(-1, c), scores.densities, budget, item_w, allowed.reshape(-1, c))
+    norm = float(item_w.sum())
+    settings = {"rule": "budget", "target_density": target_density, "target_speedup": target_speedup,
+                "target_end_to_end": target_end_to_end, "dense_layers": list(dense_layers)}
+    return _build(scores, choice.reshape(r, layers, heads), steps, dense_fraction, settings, warmup=dense_warmup_steps,
+                  num_steps=num_steps, attention_share=attention_share, kernel_efficiency=kernel_efficiency,
+                  family=family, target_modules=target_modules, transformer_class=transformer_class,
+                  base_model=base_model, lower_bound=info["lower_bound"] / norm)

@@ -1,0 +1,88 @@
+"""Scores on disk: round trip, merging, and clear errors for anything else."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from diffusers_sparse_vdit.search import ScoreSet, solve_budget
+
+from .helpers import random_scores
+
+
+def test_round_trip_and_solving_again(tmp_path):
+    scores = random_scores(ranges=2)
+    scores.save(tmp_path)
+    loaded = ScoreSet.load(tmp_path)
+    for name in ("errors", "counts", "densities", "stripe_mass"):
+        assert torch.equal(getattr(loaded, name), getattr(scores, name))
+    assert loaded.candidates == scores.candidates and loaded.layout == scores.layout
+    assert loaded.metadata == scores.metadata and loaded.step_ranges == scores.step_ranges
+    a = solve_budget(scores, target_speedup=3.0).config
+    b = solve_budget(loaded, target_speedup=3.0).config
+    assert a == b
+    with safe_open(str(tmp_path / "scores.safetensors"), "pt") as f:  # the tensor file describes itself
+        assert json.loads(f.metadata()["sparse_vdit_scores"])["kind"] == "sparse_vdit_scores"
+
+
+def test_merge_weights_by_calls():
+    a, b = random_scores(seed=1), random_scores(seed=2)
+    b.counts *= 3
+    merged = a.merge(b)
+    torch.testing.assert_close(merged.errors, (a.errors + 3 * b.errors) / 4)
+    assert merged.counts.tolist() == (a.counts * 4).tolist()
+    with pytest.raises(ValueError, match="same layout"):
+        a.merge(random_scores(heads=5))
+
+
+def _write(tmp_path, scores=None):
+    (scores or random_scores()).save(tmp_path)
+    return tmp_path / "scores.json", tmp_path / "scores.safetensors"
+
+
+def test_corrupt_and_foreign_files_are_rejected(tmp_path):
+    js, st = _write(tmp_path)
+    st.write_bytes(st.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        ScoreSet.load(tmp_path)
+
+    js, st = _write(tmp_path)
+    js.write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable"):
+        ScoreSet.load(tmp_path)
+
+    # a mode map's config.json where scores are expected
+    result = solve_budget(random_scores(), target_speedup=2.0)
+    result.config.save_files(tmp_path / "map")
+    (tmp_path / "map" / "scores.json").write_text((tmp_path / "map" / "config.json").read_text())
+    with pytest.raises(ValueError, match="not diffusers-sparse-vdit search scores"):
+        ScoreSet.load(tmp_path / "map")
+
+    with pytest.raises(ValueError, match="not a readable"):
+        ScoreSet.load(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda d, t: t.update(errors=t["errors"].fill_(float("nan"))), "finite"),
+    (lambda d, t: t.update(errors=-t["errors"] - 1), ">= 0"),
+    (lambda d, t: t.update(errors=t["errors"].float()), "float64"),
+    (lambda d, t: t.pop("stripe_mass"), "missing arrays"),
+    (lambda d, t: t.update(densities=t["densities"][:-1]), "densities"),
+    (lambda d, t: d.update(num_heads=7), "says"),
+    (lambda d, t: d.update(schema_version=99), "schema_version"),
+    (lambda d, t: d["candidates"].append({"mode": "BANANA"}), "unknown mode"),
+    (lambda d, t: d.update(candidates=[c for c in d["candidates"] if c["mode"] != "FULL"]), "FULL"),
+    (lambda d, t: d.update(step_ranges=[[0, 10], [10, -1]]), "step_ranges"),
+    (lambda d, t: d.update(layout={"frames": 0, "height": 8, "width": 8}), "frames"),
+    (lambda d, t: d.pop("metric"), "malformed"),
+])
+def test_invalid_contents_are_rejected(tmp_path, edit, match):
+    js, st = _write(tmp_path)
+    data, tensors = json.loads(js.read_text()), load_file(str(st))
+    edit(data, tensors)
+    js.write_text(json.dumps(data))
+    save_file(tensors, str(st))
+    with pytest.raises(ValueError, match=match):
+        ScoreSet.load(tmp_path)
