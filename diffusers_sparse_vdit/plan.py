@@ -17,7 +17,9 @@ Plans are cached: every layer of every step with the same specs reuses the same 
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -31,6 +33,16 @@ __all__ = ["SparsePlan", "build_plan", "spec_density", "spec_tile_mask", "MIN_TI
 
 MIN_TILE_SIZE = 16
 _WEIGHT_CLASSES = 4
+_UIDS = itertools.count()
+_LIVE_PLANS: "weakref.WeakValueDictionary[int, SparsePlan]" = weakref.WeakValueDictionary()
+
+
+def plan_by_uid(uid: int) -> "SparsePlan":
+    """The live plan with this ``uid`` (plans are cached, so the ones in use stay alive)."""
+    try:
+        return _LIVE_PLANS[uid]
+    except KeyError:
+        raise RuntimeError(f"sparse plan {uid} no longer exists; keep a reference to plans passed to compiled code") from None
 _ALL = "all tiles"
 
 
@@ -143,6 +155,11 @@ class SparsePlan:
     head_order: torch.Tensor  # int32 (H,): FRAME_MAJOR or TOKEN_MAJOR
     tile_lengths: torch.Tensor  # int32 (num_tiles,)
     _device: dict = field(default_factory=dict, repr=False)
+    # a process-wide id, so a compiled graph can name the plan as an int (see kernels/attention.py)
+    uid: int = field(default_factory=lambda: next(_UIDS), repr=False)
+
+    def __post_init__(self):
+        _LIVE_PLANS[self.uid] = self
 
     # Shape ------------------------------------------------------------------------------
     @property

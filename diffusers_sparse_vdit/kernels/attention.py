@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from ..plan import SparsePlan
+from ..plan import SparsePlan, plan_by_uid
 
 __all__ = ["sparse_attention", "BACKENDS"]
 
@@ -82,6 +82,10 @@ def sparse_attention(
     SKIP heads give zeros. ``text_lengths`` (int ``(B,)``) masks text keys past each batch
     item's valid text tokens (HunyuanVideo's padded prompts). The output has ``q``'s strides
     unless ``out`` is given.
+
+    Without ``out``, the Triton and torch backends run as the custom op
+    ``diffusers_sparse_vdit::sparse_attention``, so ``torch.compile`` keeps the call in its
+    graph (no graph break); with ``out`` the kernel writes into it directly, eagerly.
     """
     backend = resolve_backend(backend, q.device)
     if text_lengths is not None:
@@ -89,9 +93,15 @@ def sparse_attention(
     _check(q, k, v, plan, text_lengths, backend)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if out is None:
-        out = torch.empty_like(q)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
+        if backend == "flex":
+            return _run(backend, q, k, v, plan, scale, torch.empty_like(q), text_lengths)
+        return _sparse_attention_op(q, k, v, text_lengths, plan.uid, scale, backend)
+    if out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
         raise ValueError(f"out must match q: {tuple(q.shape)} {q.dtype} {q.device}")
+    return _run(backend, q, k, v, plan, scale, out, text_lengths)
+
+
+def _run(backend, q, k, v, plan, scale, out, text_lengths):
     if backend == "triton":
         from .triton_sparse import sparse_attention_triton
 
@@ -103,3 +113,22 @@ def sparse_attention(
     from .reference import sparse_attention_torch
 
     return sparse_attention_torch(q, k, v, plan, scale=scale, out=out, text_lengths=text_lengths)
+
+
+# The plan travels through the graph as its integer uid: custom ops take tensors and scalars only.
+@torch.library.custom_op("diffusers_sparse_vdit::sparse_attention", mutates_args=())
+def _sparse_attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    text_lengths: torch.Tensor | None,
+    plan_uid: int,
+    scale: float,
+    backend: str,
+) -> torch.Tensor:
+    return _run(backend, q, k, v, plan_by_uid(plan_uid), scale, torch.empty_like(q), text_lengths)
+
+
+@_sparse_attention_op.register_fake
+def _(q, k, v, text_lengths, plan_uid, scale, backend):
+    return torch.empty_like(q)
