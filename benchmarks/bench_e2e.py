@@ -203,8 +203,6 @@ def bench_model(name: str, args, rows: list):
           f"(share {share:.2f}) | sparse {t_ours:.1f} ms", flush=True)
     print(f"  speedup {t_fast / t_ours:.2f}x vs fastest dense (Amdahl bound {bound:.2f}x, "
           f"{t_fast / t_ours / bound:.0%} of it), {t_default / t_ours:.2f}x vs stock default", flush=True)
-    del model
-    torch.cuda.empty_cache()
 
 
 def main():
@@ -229,6 +227,7 @@ def main():
         except Exception as e:
             print(f"  {name} failed: {type(e).__name__}: {e}", flush=True)
             rows.append({"model": name, "error": f"{type(e).__name__}: {e}"})
+        torch.cuda.empty_cache()
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"\n{'model':22s} {'density':>7s} {'default':>9s} {'fastest':>9s} {'no-attn':>9s} {'share':>6s} "

@@ -3,7 +3,7 @@
 On the model shapes of DESIGN §5 (batch 1, bf16), for plans of tile density about 1, 0.5,
 0.25 and 0.1 per mode and a mixed paper-like layer, in one run:
 
-* checks bf16 results against an fp32 reference on a sample of query tiles first;
+* checks bf16 results against fp32 dense-mask SDPA on sampled query tiles first;
 * times cuDNN and FLASH SDPA dense, FlexAttention (compiled) on the same full-tile lists
   (inputs pre-gathered into the kernel order, so only its attention call is timed), and ours;
 * prints a table (ms; TFLOP/s on computed tiles; speedup vs cuDNN; fraction of ideal =
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers_sparse_vdit import Mode, ModeSpec, TokenLayout, build_plan, sparse_attention  # noqa: E402
 from diffusers_sparse_vdit.plan import spec_density  # noqa: E402
+from diffusers_sparse_vdit.kernels.check import sampled_error  # noqa: E402
 from diffusers_sparse_vdit.kernels.flex import flex_block_mask, flex_inputs  # noqa: E402
 from diffusers_sparse_vdit.kernels.triton_sparse import kernel_config, sparse_attention_triton  # noqa: E402
 
@@ -102,18 +103,6 @@ def mixed_specs(heads: int, layout: TokenLayout, tile: int, density: float = 0.2
     return [specs[(i * 7) % heads] for i in range(heads)] if math.gcd(7, heads) == 1 else specs
 
 
-def check_sample(q, k, v, plan, out) -> float:
-    """Relative error of our bf16 output against the fp32 torch reference on a sample of query tiles."""
-    g = torch.Generator().manual_seed(0)
-    tiles = torch.randperm(plan.num_tiles, generator=g)[:6].tolist() + [plan.video_tiles - 1, plan.num_tiles - 1]
-    sample = plan.restrict_queries(sorted(set(tiles)))
-    ref = torch.full(q.shape, float("nan"), device=q.device, dtype=torch.float32)
-    sparse_attention(q.float(), k.float(), v.float(), sample, backend="torch", out=ref)
-    rows = ~ref.isnan()
-    assert not out.isnan().any(), "unwritten output rows"
-    return ((out.float()[rows] - ref[rows]).norm() / ref[rows].norm()).item()
-
-
 def bench_shape(name, heads, head_dim, layout, densities, args, rows):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import flex_attention
@@ -153,7 +142,7 @@ def bench_shape(name, heads, head_dim, layout, densities, args, rows):
     # correctness first: bf16 against fp32 on a sample, and all-FULL against cuDNN
     out = torch.full_like(q, float("nan"))
     sparse_attention(q, k, v, plans["MIXED"], out=out)
-    err_mixed = check_sample(q, k, v, plans["MIXED"], out)
+    err_mixed = sampled_error(q, k, v, plans["MIXED"], out)
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION if "CUDNN_ATTENTION" in dense else SDPBackend.FLASH_ATTENTION):
         ref = F.scaled_dot_product_attention(q, k, v).float()
     ours_full = sparse_attention(q, k, v, plans["FULL@1.0"]).float()

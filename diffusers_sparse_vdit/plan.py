@@ -230,6 +230,16 @@ class SparsePlan:
         return SparsePlan(self.specs, self.layout, self.tile_size, self.work[rows].contiguous(), self.head_order, self.tile_lengths)
 
     # Oracle -----------------------------------------------------------------------------
+    def mask_rows(self, head: int, query_tokens: torch.Tensor) -> torch.Tensor:
+        """Rows of head ``head``'s dense mask for the given caller query tokens: ``(len, N)`` bool.
+
+        Built from the mode's tile rule (not from the kernel's key lists), so large layouts can be
+        checked on sampled rows.
+        """
+        order = TOKEN_MAJOR if self.specs[head].reordered else FRAME_MAJOR
+        tiles = self.layout.tile_of_token(order, self.tile_size)
+        return self.tile_mask(head)[tiles[query_tokens][:, None], tiles[None, :]]
+
     def dense_mask(self, text_lengths: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
         """The plan as a token-level boolean mask in the caller's order.
 
@@ -239,12 +249,8 @@ class SparsePlan:
         """
         n = self.num_tokens
         if n > 16384:
-            raise ValueError(f"dense_mask() is N x N; refusing N={n} > 16384 (it is a test oracle)")
-        masks = []
-        for h, spec in enumerate(self.specs):
-            order = TOKEN_MAJOR if spec.reordered else FRAME_MAJOR
-            tiles = self.layout.tile_of_token(order, self.tile_size)
-            masks.append(self.tile_mask(h)[tiles[:, None], tiles[None, :]])
+            raise ValueError(f"dense_mask() is N x N; refusing N={n} > 16384 (it is a test oracle; see mask_rows)")
+        masks = [self.mask_rows(h, torch.arange(n)) for h in range(self.num_heads)]
         mask = torch.stack(masks)
         if text_lengths is None:
             return mask

@@ -181,3 +181,19 @@ def test_tma_descriptor_path(layout, reordered):
     config = {"BLOCK_N": 16, "num_warps": 4, "num_stages": 1, "USE_TMA": True}
     sparse_attention_triton(q, k, v, plan, scale=32**-0.5, out=out, config=config)
     torch.testing.assert_close(out, reference(q, k, v, plan), **TOL[torch.float32])
+
+
+def test_sampled_error_catches_a_wrong_output():
+    from diffusers_sparse_vdit.kernels.check import sampled_error
+
+    layout = TokenLayout(4, 6, 7, text_tokens=9, text_position="before")
+    plan = build_plan(MIXED, layout, tile_size=16)
+    q, k, v = (randn(1, len(MIXED), layout.num_tokens, 32) for _ in range(3))
+    out = sparse_attention(q, k, v, plan, backend="torch")
+    assert sampled_error(q, k, v, plan, out) < 1e-5
+    wrong = out.clone()
+    wrong[:, 2, layout.video_start] += 1.0  # the first video row is always sampled
+    assert sampled_error(q, k, v, plan, wrong) > 1e-3
+    wrong[:, 0, -1] = float("nan")
+    with pytest.raises(AssertionError, match="NaN"):
+        sampled_error(q, k, v, plan, wrong)
