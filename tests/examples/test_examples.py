@@ -48,6 +48,7 @@ def test_example_compares_dense_and_sparse(tmp_path, monkeypatch, capsys):
     assert "PSNR" in capsys.readouterr().out
 
 
+@needs_runner  # the examples import it
 def test_examples_point_at_the_real_checkpoints(monkeypatch):
     models = {name: load_example(name, monkeypatch) for name in ("wan", "hunyuan_video", "cogvideox")}
     assert models["wan"].WAN.model == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
