@@ -438,8 +438,12 @@ def _cmd_evaluate(args, parser) -> None:
             raise CommandError(f"--attention-backend {args.attention_backend}: {e}") from None
     # each value from the first that sets it: the flags, the map's calibration, the tiny
     # pipeline's toy size; what none sets stays with the pipeline's own defaults
-    calibrated = {k: v for k, v in config.calibration.items() if isinstance(v, int) and not isinstance(v, bool)}
-    call = call_arguments(call_defaults(args.tiny), **{k: calibrated.get(k) for k in ("height", "width", "num_frames")})
+    calibrated = {
+        k: v for k, v in config.calibration.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    call = call_arguments(
+        call_defaults(args.tiny), **{k: calibrated.get(k) for k in ("height", "width", "num_frames", "guidance_scale")}
+    )
     call = call_arguments(
         call, height=args.height, width=args.width, num_frames=args.frames, guidance_scale=args.guidance_scale
     )
@@ -448,7 +452,7 @@ def _cmd_evaluate(args, parser) -> None:
         config,
         args.prompt,
         seed=args.seed,
-        num_inference_steps=_steps(args, calibrated.get("num_inference_steps")),
+        num_inference_steps=_steps(args, int(calibrated.get("num_inference_steps", 0))),
         backend=args.backend,
         warmup=not args.no_warmup,
         lpips=not args.no_lpips,

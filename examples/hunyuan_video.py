@@ -5,8 +5,8 @@
     python examples/hunyuan_video.py --compare --out hunyuan-sparse  # also dense from the same seed
     python examples/hunyuan_video.py --tiny --out /tmp/hunyuan-tiny  # a tiny random HunyuanVideo: any CPU, seconds
 
-HunyuanVideo spends most of its time in attention (85% of a 720p forward, DESIGN §6), so it
-gains the most from sparse heads.
+HunyuanVideo spends most of its time in attention (85% of a 720p transformer forward with
+cuDNN on an H100), so it gains the most of the three from sparse heads.
 """
 
 import torch

@@ -57,7 +57,7 @@ def map_dir(tmp_path_factory):
     config = tiny_mode_map(
         tiny_transformer("wan"),
         layers,
-        calibration={"height": 32, "width": 48, "num_frames": 9, "num_inference_steps": 2},
+        calibration={"height": 32, "width": 48, "num_frames": 9, "num_inference_steps": 2, "guidance_scale": 4.0},
     )
     directory = tmp_path_factory.mktemp("map")
     config.save_pretrained(directory)
@@ -358,8 +358,9 @@ def test_evaluate_prints_and_writes_the_metrics(capsys, map_dir, tmp_path):
         assert line in stdout
     report = json.loads((out / "report.json").read_text())
     settings = report["settings"]
-    # unset sizes come from the map's calibration
+    # unset sizes and guidance come from the map's calibration
     assert (settings["height"], settings["width"], settings["num_frames"], settings["seed"]) == (32, 48, 9, 1)
+    assert settings["guidance_scale"] == 4.0
     assert settings["model"] == "tiny wan" and settings["map"]["source"] == str(map_dir)
     assert report["metrics"]["psnr"] > 0 and -1 <= report["metrics"]["ssim"] <= 1
     assert report["timings"]["sparse"]["total_s"] > 0 and report["speedup"]["end_to_end"] > 0
