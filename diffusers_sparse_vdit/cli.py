@@ -565,7 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--private", action="store_true", default=None, help="create the repo private")
     sub.add_argument("--revision", metavar="BRANCH", help="push to this branch, created if needed (default: main)")
     sub.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
-    sub.add_argument("--commit-message", default="Upload Sparse-vDiT mode map", help="(default: %(default)s)")
+    sub.add_argument(
+        "--commit-message", metavar="TEXT", default="Upload Sparse-vDiT mode map", help="(default: %(default)s)"
+    )
     sub.add_argument("--token", help="Hub token with write access (default: the one `hf auth login` saved)")
 
     sub = command(
