@@ -1,0 +1,373 @@
+"""The ``sparse-vdit`` command, end to end on tiny models: search, solve, show, push, evaluate, bad arguments."""
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import torch
+from huggingface_hub import HfApi, RepoUrl
+
+from diffusers_sparse_vdit import ModeSpec, SparseVDiTConfig, cli
+from diffusers_sparse_vdit import plots as plots_module
+from diffusers_sparse_vdit.search import ScoreSet
+from diffusers_sparse_vdit.testing import tiny_mode_map, tiny_transformer
+
+from .maps import DIFFUSERS_TRANSFORMER_CONFIG, make_config, map_files, put_in_hf_cache
+from .search.helpers import random_scores
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+needs_runner = pytest.mark.skipif(
+    importlib.util.find_spec("diffusers_sparse_vdit.search.runner") is None,
+    reason="the calibration runner (diffusers_sparse_vdit/search/runner.py) is not in this tree",
+)
+needs_matplotlib = pytest.mark.skipif(not plots_module.matplotlib_available(), reason="needs matplotlib")
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    # nothing here may reach the Hub: a repo id that is not cached fails at once instead of retrying
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def run(capsys, *argv):
+    """Run the command in this process: (exit status, stdout, stderr)."""
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as e:  # argparse: --help, --version, usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def map_dir(tmp_path_factory):
+    """A saved map for the tiny Wan pipeline (every mode), calibrated at the tiny video size."""
+    layers = [
+        [ModeSpec.full(), ModeSpec.diagonal(1.0), ModeSpec.skip()],
+        [ModeSpec.vertical_stripe(1), ModeSpec.full(), ModeSpec.multi_diagonal(1.0)],
+    ]
+    config = tiny_mode_map(
+        tiny_transformer("wan"),
+        layers,
+        calibration={"height": 32, "width": 48, "num_frames": 9, "num_inference_steps": 2, "guidance_scale": 4.0},
+    )
+    directory = tmp_path_factory.mktemp("map")
+    config.save_pretrained(directory)
+    return directory
+
+
+# The command itself -----------------------------------------------------------------------
+def test_help_names_every_command(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for command in ("search", "solve", "show", "push", "evaluate"):
+        assert command in out
+        sub_code, sub_out, _ = run(capsys, command, "--help")
+        assert sub_code == 0 and "example" in sub_out
+
+
+def test_console_script_and_module_entry_point():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["sparse-vdit"] == "diffusers_sparse_vdit.cli:main"
+    done = subprocess.run(
+        [sys.executable, "-m", "diffusers_sparse_vdit.cli", "--version"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.startswith("sparse-vdit ")
+    done = subprocess.run(
+        [sys.executable, "-m", "diffusers_sparse_vdit.cli", "show"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "DIR_OR_REPO" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "required: COMMAND"),
+        (["search", "--out", "x"], "one of the arguments --model --tiny is required"),
+        (["search", "--tiny", "wan", "--model", "m", "--out", "x"], "not allowed with argument"),
+        (["search", "--tiny", "sd15", "--out", "x"], "invalid choice: 'sd15'"),
+        (["search", "--tiny", "wan"], "required: --out"),
+        (["search", "--tiny", "wan", "--out", "x", "--target-speedup", "2", "--target-density", "0.5"], "not allowed"),
+        (["search", "--tiny", "wan", "--out", "x", "--target-speedup", "2", "--lambda", "1"], "drop them"),
+        (["search", "--tiny", "wan", "--out", "x", "--target-speedup", "0.5"], "must be >= 1"),
+        (["search", "--tiny", "wan", "--out", "x", "--target-density", "1.5"], "must be in (0, 1]"),
+        (["search", "--tiny", "wan", "--out", "x", "--steps", "two"], "expected a whole number, got 'two'"),
+        (["search", "--tiny", "wan", "--out", "x", "--steps", "0"], "must be a whole number >= 1"),
+        (
+            ["search", "--tiny", "wan", "--out", "x", "--height", "100"],
+            "not a multiple of 16 (the VAE's 8x and the 2x2 patches): try 96",
+        ),
+        (["search", "--tiny", "wan", "--out", "x", "--prompts", "no-such-file.txt"], "no such file"),
+        (["solve", "--target-speedup", "2", "--out", "x"], "required: SCORES_DIR"),
+        (["show", "m", "--png", "a.png", "--no-png"], "not allowed with argument"),
+        (["push", "no-such-folder", "user/repo"], "is not a folder"),
+        (["evaluate", "--tiny", "wan", "--map", "m"], "required: --prompt"),
+        (["evaluate", "--tiny", "wan", "--map", "m", "--prompt", "a cat", "--width", "50"], "try 48"),
+    ],
+)
+def test_bad_arguments_say_what_to_do(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and message in err and err.startswith("usage: sparse-vdit")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu(capsys):
+    code, _, err = run(capsys, "search", "--tiny", "wan", "--out", "x", "--device", "cuda")
+    assert code == 2 and "no CUDA GPU is visible" in err
+
+
+# search -> solve --------------------------------------------------------------------------
+@needs_runner
+def test_search_writes_the_map_and_its_scores_then_solve_re_solves(capsys, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat walks in the city at night\na dog runs on the beach\n")
+    out = tmp_path / "wan-map"
+    code, stdout, err = run(
+        capsys,
+        "search",
+        "--tiny",
+        "wan",
+        "--prompts",
+        prompts,
+        "--steps",
+        2,
+        "--target-speedup",
+        2,
+        "--backend",
+        "torch",
+        "--sample-tiles",
+        4,
+        "--out",
+        out,
+        "-q",
+    )
+    assert code == 0, err
+    assert "Sparse-vDiT search (budget)" in stdout and f"sparse-vdit show {out}" in stdout
+    config = SparseVDiTConfig.from_pretrained(out)
+    assert config.family == "wan" and config.target_modules == ["blocks.0.attn1", "blocks.1.attn1"]
+    assert config.calibration["predicted"]["attention_density"] <= 0.5 + 1e-9
+    assert (out / "README.md").is_file()
+    scores = ScoreSet.load(out / "scores")
+    assert (scores.num_layers, scores.num_heads) == (2, 3)
+
+    # from OUT/scores or from OUT itself, by budget or by the paper's rule
+    for source, rule in ((out / "scores", ["--target-density", 0.9]), (out, ["--lambda", 0.5, "--epsilon", 0.5])):
+        target = tmp_path / f"re-solved-{rule[0][2:]}"
+        code, stdout, err = run(capsys, "solve", source, *rule, "--out", target)
+        assert code == 0, err
+        assert SparseVDiTConfig.from_pretrained(target).target_modules == config.target_modules
+
+
+def test_solve_from_saved_scores(capsys, tmp_path):
+    random_scores(layers=3, heads=4).save(tmp_path / "scores")
+    code, stdout, err = run(
+        capsys,
+        "solve",
+        tmp_path / "scores",
+        "--target-speedup",
+        2,
+        "--dense-warmup-steps",
+        5,
+        "--attention-share",
+        0.6,
+        "--out",
+        tmp_path / "map",
+    )
+    assert code == 0, err
+    config = SparseVDiTConfig.from_pretrained(tmp_path / "map")
+    predicted = config.calibration["predicted"]
+    assert predicted["attention_density"] <= 0.5 + 1e-9 and predicted["attention_share"] == 0.6
+    assert config.dense_warmup_steps == 5 and config.base_model == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    assert "Sparse-vDiT search (budget)" in stdout and "mode_map.safetensors" in stdout
+
+    code, stdout, err = run(capsys, "solve", tmp_path / "scores", "--lambda", 0.25, "--out", tmp_path / "paper")
+    assert code == 0, err
+    assert SparseVDiTConfig.from_pretrained(tmp_path / "paper").calibration["solver"]["lambda"] == 0.25
+
+
+def test_solve_errors(capsys, tmp_path):
+    code, _, err = run(capsys, "solve", tmp_path, "--target-speedup", 2, "--out", tmp_path / "map")
+    assert code == 2 and "holds no scores.json" in err
+    random_scores().save(tmp_path / "scores")
+    # 40 of 50 steps dense already cost 0.8 of the dense FLOPs: 0.5 is out of reach
+    code, _, err = run(
+        capsys,
+        "solve",
+        tmp_path / "scores",
+        "--target-density",
+        0.5,
+        "--dense-warmup-steps",
+        40,
+        "--out",
+        tmp_path / "m",
+    )
+    assert code == 1 and err.startswith("sparse-vdit solve: error:") and "warm-up" in err
+    (tmp_path / "scores" / "scores.json").write_text("{}")
+    code, _, err = run(capsys, "solve", tmp_path / "scores", "--target-speedup", 2, "--out", tmp_path / "m")
+    assert code == 1 and "not diffusers-sparse-vdit search scores" in err
+
+
+# show -------------------------------------------------------------------------------------
+@needs_matplotlib
+def test_show_prints_the_table_and_draws_the_heatmap(capsys, map_dir, tmp_path):
+    shutil.copytree(map_dir, tmp_path / "map")
+    (tmp_path / "map" / "mode_map.png").unlink()  # save_pretrained drew one; show draws it again
+    code, out, err = run(capsys, "show", tmp_path / "map")
+    assert code == 0, err
+    assert "Sparse-vDiT mode map: WanTransformer3DModel" in out and "blocks.*.attn1 (2)" in out
+    assert "attention density at 3x2x3 tokens" in out  # from the calibrated size
+    assert (tmp_path / "map" / "mode_map.png").read_bytes().startswith(PNG_MAGIC)
+
+    code, out, _ = run(capsys, "show", map_dir, "--png", tmp_path / "pictures" / "wan.png")
+    assert code == 0 and (tmp_path / "pictures" / "wan.png").read_bytes().startswith(PNG_MAGIC)
+    code, out, _ = run(capsys, "show", map_dir, "--no-png")
+    assert code == 0 and "heatmap" not in out
+
+
+@needs_matplotlib
+def test_show_a_hub_repo_from_the_cache(capsys, tmp_path, monkeypatch):
+    cache = tmp_path / "hf-cache"
+    put_in_hf_cache(cache, "user/wan-map", map_files(make_config(layers=3), tmp_path), commit="a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "show", "user/wan-map")
+    assert code == 0, err
+    assert "heatmap: wan-map.mode_map.png" in out  # the HF cache is not ours to write to
+    assert (tmp_path / "wan-map.mode_map.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_show_without_matplotlib(capsys, map_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(plots_module, "matplotlib_available", lambda: False)
+    code, out, _ = run(capsys, "show", map_dir)
+    assert code == 0 and "blocks.*.attn1" in out and "no heatmap: it needs matplotlib" in out
+    code, _, err = run(capsys, "show", map_dir, "--png", tmp_path / "x.png")
+    assert code == 1 and "pip install matplotlib" in err
+
+
+def test_show_errors(capsys, map_dir, tmp_path):
+    (tmp_path / "config.json").write_bytes(DIFFUSERS_TRANSFORMER_CONFIG)
+    code, _, err = run(capsys, "show", tmp_path)
+    assert code == 1 and "is not a diffusers-sparse-vdit config" in err and "Traceback" not in err
+    code, _, err = run(capsys, "show", "user/not-cached")
+    assert code == 1 and "not in the Hugging Face cache" in err
+    code, _, err = run(capsys, "show", map_dir, "--step-range", 1)
+    assert code == 2 and "this map has 1 step range(s), 0 to 0" in err
+
+
+# push -------------------------------------------------------------------------------------
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """HfApi calls captured instead of sent, with a copy of the uploaded folder."""
+    calls = {"uploaded": tmp_path / "uploaded"}
+
+    def create_repo(self, repo_id, *, private=None, exist_ok=False, **kwargs):
+        calls["create_repo"] = dict(repo_id=repo_id, private=private, exist_ok=exist_ok, token=self.token)
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_branch(self, repo_id, *, branch, exist_ok=False, **kwargs):
+        calls["create_branch"] = dict(repo_id=repo_id, branch=branch)
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        shutil.copytree(folder_path, calls["uploaded"])
+        calls["upload_folder"] = dict(repo_id=repo_id, **kwargs)
+        return f"https://huggingface.co/{repo_id}/commit/{'c' * 40}"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_branch", create_branch)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return calls
+
+
+def test_push_uploads_the_map(capsys, map_dir, hub):
+    code, out, err = run(
+        capsys,
+        "push",
+        map_dir,
+        "user/wan-map",
+        "--private",
+        "--revision",
+        "v1",
+        "--token",
+        "hf_test",
+        "--commit-message",
+        "first map",
+    )
+    assert code == 0, err
+    assert hub["create_repo"] == dict(repo_id="user/wan-map", private=True, exist_ok=True, token="hf_test")
+    assert hub["create_branch"] == dict(repo_id="user/wan-map", branch="v1")
+    upload = hub["upload_folder"]
+    assert (upload["revision"], upload["commit_message"], upload["create_pr"]) == ("v1", "first map", False)
+    names = {p.name for p in hub["uploaded"].iterdir()}
+    assert {"config.json", "mode_map.safetensors", "README.md"} <= names
+    assert SparseVDiTConfig.from_pretrained(hub["uploaded"]) == SparseVDiTConfig.from_pretrained(map_dir)
+    assert "https://huggingface.co/user/wan-map/commit/" in out and "apply_sparse_vdit(pipe, 'user/wan-map')" in out
+
+
+def test_push_defaults_and_pull_requests(capsys, map_dir, hub):
+    code, _, err = run(capsys, "push", map_dir, "user/wan-map", "--create-pr")
+    assert code == 0, err
+    assert hub["create_repo"]["private"] is None and "create_branch" not in hub  # the Hub's default visibility
+    assert hub["upload_folder"]["create_pr"] is True and hub["upload_folder"]["revision"] is None
+
+
+def test_push_failures_say_what_to_do(capsys, map_dir, tmp_path, monkeypatch):
+    def refuse(self, repo_id, **kwargs):
+        raise OSError("401 Client Error: Unauthorized")
+
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    code, _, err = run(capsys, "push", map_dir, "user/wan-map")
+    assert code == 1 and "Unauthorized" in err and "hf auth login" in err
+    code, _, err = run(capsys, "push", tmp_path, "user/wan-map")  # a folder without a map
+    assert code == 1 and "has no config.json" in err
+
+
+# evaluate ---------------------------------------------------------------------------------
+def test_evaluate_prints_and_writes_the_metrics(capsys, map_dir, tmp_path):
+    pytest.importorskip("torchmetrics")
+    out = tmp_path / "eval"
+    code, stdout, err = run(
+        capsys,
+        "evaluate",
+        "--tiny",
+        "wan",
+        "--map",
+        map_dir,
+        "--prompt",
+        "a cat walks in the city",
+        "--steps",
+        2,
+        "--seed",
+        1,
+        "--backend",
+        "torch",
+        "--no-lpips",
+        "--out",
+        out,
+        "-q",
+    )
+    assert code == 0, err
+    for line in ("Sparse-vDiT evaluation: tiny wan with map", "speedup", "PSNR", "SSIM", "LPIPS  unavailable"):
+        assert line in stdout
+    report = json.loads((out / "report.json").read_text())
+    settings = report["settings"]
+    # unset sizes and guidance come from the map's calibration
+    assert (settings["height"], settings["width"], settings["num_frames"], settings["seed"]) == (32, 48, 9, 1)
+    assert settings["guidance_scale"] == 4.0
+    assert settings["model"] == "tiny wan" and settings["map"]["source"] == str(map_dir)
+    assert report["metrics"]["psnr"] > 0 and -1 <= report["metrics"]["ssim"] <= 1
+    assert report["timings"]["sparse"]["total_s"] > 0 and report["speedup"]["end_to_end"] > 0
+    for video in ("dense", "sparse"):
+        assert (out / video).is_dir() or (out / f"{video}.mp4").is_file()
+
+
+def test_evaluate_refuses_a_map_of_another_model(capsys, map_dir):
+    code, _, err = run(capsys, "evaluate", "--tiny", "cogvideox", "--map", map_dir, "--prompt", "a cat", "-q")
+    assert code == 1 and "made for WanTransformer3DModel" in err and "CogVideoXTransformer3DModel" in err
