@@ -138,6 +138,7 @@ def install(transformer, config: SparseVDiTConfig, *, backend: str = "auto", pro
             processors[key] = sparse
         else:
             processors[key] = settled(key, processor)
+    hook.processors = [p for p in processors.values() if isinstance(p, SparseAttnProcessor)]
     transformer.set_attn_processor(processors)
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, HOOK_NAME)
     counts = ", ".join(f"{k} {v}" for k, v in config.mode_counts().items() if v)

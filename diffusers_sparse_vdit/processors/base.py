@@ -104,11 +104,13 @@ class SparseAttnProcessor:
     # Shared machinery -------------------------------------------------------------------
     def run(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb):
         call = self.prepare(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        # the hook resolved this call's plan for every layer (see SparseVDiTHook.observe)
+        plan = self.state.plans.get(self.layer) if call.layout is not None else None
         out = self.attend(
             call.query,
             call.key,
             call.value,
-            self.plan(call.layout),
+            plan,
             layout=call.layout,
             text_lengths=call.text_lengths,
             attention_mask=call.attention_mask,
@@ -129,34 +131,36 @@ class SparseAttnProcessor:
         return out.transpose(1, 2)
 
     def layout(self, num_tokens: int, text_tokens: int) -> TokenLayout | None:
-        """This call's token layout from the recorded grid; None while the grid is unknown."""
-        grid = self.state.grid
-        if grid is None:
+        """This call's token layout as the hook recorded it; None while the grid is unknown."""
+        layout = self.state.layout
+        if layout is None:
             return None
-        position = self.text_position if text_tokens else "none"
-        layout = TokenLayout(*grid, text_tokens=text_tokens, text_position=position)
-        if layout.num_tokens != num_tokens:
+        if layout.num_tokens != num_tokens or layout.text_tokens != text_tokens:
             raise RuntimeError(
                 f"{type(self).__name__} (layer {self.layer}, {self.config.target_modules[self.layer]}): the "
-                f"transformer's input gives {layout}, but this attention call sees {num_tokens} tokens. "
-                "Sparse-vDiT needs the whole sequence in one attention call: context parallelism and "
-                "token merging or dropping are not supported; remove them or remove_sparse_vdit()."
+                f"transformer's input gives {layout}, but this attention call sees {num_tokens} tokens "
+                f"({text_tokens} text). Sparse-vDiT needs the whole sequence in one attention call: context "
+                "parallelism and token merging or dropping are not supported; remove them or remove_sparse_vdit()."
             )
         return layout
 
     def plan(self, layout: TokenLayout | None) -> SparsePlan | None:
-        """The plan for this call, or None when it runs dense."""
+        """The plan for a call with this layout at the state's step, or None when it runs dense.
+
+        Called by the hook, eagerly, at the start of every transformer call; cached per step range
+        and layout.
+        """
         if layout is None:  # grid unknown: the call that bound SparseVDiTProcessor (see binding.py)
             return None
-        step = self.state.step
-        if self.config.is_dense(step, self.state.timestep):
+        phase = self.state.phase  # None: dense (warm-up); else the map's step range
+        if phase is None:
             return None
-        key = (self.config.range_index(step), layout)
+        key = (phase, layout)
         try:
             return self._plans[key]
         except KeyError:
             pass
-        specs = self.config.head_specs(self.layer, step)
+        specs = self.config.head_specs(self.layer, self.state.step)
         # Under "auto" an all-FULL layer is plain dense attention: the stock backend (cuDNN or
         # flash on GPUs) beats any block-sparse kernel at density 1. An explicit backend runs
         # the chosen kernel for every sparse layer.
@@ -183,6 +187,9 @@ class Family:
     # latent (frames, height, width) after patchify, from the transformer config and the
     # hidden_states its forward receives
     latent_grid: Callable[[object, torch.Tensor], tuple[int, int, int]]
+    # text tokens in the joint sequence and, when some are padding, the valid ones per batch item
+    # (B,), from the transformer's forward arguments
+    call_text: Callable[[dict], tuple[int, torch.Tensor | None]] = lambda arguments: (0, None)
 
     def is_target(self, module_name: str) -> bool:
         return any(re.fullmatch(p, module_name) for p in self.target_patterns)

@@ -102,4 +102,5 @@ COGVIDEOX = Family(
     # CogVideoX has no other attention modules; any added by a variant would get the default.
     stock_other_processor=AttnProcessor2_0,
     latent_grid=_latent_grid,
+    call_text=lambda arguments: (arguments["encoder_hidden_states"].shape[1], None),
 )

@@ -30,6 +30,8 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState
 
+from ..layout import TokenLayout
+
 __all__ = ["HOOK_NAME", "SparseVDiTHook", "SparseVDiTState", "get_sparse_vdit_hook"]
 
 HOOK_NAME = "sparse_vdit"
@@ -45,16 +47,24 @@ class SparseVDiTState(BaseState):
         self.grid: tuple[int, int, int] | None = None  # latent (frames, height, width) after patchify
         self.timestep: float | None = None
         self.step: int | None = None
-        # per-call values the processors of all layers share (e.g. HunyuanVideo's text lengths)
-        self.memo: dict = {}
+        # What the processors select their plans by: None for a dense call, else the map's step
+        # range. It changes only at the warm-up's end and at step-range boundaries, so a compiled
+        # transformer (which guards on what it reads) recompiles at most that often.
+        self.phase: int | None = None
+        # Resolved once per call, eagerly, for every layer: the processors only look them up,
+        # so nothing data-dependent (or plan building) happens inside a compiled graph.
+        self.layout: TokenLayout | None = None
+        self.text_lengths: torch.Tensor | None = None  # (B,) valid text tokens when some are padding
+        self.plans: dict[int, object] = {}  # layer -> SparsePlan, or None for a dense call
 
-    def begin_call(self, grid: tuple[int, int, int], timestep: float) -> None:
+    def begin_call(self, grid: tuple[int, int, int], timestep: float, config=None) -> None:
         if self.timestep is None or timestep > self.timestep:
             self.step = 0
         elif timestep < self.timestep:
             self.step += 1
         self.grid, self.timestep = tuple(grid), timestep
-        self.memo.clear()
+        if config is not None:
+            self.phase = None if config.is_dense(self.step, timestep) else config.range_index(self.step)
 
     def __repr__(self) -> str:
         return f"SparseVDiTState(grid={self.grid}, timestep={self.timestep}, step={self.step})"
@@ -72,16 +82,25 @@ class SparseVDiTHook(ModelHook):
         self.backend = backend
         self.original_processors = original_processors
         self.state = SparseVDiTState()
+        self.processors: list = []  # the sparse processors of this transformer (set by apply_sparse_vdit)
 
     def pre_forward(self, module, *args, **kwargs):
         self.observe(module, args, kwargs)
         return args, kwargs
 
+    # Eager even inside torch.compile: the step rule reads the timestep's value. This is the one
+    # graph break of a compiled transformer, at its entry, before any computation.
+    @torch.compiler.disable
     def observe(self, module, args, kwargs) -> None:
         """Record one transformer call from its forward arguments."""
         arguments = _forward_signature(type(module)).bind_partial(module, *args, **kwargs).arguments
         grid = self.family.latent_grid(module.config, arguments["hidden_states"])
-        self.state.begin_call(grid, _timestep_value(arguments["timestep"]))
+        state = self.state
+        state.begin_call(grid, _timestep_value(arguments["timestep"]), self.config)
+        text_tokens, state.text_lengths = self.family.call_text(arguments)
+        position = self.family.processor_cls.text_position if text_tokens else "none"
+        state.layout = TokenLayout(*grid, text_tokens=text_tokens, text_position=position)
+        state.plans = {p.layer: p.plan(state.layout) for p in self.processors}
 
     def reset_state(self, module):
         self.state.reset()

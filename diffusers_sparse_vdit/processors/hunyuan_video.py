@@ -21,7 +21,7 @@ from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideo
 
 from .base import AttentionCall, Family, SparseAttnProcessor
 
-__all__ = ["HunyuanVideoSparseAttnProcessor", "HUNYUAN_VIDEO", "text_lengths_from_mask"]
+__all__ = ["HunyuanVideoSparseAttnProcessor", "HUNYUAN_VIDEO", "call_text", "check_key_padding_mask"]
 
 
 class HunyuanVideoSparseAttnProcessor(SparseAttnProcessor):
@@ -118,41 +118,36 @@ class HunyuanVideoSparseAttnProcessor(SparseAttnProcessor):
     def _text_lengths(self, mask, video_tokens: int, text_tokens: int) -> torch.Tensor | None:
         if mask is None:
             return None
-        # Every layer of a call gets the same mask object: convert (and check) it once per call.
-        cached = self.state.memo.get(id(mask))
-        if cached is not None and cached[0] is mask:
-            return cached[1]
-        lengths = text_lengths_from_mask(mask, video_tokens, text_tokens)
-        self.state.memo[id(mask)] = (mask, lengths)
-        return lengths
+        check_key_padding_mask(mask, video_tokens + text_tokens)
+        return self.state.text_lengths  # from encoder_attention_mask, exactly as the transformer built mask
 
 
-def text_lengths_from_mask(mask: torch.Tensor, video_tokens: int, text_tokens: int) -> torch.Tensor | None:
-    """Valid text tokens per batch item of HunyuanVideo's key-padding mask; None when none is padding.
+def check_key_padding_mask(mask: torch.Tensor, num_tokens: int) -> None:
+    """Refuse anything but the ``(B, 1, 1, N)`` boolean key-padding mask the transformer builds.
 
-    ``mask`` must be the ``(B, 1, 1, N)`` boolean mask ``HunyuanVideoTransformer3DModel.forward``
-    builds: True for every video token and for each item's leading valid text tokens, False
-    for the padding after them.
+    ``HunyuanVideoTransformer3DModel.forward`` keeps every video token and each item's first
+    ``encoder_attention_mask.sum()`` text tokens; the hook derives the same per-item text lengths
+    from ``encoder_attention_mask`` (:func:`call_text`), so only the mask's form is checked here
+    (a shape and dtype check: nothing data-dependent runs per layer).
     """
-    n = video_tokens + text_tokens
-    if mask.dtype != torch.bool or mask.dim() != 4 or tuple(mask.shape[1:]) != (1, 1, n):
+    if mask.dtype != torch.bool or mask.dim() != 4 or tuple(mask.shape[1:]) != (1, 1, num_tokens):
         raise ValueError(
             "HunyuanVideo sparse attention takes the (batch, 1, 1, tokens) boolean key-padding mask that "
             f"HunyuanVideoTransformer3DModel.forward builds; got a {mask.dtype} mask of shape {tuple(mask.shape)} "
-            f"for {n} tokens. Pass text padding through encoder_attention_mask instead of a custom attention mask."
+            f"for {num_tokens} tokens. Pass text padding through encoder_attention_mask instead of a custom attention mask."
         )
-    keys = mask[:, 0, 0]
-    lengths = keys[:, video_tokens:].sum(dim=-1)
-    expected = torch.arange(n, device=mask.device)[None, :] < (video_tokens + lengths)[:, None]
-    if not torch.equal(keys, expected):
-        raise ValueError(
-            "HunyuanVideo sparse attention supports a key-padding mask that keeps every video token and a prefix "
-            "of the text tokens (padding at the end of the prompt), as the transformer builds from "
-            "encoder_attention_mask; this mask masks other tokens. Left-padded prompts are not supported."
-        )
-    if bool((lengths == text_tokens).all()):
-        return None
-    return lengths.to(torch.int32)
+
+
+def call_text(arguments: dict) -> tuple[int, torch.Tensor | None]:
+    """Text tokens of a transformer call and, when some are padding, the valid ones per item (B,).
+
+    Like the transformer, an item keeps its first ``encoder_attention_mask.sum()`` text tokens
+    (the token refiner keeps the prompt's length).
+    """
+    mask = arguments["encoder_attention_mask"]
+    text_tokens = arguments["encoder_hidden_states"].shape[1]
+    lengths = mask.sum(dim=1).to(torch.int32)
+    return text_tokens, None if bool((lengths == text_tokens).all()) else lengths
 
 
 def _latent_grid(config, hidden_states: torch.Tensor) -> tuple[int, int, int]:
@@ -169,4 +164,5 @@ HUNYUAN_VIDEO = Family(
     stock_target_processor=HunyuanVideoAttnProcessor2_0,
     stock_other_processor=AttnProcessor2_0,
     latent_grid=_latent_grid,
+    call_text=call_text,
 )

@@ -1,11 +1,11 @@
-"""HunyuanVideo specifics: padded prompts through text_lengths, refused masks, the refiner stays stock."""
+"""HunyuanVideo specifics: padded prompts through text lengths, refused masks, the refiner stays stock."""
 
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from diffusers_sparse_vdit.processors import apply_sparse_vdit
-from diffusers_sparse_vdit.processors.hunyuan_video import text_lengths_from_mask
+from diffusers_sparse_vdit.processors.hunyuan_video import call_text, check_key_padding_mask
 from diffusers_sparse_vdit.testing import tiny_transformer_inputs
 
 from .common import ALL_FULL, forward, mode_map, twins
@@ -16,24 +16,24 @@ def _mask(rows, video=6):
     return keys[:, None, None, :]
 
 
-def test_text_lengths_from_mask():
-    lengths = text_lengths_from_mask(_mask([[True, True, False], [True, False, False]]), 6, 3)
-    assert lengths.dtype == torch.int32 and lengths.tolist() == [2, 1]
-    assert text_lengths_from_mask(_mask([[True] * 3, [True] * 3]), 6, 3) is None  # no padding
+def test_text_lengths_come_from_the_prompt_mask_like_the_transformer_builds_them():
+    text = torch.zeros(2, 3, 4)
+    lengths = call_text({"encoder_attention_mask": torch.tensor([[1, 1, 0], [1, 0, 0]]), "encoder_hidden_states": text})
+    assert lengths[0] == 3 and lengths[1].dtype == torch.int32 and lengths[1].tolist() == [2, 1]
+    assert call_text({"encoder_attention_mask": torch.ones(2, 3), "encoder_hidden_states": text}) == (3, None)
 
 
 @pytest.mark.parametrize(
-    "mask, match",
+    "mask",
     [
-        (_mask([[False, True, True]]), "Left-padded"),  # padding before the prompt
-        (_mask([[True, True, True]]).float(), "boolean key-padding mask"),
-        (_mask([[True, True, True]])[:, :, :, :-1], "boolean key-padding mask"),  # wrong length
-        (torch.ones(1, 1, 9, 9, dtype=torch.bool), "boolean key-padding mask"),  # a full (query, key) mask
+        _mask([[True, True, True]]).float(),
+        _mask([[True, True, True]])[:, :, :, :-1],  # wrong length
+        torch.ones(1, 1, 9, 9, dtype=torch.bool),  # a full (query, key) mask
     ],
 )
-def test_masks_of_another_form_are_refused(mask, match):
-    with pytest.raises(ValueError, match=match):
-        text_lengths_from_mask(mask, 6, 3)
+def test_masks_of_another_form_are_refused(mask):
+    with pytest.raises(ValueError, match="boolean key-padding mask"):
+        check_key_padding_mask(mask, 9)
 
 
 def test_padded_prompts_match_stock_and_refiner_stays_stock():
