@@ -1,5 +1,8 @@
 """Search: score every candidate mode for every head on calibration calls, then solve for a mode map.
 
+With a pipeline, :func:`search` does it all (``result = search(pipe, target_speedup=2.0)``);
+:func:`calibrate` returns the scores only. By hand:
+
 ::
 
     scorer = HeadScorer(layout, num_layers, num_heads, metadata={...})
@@ -12,6 +15,7 @@
 """
 
 from .candidates import Candidate, candidate_densities, default_candidates
+from .runner import DEFAULT_PROMPTS, calibrate, load_prompts, search
 from .scores import ScoreSet
 from .scoring import HeadScorer
 from .solver import (
@@ -28,6 +32,10 @@ from .solver import (
 )
 
 __all__ = [
+    "search",
+    "calibrate",
+    "load_prompts",
+    "DEFAULT_PROMPTS",
     "Candidate",
     "default_candidates",
     "candidate_densities",

@@ -158,6 +158,11 @@ class HeadScorer:
                        for cand in self.candidates]
 
     # Public -------------------------------------------------------------------------------
+    def reseed(self, seed: int) -> None:
+        """Restart the tile sampling from ``seed`` (the runner does per prompt, so that how prompts
+        are split across processes does not change what each contributes)."""
+        self._generator.manual_seed(int(seed))
+
     def attend(self, layer: int, q, k, v, *, out_proj: OutProj = None, step: int | None = None,
                text_lengths=None, scale: float | None = None, dense: torch.Tensor | None = None) -> torch.Tensor:
         """Score this call and return the attention output to carry on (see ``propagate``)."""

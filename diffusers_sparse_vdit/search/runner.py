@@ -1,0 +1,304 @@
+"""The calibration run: a real pipeline on calibration prompts, every target attention call scored.
+
+:func:`calibrate` installs, on the pipeline's transformer, an all-FULL map whose processors
+override one step, ``attend``: each target attention call of each denoising step hands its
+real q, k, v to a shared :class:`~.scoring.HeadScorer` (created once the latent layout is
+known), which scores every candidate for every head and returns the output to carry on
+(dense, or the paper's greedy choice). Dense warm-up steps are not scored. Afterwards the
+pipeline's processors are restored exactly. :func:`search` then solves the scores.
+
+One progress bar runs over prompts x steps (the pipeline's own bar is silenced meanwhile,
+with diffusers' ``set_progress_bar_config``); messages go through diffusers' logger.
+
+Several processes (``accelerate launch``): prompts are split between them, each scores its
+share with per-prompt seeds (so the split does not change what a prompt contributes), and
+the scores are gathered and merged by call count on every process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.utils import logging
+from tqdm.auto import tqdm
+
+from ..layout import TokenLayout
+from ..modes import ModeSpec
+from .scores import ScoreSet
+from .scoring import HeadScorer, OutProj
+from .solver import SearchResult, solve_budget, solve_paper
+
+__all__ = ["DEFAULT_PROMPTS", "load_prompts", "calibrate", "search"]
+
+logger = logging.get_logger(__name__)
+
+# Diverse on purpose: people, animals, landscapes, a city at night, a close-up, fast motion,
+# slow camera moves, abstract motion. Attention patterns are largely prompt-invariant (the
+# paper's premise), so a handful covers them; the scores record which prompts were used.
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "A woman in a red coat walks through a snowy park, trees on both sides, soft morning light.",
+    "A golden retriever runs across a green meadow toward the camera, ears flapping.",
+    "Aerial shot of waves breaking on a rocky coastline at sunset, the camera slowly gliding forward.",
+    "A busy city street at night in the rain, neon signs reflecting on the wet asphalt, cars passing.",
+    "Close-up of a chef's hands chopping vegetables on a wooden board in a bright kitchen.",
+    "A mountain biker speeds down a dusty forest trail, the camera tracking alongside.",
+    "Time-lapse of clouds rolling over snowy mountain peaks under a blue sky.",
+    "Colorful ink drops swirling and blooming in clear water, slow motion, black background.",
+)
+
+
+def load_prompts(path: str | Path | None) -> list[str]:
+    """Prompts from a text file, one a line (blank lines and ``#`` comments skipped); None: the built-in set."""
+    if path is None:
+        return list(DEFAULT_PROMPTS)
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a UTF-8 text file (expected one prompt a line)") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ValueError(f"{path} holds no prompts (one a line; blank lines and '#' comments are skipped)")
+    return prompts
+
+
+# Which weight projects each head's attention output into the layer output, per family.
+def _wan_out_proj(transformer, name: str) -> Callable[[TokenLayout], OutProj]:
+    weight = transformer.get_submodule(name).to_out[0].weight
+    return lambda layout: weight
+
+
+def _hunyuan_out_proj(transformer, name: str) -> Callable[[TokenLayout], OutProj]:
+    attn = transformer.get_submodule(name)
+    if name.startswith("single_transformer_blocks."):
+        # a single-stream block concatenates attention and MLP outputs before one projection
+        block = transformer.get_submodule(name.rsplit(".", 1)[0])
+        weight = block.proj_out.weight[:, : attn.heads * (attn.inner_dim // attn.heads)]
+        return lambda layout: weight
+    video, text = attn.to_out[0].weight, attn.to_add_out.weight  # dual-stream: text rows have their own
+    return lambda layout: [(slice(0, layout.video_tokens), video), (slice(layout.video_tokens, layout.num_tokens), text)]
+
+
+_OUT_PROJ = {"wan": _wan_out_proj, "cogvideox": _wan_out_proj, "hunyuan_video": _hunyuan_out_proj}
+
+
+class _Calibration:
+    """What the calibration processors of one run share: the scorer and the per-layer projections."""
+
+    def __init__(self, out_proj: list, num_heads: int, dense_warmup_steps: int, scorer_kwargs: dict):
+        self.out_proj = out_proj
+        self.num_heads = num_heads
+        self.dense_warmup_steps = dense_warmup_steps
+        self.scorer_kwargs = scorer_kwargs
+        self.scorer: HeadScorer | None = None
+
+    def scorer_for(self, layout: TokenLayout) -> HeadScorer:
+        if self.scorer is None:
+            self.scorer = HeadScorer(layout, len(self.out_proj), self.num_heads, **self.scorer_kwargs)
+        elif self.scorer.layout != layout:
+            raise ValueError(
+                f"one calibration run scores one token layout; got {layout} after {self.scorer.layout}. "
+                "Calibrate each resolution and frame count separately."
+            )
+        return self.scorer
+
+
+def _calibration_processor(base: type, calibration: _Calibration) -> type:
+    class CalibrationProcessor(base):
+        """The family processor whose attention call is scored (see :mod:`.runner`)."""
+
+        def attend(self, query, key, value, plan, *, layout=None, text_lengths=None, attention_mask=None):
+            step = self.state.step
+            if layout is None or step is None or step < calibration.dense_warmup_steps:
+                return super().attend(query, key, value, None, layout=layout, text_lengths=text_lengths,
+                                      attention_mask=attention_mask)
+            scorer = calibration.scorer_for(layout)
+            out = scorer.attend(self.layer, query, key, value, out_proj=calibration.out_proj[self.layer](layout),
+                                step=step, text_lengths=text_lengths)
+            return out.to(query.dtype)
+
+    CalibrationProcessor.__name__ = f"Calibration{base.__name__}"
+    return CalibrationProcessor
+
+
+def _accelerator(accelerator):
+    if accelerator != "auto":
+        return accelerator
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from accelerate import Accelerator
+
+        return Accelerator()
+    return None
+
+
+def _model_id(pipe) -> str | None:
+    for obj in (pipe, pipe.transformer):
+        name = getattr(getattr(obj, "config", None), "_name_or_path", None)
+        if name and not Path(name).is_dir():
+            return name
+    return None
+
+
+@torch.no_grad()
+def calibrate(
+    pipe,
+    prompts: Sequence[str] | None = None,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    num_frames: int | None = None,
+    num_inference_steps: int = 50,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    candidates=None,
+    metric: str = "projected",
+    sample_tiles: int = 32,
+    propagate: str = "dense",
+    lam: float | None = None,
+    epsilon: float | None = None,
+    step_ranges=None,
+    dense_warmup_steps: int = 0,
+    tile_size: int = 128,
+    backend: str = "auto",
+    pipeline_kwargs: dict | None = None,
+    accelerator=None,
+    progress: bool = True,
+) -> ScoreSet:
+    """Run ``pipe`` on ``prompts`` (default: :data:`DEFAULT_PROMPTS`) and score every candidate mode.
+
+    Args:
+        pipe: a Wan, HunyuanVideo or CogVideoX pipeline (its transformer is calibrated).
+        height, width, num_frames, num_inference_steps, guidance_scale: the generation to
+            calibrate at (None: the pipeline's defaults); maps transfer across resolutions, but
+            calibrate at the size you will generate at.
+        seed: prompt ``i`` runs with ``seed + i``.
+        candidates, metric, sample_tiles, propagate, step_ranges: see :class:`~.scoring.HeadScorer`.
+        lam, epsilon: the paper's rule for ``propagate="greedy"`` (defaults: the solver's).
+        dense_warmup_steps: the first steps run dense and are not scored (pass the same to the solver).
+        tile_size: the map's tile (128 for the GPU kernel; smaller only for toy models).
+        backend: the sparse kernel the scorer computes candidates with.
+        pipeline_kwargs: more pipeline call arguments; ``output_type`` defaults to ``"latent"``
+            (the VAE adds nothing to the scores).
+        accelerator: an ``accelerate.Accelerator`` to split the prompts across processes, or
+            ``"auto"`` (one is made when ``torch.distributed`` is initialized).
+        progress: one bar over prompts x steps.
+
+    Returns the averaged :class:`ScoreSet` (on every process), with the set-up in its metadata.
+    """
+    from ..config import SparseVDiTConfig
+    from ..processors import apply_sparse_vdit, family_of, get_sparse_vdit_hook, remove_sparse_vdit, sparse_targets
+
+    prompts = list(DEFAULT_PROMPTS if prompts is None else prompts)
+    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ValueError("prompts must be a non-empty list of non-empty strings")
+    if num_inference_steps <= dense_warmup_steps:
+        raise ValueError(f"num_inference_steps={num_inference_steps} leaves no step after {dense_warmup_steps} warm-up steps to score")
+    transformer = pipe.transformer
+    if get_sparse_vdit_hook(transformer) is not None:
+        raise ValueError("the pipeline already runs a Sparse-vDiT map: remove_sparse_vdit(pipe) before calibrating")
+    family = family_of(transformer)
+    targets = sparse_targets(transformer)
+    num_heads = transformer.get_submodule(targets[0]).heads
+    calibration = _Calibration(
+        [_OUT_PROJ[family.name](transformer, name) for name in targets],
+        num_heads,
+        dense_warmup_steps,
+        dict(candidates=candidates, metric=metric, sample_tiles=sample_tiles, step_ranges=step_ranges,
+             backend=backend, propagate=propagate, seed=seed, tile_size=tile_size, epsilon=epsilon,
+             **({} if lam is None else {"lam": lam})),
+    )
+    full_map = SparseVDiTConfig.from_specs([[ModeSpec.full()] * num_heads] * len(targets), family=family.name,
+                                           transformer_class=type(transformer).__name__, target_modules=targets,
+                                           tile_size=tile_size)
+
+    accelerator = _accelerator(accelerator)
+    indices = list(range(len(prompts)))
+    mine = indices
+    if accelerator is not None and accelerator.num_processes > 1:
+        with accelerator.split_between_processes(indices) as share:
+            mine = list(share)
+    show = progress and (accelerator is None or accelerator.is_local_main_process)
+    bar = tqdm(total=len(mine) * num_inference_steps, desc="Sparse-vDiT calibration", unit="step", disable=not show)
+
+    def on_step_end(pipeline, step, timestep, callback_kwargs):
+        bar.update(1)
+        return callback_kwargs
+
+    call = {"num_inference_steps": num_inference_steps, "output_type": "latent", **(pipeline_kwargs or {})}
+    for name, value in (("height", height), ("width", width), ("num_frames", num_frames), ("guidance_scale", guidance_scale)):
+        if value is not None:
+            call[name] = value
+    bar_config = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(disable=True)
+    apply_sparse_vdit(pipe, full_map, backend="auto", processor_cls=_calibration_processor(family.processor_cls, calibration))
+    try:
+        for i in mine:
+            if calibration.scorer is not None:
+                calibration.scorer.reseed(seed + i)  # a prompt's sample tiles do not depend on the split
+            else:
+                calibration.scorer_kwargs["seed"] = seed + i
+            generator = torch.Generator(device="cpu").manual_seed(seed + i)
+            pipe(prompt=prompts[i], generator=generator, callback_on_step_end=on_step_end, **call)
+    finally:
+        remove_sparse_vdit(pipe)
+        pipe._progress_bar_config = bar_config
+        bar.close()
+
+    if calibration.scorer is None:
+        raise RuntimeError("no attention call was scored: did the pipeline run its transformer?")
+    layout = calibration.scorer.layout
+    scores = calibration.scorer.scores(
+        family=family.name,
+        transformer_class=type(transformer).__name__,
+        target_modules=targets,
+        base_model=_model_id(pipe),
+        prompts=prompts,
+        num_prompts=len(prompts),
+        seed=seed,
+        height=height,
+        width=width,
+        num_frames=num_frames,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        dense_warmup_steps=dense_warmup_steps,
+        propagate=propagate,
+        layout={"frames": layout.frames, "height": layout.height, "width": layout.width,
+                "text_tokens": layout.text_tokens, "text_position": layout.text_position},
+    )
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        shards = gather_object([scores])  # every process gets every shard, merged the same way
+        scores = shards[0].merge(*shards[1:])
+    logger.info(f"calibrated {len(targets)} layers x {num_heads} heads on {len(prompts)} prompts at {layout}")
+    return scores
+
+
+def search(
+    pipe,
+    prompts: Sequence[str] | None = None,
+    *,
+    target_speedup: float | None = None,
+    target_density: float | None = None,
+    lam: float | None = None,
+    epsilon: float | None = None,
+    dense_warmup_steps: int = 0,
+    **calibrate_kwargs: Any,
+) -> SearchResult:
+    """Calibrate, then solve: for an attention-FLOP target when one is given, else by the paper's rule.
+
+    ``search(pipe, target_speedup=2.0)`` returns a :class:`~.solver.SearchResult` whose
+    ``.config`` is the mode map (``result.config.save_pretrained(dir)`` / ``.push_to_hub(repo)``).
+    """
+    if target_speedup is not None and target_density is not None:
+        raise ValueError("give target_speedup or target_density, not both")
+    if (target_speedup is not None or target_density is not None) and (lam is not None or epsilon is not None):
+        raise ValueError("lam and epsilon belong to the paper's rule; a target uses the budget solver instead")
+    scores = calibrate(pipe, prompts, dense_warmup_steps=dense_warmup_steps, lam=lam, epsilon=epsilon, **calibrate_kwargs)
+    if target_speedup is not None or target_density is not None:
+        return solve_budget(scores, target_speedup=target_speedup, target_density=target_density,
+                            dense_warmup_steps=dense_warmup_steps)
+    kwargs = {} if lam is None else {"lam": lam}
+    return solve_paper(scores, epsilon=epsilon, dense_warmup_steps=dense_warmup_steps, **kwargs)

@@ -1,0 +1,132 @@
+"""The calibration runner on tiny random-weight pipelines of every family."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusers_sparse_vdit import SparseVDiTConfig, apply_sparse_vdit, remove_sparse_vdit
+from diffusers_sparse_vdit.search import DEFAULT_PROMPTS, ScoreSet, calibrate, load_prompts, search
+from diffusers_sparse_vdit.testing import tiny_pipeline, tiny_pipeline_inputs
+
+SIZE = dict(height=32, width=48, num_frames=9)
+PROMPTS = ["a cat walks in the city", "a dog runs on the beach"]
+
+
+def extra_args(variant):
+    # the tiny pipelines' own call settings besides size and steps (short text, HunyuanVideo's template)
+    inputs = tiny_pipeline_inputs(variant)
+    skip = {"prompt", "generator", "output_type", "num_inference_steps", *SIZE}
+    return {k: v for k, v in inputs.items() if k not in skip}
+
+
+def run(pipe, variant, **kwargs):
+    kwargs = {"num_inference_steps": 3, "tile_size": 16, "sample_tiles": 4, "backend": "torch",
+              "progress": False, "pipeline_kwargs": extra_args(variant), **SIZE, **kwargs}
+    return kwargs
+
+
+@pytest.mark.parametrize("variant", ["wan", "hunyuan_video", "cogvideox", "cogvideox1.5"])
+def test_search_save_reload_apply_generate(variant, tmp_path):
+    pipe = tiny_pipeline(variant)
+    before = dict(pipe.transformer.attn_processors)
+    result = search(pipe, PROMPTS, target_speedup=1.6, **run(pipe, variant))
+    after = dict(pipe.transformer.attn_processors)
+    assert all(after[k] is v for k, v in before.items())  # calibration left the pipeline as it was
+    assert result.attention_speedup >= 1.6 - 1e-6  # the budget is met (coarse tiny candidates may beat it)
+    counts = result.config.mode_counts()
+    assert counts["FULL"] < sum(counts.values())  # something went sparse
+    assert result.config.calibration["num_prompts"] == 2
+
+    result.config.save_pretrained(tmp_path)
+    config = SparseVDiTConfig.from_pretrained(tmp_path)
+    assert config == result.config
+    apply_sparse_vdit(pipe, config, backend="torch")
+    video = pipe(**{**tiny_pipeline_inputs(variant), "generator": torch.Generator().manual_seed(0)}).frames
+    remove_sparse_vdit(pipe)
+    assert torch.isfinite(torch.as_tensor(video)).all()
+
+
+def test_warmup_steps_are_not_scored_and_step_ranges_are_kept():
+    pipe = tiny_pipeline("wan")
+    scores = calibrate(pipe, PROMPTS[:1], dense_warmup_steps=1, step_ranges=[[0, 2], [2, -1]], **run(pipe, "wan"))
+    # 3 steps, CFG as two calls a step: step 0 is warm-up, step 1 in range 0, step 2 in range 1
+    assert scores.counts.tolist() == [[2, 2], [2, 2]]
+    assert scores.metadata["dense_warmup_steps"] == 1 and scores.metadata["layout"]["frames"] == 3
+    with pytest.raises(ValueError, match="leaves no step"):
+        calibrate(pipe, PROMPTS[:1], dense_warmup_steps=3, **run(pipe, "wan"))
+
+
+def test_greedy_propagation_differs_from_dense():
+    pipe = tiny_pipeline("wan")
+    # one step, so the first layer sees the same input in both runs; a permissive rule, so the
+    # greedy run really carries sparse outputs on
+    dense = calibrate(pipe, PROMPTS[:1], **run(pipe, "wan", num_inference_steps=1))
+    greedy = calibrate(pipe, PROMPTS[:1], propagate="greedy", lam=0.01, epsilon=10.0,
+                       **run(pipe, "wan", num_inference_steps=1))
+    torch.testing.assert_close(dense.errors[:, 0], greedy.errors[:, 0])
+    assert not torch.allclose(dense.errors[:, 1], greedy.errors[:, 1])  # later layers see the sparse error
+
+
+def test_progress_bar_counts_prompts_times_steps(monkeypatch):
+    import diffusers_sparse_vdit.search.runner as runner
+
+    totals, updates = [], []
+
+    class Bar:
+        def __init__(self, total, **kwargs):
+            totals.append(total)
+
+        def update(self, n):
+            updates.append(n)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(runner, "tqdm", Bar)
+    pipe = tiny_pipeline("wan")
+    calibrate(pipe, PROMPTS, **run(pipe, "wan"))
+    assert totals == [6] and sum(updates) == 6
+
+
+def test_prompts_files(tmp_path):
+    assert load_prompts(None) == list(DEFAULT_PROMPTS) and len(DEFAULT_PROMPTS) == 8
+    path = tmp_path / "prompts.txt"
+    path.write_text("# calibration prompts\n\na cat\n  a dog  \n")
+    assert load_prompts(path) == ["a cat", "a dog"]
+    path.write_text("# nothing\n\n")
+    with pytest.raises(ValueError, match="holds no prompts"):
+        load_prompts(path)
+    path.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ValueError, match="UTF-8"):
+        load_prompts(path)
+    with pytest.raises(FileNotFoundError):
+        load_prompts(tmp_path / "missing.txt")
+
+
+def test_refuses_a_pipeline_that_already_runs_a_map():
+    pipe = tiny_pipeline("wan")
+    result = search(pipe, PROMPTS[:1], target_speedup=1.5, **run(pipe, "wan"))
+    apply_sparse_vdit(pipe, result.config, backend="torch")
+    with pytest.raises(ValueError, match="remove_sparse_vdit"):
+        calibrate(pipe, PROMPTS[:1], **run(pipe, "wan"))
+
+
+def test_two_processes_merge_to_the_single_process_scores(tmp_path):
+    worker = Path(__file__).with_name("_calibrate_worker.py")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(worker), str(tmp_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    merged = ScoreSet.load(tmp_path)
+
+    pipe = tiny_pipeline("wan")
+    single = calibrate(pipe, ["a cat walks", "a dog runs", "the city at night"], num_inference_steps=2, tile_size=16,
+                       sample_tiles=4, backend="torch", progress=False, pipeline_kwargs={"max_sequence_length": 16}, **SIZE)
+    assert torch.equal(merged.counts, single.counts)
+    torch.testing.assert_close(merged.errors, single.errors, rtol=1e-5, atol=1e-9)
