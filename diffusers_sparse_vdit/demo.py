@@ -86,15 +86,19 @@ def search_demo() -> None:
     from .config import SparseVDiTConfig
     from .processors import apply_sparse_vdit, remove_sparse_vdit
     from .search import search
-    from .testing import tiny_pipeline
+    from .testing import tiny_pipeline, tiny_pipeline_inputs
 
     device = _device()
     pipe = tiny_pipeline("wan").to(device)
     pipe.set_progress_bar_config(disable=True)
-    size = dict(height=48, width=64, num_frames=9, num_inference_steps=4)
+    call = tiny_pipeline_inputs("wan")  # 9 frames of 32x48, CFG; the tiny text encoder's short prompts
+    size = {k: call[k] for k in ("height", "width", "num_frames", "guidance_scale")}
+    extra = {"negative_prompt": call["negative_prompt"], "max_sequence_length": call["max_sequence_length"]}
     prompts = ["a cat walks on a sunny beach", "a city street at night"]
-    print(f"\n[2/2] search on a tiny random-weight Wan pipeline ({size}), 2 prompts:")
-    result = search(pipe, prompts, target_speedup=2.0, backend="torch", progress=False, **size)
+    print(f"\n[2/2] search on a tiny random-weight Wan pipeline ({size}), 2 prompts x 4 steps:")
+    # 16-token tiles: the toy latent grid (3 x 4 x 6) is smaller than one 128-token tile
+    result = search(pipe, prompts, target_speedup=2.0, num_inference_steps=4, tile_size=16, sample_tiles=4,
+                    backend="torch", progress=False, pipeline_kwargs=extra, **size)
     print("      " + result.summary().replace("\n", "\n      "))
 
     with tempfile.TemporaryDirectory() as folder:
@@ -106,7 +110,8 @@ def search_demo() -> None:
     prompt = "a dog runs in a green forest"
 
     def generate():
-        frames = pipe(prompt, generator=torch.Generator().manual_seed(7), output_type="np", **size).frames[0]
+        frames = pipe(prompt, generator=torch.Generator().manual_seed(7), output_type="np", num_inference_steps=4,
+                      **size, **extra).frames[0]
         return np.asarray(frames, dtype=np.float64)
 
     dense = generate()
@@ -115,8 +120,8 @@ def search_demo() -> None:
     remove_sparse_vdit(pipe)
     mse = float(((dense - sparse) ** 2).mean())
     psnr = 10 * np.log10(1.0 / max(mse, 1e-12))
-    print(f"      map: {config.mode_counts()}; attention density at the calibration size "
-          f"{result.density:.2f} ({result.attention_speedup:.2f}x fewer attention FLOPs)")
+    print(f"      map: {config.mode_counts()}; attention FLOPs at the calibration size: "
+          f"{result.attention_density:.2f} of dense ({result.attention_speedup:.2f}x fewer)")
     print(f"      sparse vs dense video, same seed: PSNR {psnr:.1f} dB over {dense.shape[0]} frames "
           "(random weights: the number shows agreement, not quality)")
 
