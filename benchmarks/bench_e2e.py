@@ -150,7 +150,9 @@ def rel_err(a, b) -> float:
 
 def bench_model(name: str, args, rows: list):
     cls_name, config, grid, text_tokens, reduction = MODELS[name]
-    cut = {} if args.full_depth else DEFAULT_CUT[name]
+    cut = {} if args.full_depth else dict(DEFAULT_CUT[name])
+    if args.layers is not None:
+        cut = {"num_layers": args.layers, **({"num_single_layers": 2 * args.layers} if name.startswith("hunyuan") else {})}
     model = build(name, cut)
     inputs = tiny_transformer_inputs(model, grid=grid, text_tokens=text_tokens, device="cuda", dtype=torch.bfloat16,
                                      text_lengths=[text_tokens // 2] if name.startswith("hunyuan") else None)
@@ -188,6 +190,20 @@ def bench_model(name: str, args, rows: list):
         apply_sparse_vdit(model, sparse_map)
         t_ours = time_ms(forward, min_reps=3)
         remove_sparse_vdit(model)
+    compiled = {}
+    if args.compile:
+        # torch.compile of the whole transformer, dense (same fast SDPA order) and sparse: the
+        # sparse kernel is a registered custom op and the hook resolves plans outside the graph,
+        # so the sparse model compiles to one graph too (tests/processors/test_compile.py)
+        with fastest_dense():
+            graph = torch.compile(model)
+            compiled["ms_fastest_dense_compiled"] = time_ms(lambda: graph(**inputs)[0], min_reps=3)
+            apply_sparse_vdit(model, sparse_map)
+            compiled["ms_sparse_compiled"] = time_ms(lambda: graph(**inputs)[0], min_reps=3)
+            remove_sparse_vdit(model)
+        compiled["speedup_compiled"] = compiled["ms_fastest_dense_compiled"] / compiled["ms_sparse_compiled"]
+        print(f"  compiled: fastest dense {compiled['ms_fastest_dense_compiled']:.1f} ms | sparse "
+              f"{compiled['ms_sparse_compiled']:.1f} ms ({compiled['speedup_compiled']:.2f}x)", flush=True)
     share = (t_fast - t_rest) / t_fast
     bound = 1 / ((1 - share) + share * density)
     row = {
@@ -196,7 +212,7 @@ def bench_model(name: str, args, rows: list):
         "ms_without_attention": t_rest, "ms_sparse": t_ours, "attention_share": share, "amdahl_bound": bound,
         "speedup_vs_fastest_dense": t_fast / t_ours, "fraction_of_amdahl": t_fast / t_ours / bound,
         "speedup_vs_stock_default": t_default / t_ours, "check_full_rel_err": err_full,
-        "mixed_vs_dense_rel_err": err_sparse, "mode_counts": sparse_map.mode_counts(),
+        "mixed_vs_dense_rel_err": err_sparse, "mode_counts": sparse_map.mode_counts(), **compiled,
     }
     rows.append(row)
     print(f"  stock default {t_default:.1f} ms | fastest dense {t_fast:.1f} ms | without attention {t_rest:.1f} ms "
@@ -209,6 +225,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--full-depth", action="store_true", help="all layers (default: the depth cut in DEFAULT_CUT)")
+    parser.add_argument("--layers", type=int, help="cut every model to this many (dual-stream) layers")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd dense and sparse forwards")
     parser.add_argument("--out", default="benchmarks/results/e2e.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
