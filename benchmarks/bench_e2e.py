@@ -195,7 +195,7 @@ def bench_model(name: str, args, rows: list):
         # torch.compile of the whole transformer, dense (same fast SDPA order) and sparse: the
         # sparse kernel is a registered custom op and the hook resolves plans outside the graph,
         # so the sparse model compiles to one graph too (tests/processors/test_compile.py)
-        with fastest_dense():
+        with fastest_dense(), torch.no_grad():
             graph = torch.compile(model)
             compiled["ms_fastest_dense_compiled"] = time_ms(lambda: graph(**inputs)[0], min_reps=3)
             apply_sparse_vdit(model, sparse_map)

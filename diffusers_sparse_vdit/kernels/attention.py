@@ -53,6 +53,11 @@ def _check(q, k, v, plan, text_lengths, backend):
             raise ValueError("text_lengths given but the plan's layout has no text tokens")
         if text_lengths.shape != (q.shape[0],):
             raise ValueError(f"text_lengths must have shape (batch,) = ({q.shape[0]},), got {tuple(text_lengths.shape)}")
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        raise RuntimeError(
+            "sparse_attention computes the forward pass only (inference): run it under torch.no_grad() or "
+            "torch.inference_mode(), as diffusers pipelines do"
+        )
     if backend == "triton":
         if q.device.type != "cuda" and not _interpreting():
             raise RuntimeError(

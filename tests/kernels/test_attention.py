@@ -138,6 +138,13 @@ class TestBadInput:
         with pytest.raises(ValueError, match="no text tokens"):
             sparse_attention(self.q, self.q, self.q, self.plan, text_lengths=torch.tensor([1], device=DEVICE))
 
+    def test_forward_only(self):
+        q = self.q.clone().requires_grad_()
+        with pytest.raises(RuntimeError, match="no_grad"):
+            sparse_attention(q, q, q, self.plan)
+        with torch.no_grad():
+            sparse_attention(q, q, q, self.plan)
+
     def test_backend_and_device(self, monkeypatch):
         with pytest.raises(ValueError, match="unknown backend"):
             sparse_attention(self.q, self.q, self.q, self.plan, backend="cuda")
