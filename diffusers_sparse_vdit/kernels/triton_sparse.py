@@ -1,8 +1,10 @@
 """Fused block-sparse attention forward in Triton: every head of a call in one launch.
 
-One program computes one query tile of one head of one batch item, with an online
-(flash) softmax over exactly the key tiles its plan lists: no loop over all tiles with a
-branch. Programs come heaviest first (the plan sorts its work list), so dense text rows
+One program computes ``BLOCK_M`` rows of one query tile (the whole tile, or a half or a
+quarter of it) of one head of one batch item, with an online (flash) softmax over exactly the
+key tiles its plan lists: no loop over all tiles with a branch. Programs of half tiles with one
+warpgroup each fit several to a multiprocessor, whose warp schedulers then overlap one
+program's softmax with another's matrix products. Programs come heaviest first (the plan sorts its work list), so dense text rows
 and FULL heads start early instead of forming a tail. A SKIP head's programs load nothing
 and store zeros.
 
@@ -90,10 +92,11 @@ def _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, str
         p = tl.math.exp2(qk * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
         if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
         else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
     return acc, m_i, l_i
 
@@ -102,13 +105,13 @@ def _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, str
 def _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                 kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order, tile_lengths, text_len,
                 n_video_tiles, n_tokens, video_start, text_start, qk_scale, offs_d, d_ok,
-                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, BLOCK_N: tl.constexpr,
-                GATHER: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr):
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, GATHER: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr):
     """One query tile's whole key list: the full tiles unmasked, then the partial and text tiles masked."""
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
-    m_i = tl.full([TILE], float("-inf"), tl.float32)
-    l_i = tl.zeros([TILE], tl.float32)
-    acc = tl.zeros([TILE, BLOCK_D], tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     k_src = k_base
     v_src = v_base
     if USE_TMA:
@@ -135,13 +138,17 @@ def _sparse_attention_fwd(
     stride_ob, stride_oh, stride_on, stride_od,
     work, kv_tiles, row_maps, head_order, tile_lengths, text_lengths,
     n_work, n_tokens, n_video_tiles, rows_per_order, video_start, text_start, text_tokens, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, BLOCK_N: tl.constexpr,
-    GATHER: tl.constexpr, HAS_TEXT_LENGTHS: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, GATHER: tl.constexpr, HAS_TEXT_LENGTHS: tl.constexpr, IEEE: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
+    SPLIT: tl.constexpr = TILE // BLOCK_M
     pid = tl.program_id(0)
-    # batch outermost: programs in flight share one batch item's K/V in L2
-    b = pid // n_work
-    item = pid % n_work
+    # batch outermost: programs in flight share one batch item's K/V in L2; the parts of one
+    # query tile are neighbours, so they run together and read each key tile once from HBM
+    b = pid // (n_work * SPLIT)
+    item = (pid // SPLIT) % n_work
+    part = pid % SPLIT
     head = tl.load(work + item * 5)
     q_tile = tl.load(work + item * 5 + 1)
     first = tl.load(work + item * 5 + 2)
@@ -156,7 +163,7 @@ def _sparse_attention_fwd(
     else:
         text_len = text_tokens
 
-    offs_m = tl.arange(0, TILE)
+    offs_m = part * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     rows_q = _tile_rows(q_tile, offs_m, order, row_maps, rows_per_order, n_video_tiles, n_tokens,
@@ -176,17 +183,17 @@ def _sparse_attention_fwd(
             acc, m_i, l_i = _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                                         kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order,
                                         tile_lengths, text_len, n_video_tiles, n_tokens, video_start, text_start,
-                                        qk_scale, offs_d, d_ok, HEAD_DIM, BLOCK_D, TILE, BLOCK_N, False, IEEE, True)
+                                        qk_scale, offs_d, d_ok, HEAD_DIM, BLOCK_D, TILE, BLOCK_M, BLOCK_N, False, IEEE, True)
         else:
             acc, m_i, l_i = _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                                         kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order,
                                         tile_lengths, text_len, n_video_tiles, n_tokens, video_start, text_start,
-                                        qk_scale, offs_d, d_ok, HEAD_DIM, BLOCK_D, TILE, BLOCK_N, True, IEEE, False)
+                                        qk_scale, offs_d, d_ok, HEAD_DIM, BLOCK_D, TILE, BLOCK_M, BLOCK_N, True, IEEE, False)
     else:
         acc, m_i, l_i = _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                                     kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order,
                                     tile_lengths, text_len, n_video_tiles, n_tokens, video_start, text_start,
-                                    qk_scale, offs_d, d_ok, HEAD_DIM, BLOCK_D, TILE, BLOCK_N, GATHER, IEEE, USE_TMA)
+                                    qk_scale, offs_d, d_ok, HEAD_DIM, BLOCK_D, TILE, BLOCK_M, BLOCK_N, GATHER, IEEE, USE_TMA)
     l_i = tl.where(l_i == 0.0, 1.0, l_i)  # SKIP rows: acc is 0, so the output is 0
     out = acc / l_i[:, None]
     o_ptrs = O + b * stride_ob + head * stride_oh + rows_q[:, None] * stride_on + offs_d[None, :] * stride_od
@@ -194,16 +201,16 @@ def _sparse_attention_fwd(
 
 
 def kernel_config(head_dim: int, tile_size: int, device: torch.device) -> dict:
-    """Launch configuration: key sub-tile, warps, pipeline stages and TMA loads.
+    """Launch configuration: query rows per program, key sub-tile, warps, pipeline stages and TMA loads.
 
     The winners of the H100 sweeps in ``benchmarks/results/kernel_h100_v2.json`` (notes in
     ``benchmarks/NOTES.md``); under the CPU interpreter a whole tile is one step.
     """
     if device.type != "cuda":
-        return {"BLOCK_N": tile_size, "num_warps": 4, "num_stages": 1, "USE_TMA": False}
+        return {"BLOCK_M": tile_size, "BLOCK_N": tile_size, "num_warps": 4, "num_stages": 1, "USE_TMA": False}
     if head_dim <= 64:
-        return {"BLOCK_N": min(tile_size, 128), "num_warps": 4, "num_stages": 2, "USE_TMA": True}
-    return {"BLOCK_N": min(tile_size, 128), "num_warps": 8, "num_stages": 3, "USE_TMA": True}
+        return {"BLOCK_M": tile_size, "BLOCK_N": min(tile_size, 128), "num_warps": 4, "num_stages": 2, "USE_TMA": True}
+    return {"BLOCK_M": tile_size, "BLOCK_N": min(tile_size, 128), "num_warps": 8, "num_stages": 3, "USE_TMA": True}
 
 
 def _tma_ok(*tensors) -> bool:
@@ -233,9 +240,11 @@ def sparse_attention_triton(q, k, v, plan, *, scale: float, out: torch.Tensor, t
     tensors = plan.device_tensors(q.device)
     cfg = dict(kernel_config(head_dim, plan.tile_size, q.device))
     cfg.update(config or {})
+    block_m = cfg.pop("BLOCK_M", plan.tile_size)
     block_n = cfg.pop("BLOCK_N")
-    if plan.tile_size % block_n:
-        raise ValueError(f"BLOCK_N={block_n} must divide the plan's tile size {plan.tile_size}")
+    for name, block in (("BLOCK_M", block_m), ("BLOCK_N", block_n)):
+        if plan.tile_size % block or block < 16:
+            raise ValueError(f"{name}={block} must be at least 16 and divide the plan's tile size {plan.tile_size}")
     # TMA for the contiguous tiles of frame-major heads; token-major heads gather their rows
     # with pointer loads (Hopper's TMA cannot gather rows)
     # (a plan of token-major heads only keeps the single gather loop: v4 measured the unused TMA
@@ -247,7 +256,7 @@ def sparse_attention_triton(q, k, v, plan, *, scale: float, out: torch.Tensor, t
     layout = plan.layout
     has_text_lengths = text_lengths is not None
     n_work = tensors["work"].shape[0]
-    grid = (n_work * batch,)
+    grid = (n_work * (plan.tile_size // block_m) * batch,)
     _sparse_attention_fwd[grid](
         q, k, v, out,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
@@ -255,7 +264,8 @@ def sparse_attention_triton(q, k, v, plan, *, scale: float, out: torch.Tensor, t
         text_lengths if has_text_lengths else tensors["tile_lengths"],
         n_work, n_tokens, plan.video_tiles, tensors["row_maps"].shape[1], layout.video_start, layout.text_start,
         layout.text_tokens, scale * _LOG2E,
-        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), TILE=plan.tile_size, BLOCK_N=block_n,
+        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), TILE=plan.tile_size,
+        BLOCK_M=block_m, BLOCK_N=block_n,
         GATHER=plan.has_reordered_heads, HAS_TEXT_LENGTHS=has_text_lengths, IEEE=q.dtype == torch.float32,
         **cfg,
     )

@@ -190,6 +190,30 @@ def test_tma_descriptor_path(layout, reordered):
     torch.testing.assert_close(out, reference(q, k, v, plan), **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("block_m", [16, 32], ids=lambda b: f"BLOCK_M={b}")
+def test_query_tile_split_across_programs(block_m):
+    # programs of BLOCK_M < tile rows each take part of a query tile through the same key list
+    from diffusers_sparse_vdit.kernels.triton_sparse import sparse_attention_triton
+
+    layout = TokenLayout(3, 7, 9, text_tokens=21, text_position="after")
+    plan = build_plan(MIXED, layout, tile_size=32)
+    q, k, v = (randn(2, layout.num_tokens, len(MIXED), 32).transpose(1, 2) for _ in range(3))
+    out = torch.full_like(q, float("nan"))
+    config = {"BLOCK_M": block_m, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
+    sparse_attention_triton(q, k, v, plan, scale=32**-0.5, out=out, config=config)
+    torch.testing.assert_close(out, reference(q, k, v, plan), **TOL[torch.float32])
+
+
+def test_block_sizes_must_divide_the_tile():
+    from diffusers_sparse_vdit.kernels.triton_sparse import sparse_attention_triton
+
+    layout = TokenLayout(2, 4, 5)
+    plan = build_plan([ModeSpec.full()], layout, tile_size=32)
+    q = randn(1, 1, layout.num_tokens, 16)
+    with pytest.raises(ValueError, match="BLOCK_M=24 must be at least 16 and divide"):
+        sparse_attention_triton(q, q, q, plan, scale=0.25, out=torch.empty_like(q), config={"BLOCK_M": 24})
+
+
 def test_sampled_error_catches_a_wrong_output():
     from diffusers_sparse_vdit.kernels.check import sampled_error
 
