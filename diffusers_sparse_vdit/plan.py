@@ -183,6 +183,20 @@ class SparsePlan:
         return any(s.reordered for s in self.specs)
 
     @property
+    def reordered_heads(self) -> torch.Tensor:
+        """int64 indices of the token-major heads that are not SKIP."""
+        return torch.tensor([h for h, s in enumerate(self.specs) if s.reordered and s.mode is not Mode.SKIP],
+                            dtype=torch.long)
+
+    @property
+    def head_slot(self) -> torch.Tensor:
+        """int32 ``(H,)``: each head's index in :attr:`reordered_heads` (0 for the other heads)."""
+        slot = torch.zeros(self.num_heads, dtype=torch.int32)
+        heads = self.reordered_heads
+        slot[heads] = torch.arange(len(heads), dtype=torch.int32)
+        return slot
+
+    @property
     def skip_heads(self) -> list[int]:
         return [h for h, s in enumerate(self.specs) if s.mode is Mode.SKIP]
 
@@ -210,6 +224,10 @@ class SparsePlan:
                 "head_order": self.head_order.to(device),
                 "tile_lengths": self.tile_lengths.to(device),
                 "row_maps": self.row_maps().to(device),
+                # token-major heads that compute something, and each head's slot among them (the
+                # kernel reads those heads' K/V from a copy in kernel order, see kernels/triton_sparse.py)
+                "reordered_heads": self.reordered_heads.to(device),
+                "head_slot": self.head_slot.to(device),
             }
         tensors = dict(self._device[device])
         tensors["kv_tiles"] = _pool(self.layout, self.tile_size).tensor(device)

@@ -9,9 +9,12 @@ and FULL heads start early instead of forming a tail. A SKIP head's programs loa
 and store zeros.
 
 Rows are found through the plan's kernel order (:mod:`..layout`): tiles of video tokens,
-then tiles of text tokens. With MULTI_DIAGONAL heads in the plan (``GATHER``), every tile's
-row indices come from the plan's row maps, so token-major heads are read and written in
-place, without a permuted copy; otherwise they are computed from the tile index.
+then tiles of text tokens. With MULTI_DIAGONAL heads in the plan (``GATHER``), query rows are
+gathered and output rows scattered through the plan's row maps (once per program). Their keys
+and values, read once per query tile, come in whole tiles by TMA from a copy of those heads'
+K/V in kernel order (:func:`gather_reordered_kv`, one extra pass over 4 x N x D per head:
+Hopper's TMA cannot gather rows, and a pointer gather in the key loop cost 8-12%). Without TMA
+(the CPU interpreter, unaligned strides) the key loop gathers rows in place instead.
 
 Each query tile's key list has the full video tiles first (no masking in that loop), then
 the partial video tile and the text tiles (masked by tile length and by the per-batch
@@ -25,9 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..modes import Mode
-
-__all__ = ["sparse_attention_triton", "kernel_config"]
+__all__ = ["gather_reordered_kv", "kernel_config", "sparse_attention_triton"]
 
 _LOG2E = 1.4426950408889634
 
@@ -131,12 +132,13 @@ def _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
 
 @triton.jit
 def _sparse_attention_fwd(
-    Q, K, V, O,
+    Q, K, V, O, KP, VP,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
-    work, kv_tiles, row_maps, head_order, tile_lengths, text_lengths,
+    stride_pb, stride_ph, stride_pn,
+    work, kv_tiles, row_maps, head_order, head_slot, tile_lengths, text_lengths,
     n_work, n_tokens, n_video_tiles, rows_per_order, video_start, text_start, text_tokens, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, GATHER: tl.constexpr, HAS_TEXT_LENGTHS: tl.constexpr, IEEE: tl.constexpr,
@@ -177,40 +179,86 @@ def _sparse_attention_fwd(
 
     k_base = K + b * stride_kb + head * stride_kh
     v_base = V + b * stride_vb + head * stride_vh
+    kv_rows = n_tokens
+    kv_video_start = video_start
+    kv_text_start = text_start
     if USE_TMA and GATHER:
-        # a mixed plan: frame-major heads take the TMA loop, token-major heads gather their rows
-        if order == 0:
-            acc, m_i, l_i = _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                                        kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order,
-                                        tile_lengths, text_len, n_video_tiles, n_tokens, video_start, text_start,
-                                        qk_scale, offs_d, d_ok, HEAD_DIM, BLOCK_D, TILE, BLOCK_M, BLOCK_N, False, IEEE, True)
-        else:
-            acc, m_i, l_i = _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                                        kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order,
-                                        tile_lengths, text_len, n_video_tiles, n_tokens, video_start, text_start,
-                                        qk_scale, offs_d, d_ok, HEAD_DIM, BLOCK_D, TILE, BLOCK_M, BLOCK_N, True, IEEE, False)
-    else:
-        acc, m_i, l_i = _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                                    kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order,
-                                    tile_lengths, text_len, n_video_tiles, n_tokens, video_start, text_start,
-                                    qk_scale, offs_d, d_ok, HEAD_DIM, BLOCK_D, TILE, BLOCK_M, BLOCK_N, GATHER, IEEE, USE_TMA)
+        # a token-major head reads its K/V copy in kernel order: tile t is rows t*TILE.. of it
+        token_major = order != 0
+        if token_major:
+            slot = tl.load(head_slot + head)
+            k_base = KP + b * stride_pb + slot * stride_ph
+            v_base = VP + b * stride_pb + slot * stride_ph
+        kv_rows = tl.where(token_major, rows_per_order, n_tokens)
+        kv_video_start = tl.where(token_major, 0, video_start)
+        kv_text_start = tl.where(token_major, n_video_tiles * TILE, text_start)
+        stride_kn = tl.where(token_major, stride_pn, stride_kn)
+        stride_vn = tl.where(token_major, stride_pn, stride_vn)
+    acc, m_i, l_i = _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                                kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order,
+                                tile_lengths, text_len, n_video_tiles, kv_rows, kv_video_start, kv_text_start,
+                                qk_scale, offs_d, d_ok, HEAD_DIM, BLOCK_D, TILE, BLOCK_M, BLOCK_N,
+                                GATHER and not USE_TMA, IEEE, USE_TMA)
     l_i = tl.where(l_i == 0.0, 1.0, l_i)  # SKIP rows: acc is 0, so the output is 0
     out = acc / l_i[:, None]
     o_ptrs = O + b * stride_ob + head * stride_oh + rows_q[:, None] * stride_on + offs_d[None, :] * stride_od
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
+@triton.jit
+def _gather_rows_kernel(K, V, KP, VP, heads, rows,
+                        stride_kb, stride_kh, stride_kn, stride_kd, stride_vb, stride_vh, stride_vn, stride_vd,
+                        stride_pb, stride_ph, stride_pn, n_rows,
+                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    pid = tl.program_id(0)
+    slot = tl.program_id(1)
+    b = tl.program_id(2)
+    head = tl.load(heads + slot)
+    offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_r < n_rows)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    src = tl.load(rows + offs_r, mask=offs_r < n_rows, other=0)
+    dst = b * stride_pb + slot * stride_ph + offs_r[:, None] * stride_pn + offs_d[None, :]
+    k = tl.load(K + b * stride_kb + head * stride_kh + src[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=mask)
+    tl.store(KP + dst, k, mask=mask)
+    v = tl.load(V + b * stride_vb + head * stride_vh + src[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=mask)
+    tl.store(VP + dst, v, mask=mask)
+
+
+def gather_reordered_kv(k, v, plan, tensors=None):
+    """K and V of the plan's token-major heads in kernel order: two ``(B, H_r, R, D)`` tensors.
+
+    Row ``r`` of slot ``i`` is caller token ``row_maps[1][r]`` of head ``reordered_heads[i]``
+    (padding rows of a partial tile repeat a valid row; the kernel masks them).
+    """
+    tensors = tensors or plan.device_tensors(k.device)
+    heads, rows = tensors["reordered_heads"], tensors["row_maps"][1]
+    batch, _, _, head_dim = k.shape
+    kp = torch.empty(batch, len(heads), rows.numel(), head_dim, device=k.device, dtype=k.dtype)
+    vp = torch.empty_like(kp)
+    if len(heads):
+        block_r = 64
+        grid = (triton.cdiv(rows.numel(), block_r), len(heads), batch)
+        _gather_rows_kernel[grid](k, v, kp, vp, heads, rows, *k.stride(), *v.stride(), *kp.stride()[:3], rows.numel(),
+                                  HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_R=block_r)
+    return kp, vp
+
+
 def kernel_config(head_dim: int, tile_size: int, device: torch.device) -> dict:
     """Launch configuration: query rows per program, key sub-tile, warps, pipeline stages and TMA loads.
 
-    The winners of the H100 sweeps in ``benchmarks/results/kernel_h100_v2.json`` (notes in
-    ``benchmarks/NOTES.md``); under the CPU interpreter a whole tile is one step.
+    The winners of the H200 sweeps in ``benchmarks/results/`` (notes in ``benchmarks/NOTES.md``).
+    At head_dim 128, 64-key sub-tiles, 2 stages and at most 128 registers a thread fit two
+    8-warp programs on one multiprocessor, so one's softmax overlaps the other's matrix
+    products (v6: 15-20% faster than one 128-key program of 3 stages). Under the CPU
+    interpreter a whole tile is one step.
     """
     if device.type != "cuda":
         return {"BLOCK_M": tile_size, "BLOCK_N": tile_size, "num_warps": 4, "num_stages": 1, "USE_TMA": False}
     if head_dim <= 64:
         return {"BLOCK_M": tile_size, "BLOCK_N": min(tile_size, 128), "num_warps": 4, "num_stages": 2, "USE_TMA": True}
-    return {"BLOCK_M": tile_size, "BLOCK_N": min(tile_size, 128), "num_warps": 8, "num_stages": 3, "USE_TMA": True}
+    return {"BLOCK_M": tile_size, "BLOCK_N": min(tile_size, 64), "num_warps": 8, "num_stages": 2, "USE_TMA": True,
+            "maxnreg": 128}
 
 
 def _tma_ok(*tensors) -> bool:
@@ -245,22 +293,22 @@ def sparse_attention_triton(q, k, v, plan, *, scale: float, out: torch.Tensor, t
     for name, block in (("BLOCK_M", block_m), ("BLOCK_N", block_n)):
         if plan.tile_size % block or block < 16:
             raise ValueError(f"{name}={block} must be at least 16 and divide the plan's tile size {plan.tile_size}")
-    # TMA for the contiguous tiles of frame-major heads; token-major heads gather their rows
-    # with pointer loads (Hopper's TMA cannot gather rows)
-    # (a plan of token-major heads only keeps the single gather loop: v4 measured the unused TMA
-    # branch costing those plans 5-8% at hd 64)
-    frame_major = any(not s.reordered and s.mode is not Mode.SKIP for s in plan.specs)
-    cfg["USE_TMA"] = bool(cfg["USE_TMA"]) and frame_major and _tma_ok(k, v)
+    # TMA loads whole key tiles; token-major heads read theirs from a K/V copy in kernel order
+    cfg["USE_TMA"] = bool(cfg["USE_TMA"]) and _tma_ok(k, v)
+    kp = vp = k
     if cfg["USE_TMA"]:
         _set_allocator(q.device)
+        if plan.has_reordered_heads:
+            kp, vp = gather_reordered_kv(k, v, plan, tensors)
     layout = plan.layout
     has_text_lengths = text_lengths is not None
     n_work = tensors["work"].shape[0]
     grid = (n_work * (plan.tile_size // block_m) * batch,)
     _sparse_attention_fwd[grid](
-        q, k, v, out,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        tensors["work"], tensors["kv_tiles"], tensors["row_maps"], tensors["head_order"], tensors["tile_lengths"],
+        q, k, v, out, kp, vp,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *kp.stride()[:3],
+        tensors["work"], tensors["kv_tiles"], tensors["row_maps"], tensors["head_order"], tensors["head_slot"],
+        tensors["tile_lengths"],
         text_lengths if has_text_lengths else tensors["tile_lengths"],
         n_work, n_tokens, plan.video_tiles, tensors["row_maps"].shape[1], layout.video_start, layout.text_start,
         layout.text_tokens, scale * _LOG2E,

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusers_sparse_vdit import ModeSpec, TokenLayout, build_plan, sparse_attention
+from diffusers_sparse_vdit import Mode, ModeSpec, TokenLayout, build_plan, sparse_attention
 
 LAYOUTS = [
     TokenLayout(3, 5, 7),  # Wan-like: no text, 105 tokens
@@ -212,6 +212,21 @@ def test_block_sizes_must_divide_the_tile():
     q = randn(1, 1, layout.num_tokens, 16)
     with pytest.raises(ValueError, match="BLOCK_M=24 must be at least 16 and divide"):
         sparse_attention_triton(q, q, q, plan, scale=0.25, out=torch.empty_like(q), config={"BLOCK_M": 24})
+
+
+def test_reordered_kv_copy_is_in_kernel_order():
+    from diffusers_sparse_vdit.kernels.triton_sparse import gather_reordered_kv
+
+    layout = TokenLayout(3, 5, 6, text_tokens=9, text_position="before")
+    plan = build_plan(MIXED, layout, tile_size=16)
+    k, v = (randn(2, layout.num_tokens, len(MIXED), 32).transpose(1, 2) for _ in range(2))
+    kp, vp = gather_reordered_kv(k, v, plan)
+    heads = [h for h, s in enumerate(MIXED) if s.reordered and s.mode is not Mode.SKIP]
+    assert heads and kp.shape == (2, len(heads), plan.num_tiles * 16, 32)
+    rows = plan.row_maps()[1].long().to(DEVICE)
+    for slot, h in enumerate(heads):
+        assert torch.equal(kp[:, slot], k[:, h, rows])
+        assert torch.equal(vp[:, slot], v[:, h, rows])
 
 
 def test_sampled_error_catches_a_wrong_output():
