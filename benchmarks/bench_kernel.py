@@ -260,6 +260,24 @@ def bench_shape(name, heads, head_dim, layout, densities, args, rows):
         print(f"  {key:24s} density {density:.3f}: ours {t_ours:.2f} ms, {t_cudnn / t_ours * density:.2f} of ideal{flex_txt}", flush=True)
 
 
+def compiled_kernels() -> list[dict]:
+    """Registers and spills of every compiled variant of our kernel (Triton's JIT cache)."""
+    from diffusers_sparse_vdit.kernels.triton_sparse import _sparse_attention_fwd
+
+    found = []
+    try:
+        for entry in _sparse_attention_fwd.device_caches.values():
+            for compiled in entry[0].values():
+                meta = compiled.metadata
+                found.append({"regs": compiled.n_regs, "spills": compiled.n_spills, "warps": meta.num_warps,
+                              "stages": meta.num_stages, "shared_bytes": meta.shared,
+                              "constants": {k: v for k, v in dict(getattr(meta, "constants", {}) or {}).items()
+                                            if isinstance(v, (int, bool, float))}})
+    except Exception as e:  # the cache layout is Triton-internal
+        print(f"  (no compiled-kernel stats: {type(e).__name__}: {e})", flush=True)
+    return found
+
+
 def print_table(rows):
     print(f"\n{'shape':20s} {'plan':22s} {'dens':>5s} {'impl':12s} {'ms':>9s} {'host ms':>8s} {'TFLOP/s':>8s} "
           f"{'x cuDNN':>8s} {'of ideal':>8s}")
@@ -309,6 +327,11 @@ def main():
         Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         torch.cuda.empty_cache()
     print_table([r for r in rows if r["impl"] not in ("error",)])
+    meta["compiled"] = compiled_kernels()
+    for c in meta["compiled"]:
+        print(f"compiled: {c['regs']} regs, {c['spills']} spills, {c['warps']} warps, {c['stages']} stages, "
+              f"{c['shared_bytes']} B shared", flush=True)
+    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
