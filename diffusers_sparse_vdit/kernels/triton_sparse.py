@@ -286,10 +286,11 @@ def sparse_attention_triton(q, k, v, plan, *, scale: float, out: torch.Tensor, t
     """Launch the kernel; ``q, k, v, out`` are validated (B, H, N, D) tensors, any strides."""
     batch, heads, n_tokens, head_dim = q.shape
     tensors = plan.device_tensors(q.device)
-    cfg = dict(kernel_config(head_dim, plan.tile_size, q.device))
-    cfg.update(config or {})
+    # a given config replaces the default whole (merging would leak e.g. the default's maxnreg into it)
+    cfg = dict(config) if config is not None else kernel_config(head_dim, plan.tile_size, q.device)
+    cfg.setdefault("USE_TMA", False)
     block_m = cfg.pop("BLOCK_M", plan.tile_size)
-    block_n = cfg.pop("BLOCK_N")
+    block_n = cfg.pop("BLOCK_N", plan.tile_size)
     for name, block in (("BLOCK_M", block_m), ("BLOCK_N", block_n)):
         if plan.tile_size % block or block < 16:
             raise ValueError(f"{name}={block} must be at least 16 and divide the plan's tile size {plan.tile_size}")
