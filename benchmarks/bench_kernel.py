@@ -215,6 +215,11 @@ def bench_shape(name, heads, head_dim, layout, densities, args, rows):
         keys = [key for key in SWEEP_PLANS if key in plans]
         for config in CONFIGS[128 if head_dim > 64 else 64]:
             try:
+                o = torch.full_like(q, float("nan"))
+                run_ours(q, k, v, plans["MIXED"], o, config)
+                err = sampled_error(q, k, v, plans["MIXED"], o)
+                if not err < 1e-2:
+                    raise AssertionError(f"mixed plan rel err {err:.2e}: wrong results")
                 ts = []
                 for key in keys:
                     o = torch.empty_like(q)
