@@ -48,17 +48,14 @@ CONFIGS = {
     # launch configs swept with --sweep, by head_dim class. v2 swept warp specialization too (no gain
     # at hd 128, a Triton 3.6 compiler crash at hd 64); v6 swept query tiles split over 4-warp
     # programs (BLOCK_M 64: 25-85% slower at hd 128, 10-20% at hd 64), 32-key sub-tiles and tighter
-    # register caps (all slower; NOTES.md). maxnreg caps registers so that 2 programs of 8 warps
-    # share a multiprocessor at hd 128. LAZY_RESCALE: v7.
+    # register caps (all slower), v7 a lazy softmax rescale (10-17% slower; NOTES.md). maxnreg
+    # caps registers so that 2 programs of 8 warps share a multiprocessor at hd 128.
     128: [
         {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "USE_TMA": True, "maxnreg": 128},
-        {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "USE_TMA": True, "maxnreg": 128,
-         "LAZY_RESCALE": True},
         {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3, "USE_TMA": True},
     ],
     64: [
         {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 4, "num_stages": 2, "USE_TMA": True},
-        {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 4, "num_stages": 2, "USE_TMA": True, "LAZY_RESCALE": True},
         {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "USE_TMA": True, "maxnreg": 168},
     ],
 }

@@ -51,7 +51,7 @@ def _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, str
             n_video_tiles, n_tokens, video_start, text_start, qk_scale,
             offs_d, d_ok,
             TILE: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, GATHER: tl.constexpr,
-            MASKED: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr, LAZY_RESCALE: tl.constexpr):
+            MASKED: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr):
     """Online-softmax update over ``count`` key tiles of the list starting at ``first``.
 
     ``k_src``/``v_src`` are TMA descriptors with ``USE_TMA`` (contiguous tiles of
@@ -90,23 +90,10 @@ def _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, str
             m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # a tile with no valid key leaves the row as it was
         else:
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        if LAZY_RESCALE:
-            # move a row's running max only when it grows by more than 8 (log2 units): p stays
-            # <= 2^8, and once the maxima settle most steps skip rescaling acc altogether
-            if tl.max(m_new - m_i) > 8.0:
-                m_up = tl.where(m_new - m_i > 8.0, m_new, m_i)
-                alpha = tl.math.exp2(m_i - m_up)
-                acc = acc * alpha[:, None]
-                l_i = l_i * alpha
-                m_i = m_up
-            p = tl.math.exp2(qk * qk_scale - m_i[:, None])
-            l_i = l_i + tl.sum(p, 1)
-            m_new = m_i
-        else:
-            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
         if IEEE:
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
         else:
@@ -120,8 +107,7 @@ def _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                 kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order, tile_lengths, text_len,
                 n_video_tiles, n_tokens, video_start, text_start, qk_scale, offs_d, d_ok,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, GATHER: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr,
-                LAZY_RESCALE: tl.constexpr):
+                BLOCK_N: tl.constexpr, GATHER: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr):
     """One query tile's whole key list: the full tiles unmasked, then the partial and text tiles masked."""
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -136,11 +122,11 @@ def _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
     acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
                             kv_tiles, first, n_full, order, row_maps, rows_per_order, tile_lengths, text_len,
                             n_video_tiles, n_tokens, video_start, text_start, qk_scale, offs_d, d_ok,
-                            TILE, BLOCK_N, EVEN_D, GATHER, False, IEEE, USE_TMA, LAZY_RESCALE)
+                            TILE, BLOCK_N, EVEN_D, GATHER, False, IEEE, USE_TMA)
     acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
                             kv_tiles, first + n_full, n_total - n_full, order, row_maps, rows_per_order,
                             tile_lengths, text_len, n_video_tiles, n_tokens, video_start, text_start, qk_scale,
-                            offs_d, d_ok, TILE, BLOCK_N, EVEN_D, GATHER, True, IEEE, USE_TMA, LAZY_RESCALE)
+                            offs_d, d_ok, TILE, BLOCK_N, EVEN_D, GATHER, True, IEEE, USE_TMA)
     return acc, m_i, l_i
 
 
@@ -156,7 +142,7 @@ def _sparse_attention_fwd(
     n_work, n_tokens, n_video_tiles, rows_per_order, video_start, text_start, text_tokens, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, GATHER: tl.constexpr, HAS_TEXT_LENGTHS: tl.constexpr, IEEE: tl.constexpr,
-    USE_TMA: tl.constexpr, LAZY_RESCALE: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     SPLIT: tl.constexpr = TILE // BLOCK_M
     pid = tl.program_id(0)
@@ -212,7 +198,7 @@ def _sparse_attention_fwd(
                                 kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order,
                                 tile_lengths, text_len, n_video_tiles, kv_rows, kv_video_start, kv_text_start,
                                 qk_scale, offs_d, d_ok, HEAD_DIM, BLOCK_D, TILE, BLOCK_M, BLOCK_N,
-                                GATHER and not USE_TMA, IEEE, USE_TMA, LAZY_RESCALE)
+                                GATHER and not USE_TMA, IEEE, USE_TMA)
     l_i = tl.where(l_i == 0.0, 1.0, l_i)  # SKIP rows: acc is 0, so the output is 0
     out = acc / l_i[:, None]
     o_ptrs = O + b * stride_ob + head * stride_oh + rows_q[:, None] * stride_on + offs_d[None, :] * stride_od
@@ -303,7 +289,6 @@ def sparse_attention_triton(q, k, v, plan, *, scale: float, out: torch.Tensor, t
     # a given config replaces the default whole (merging would leak e.g. the default's maxnreg into it)
     cfg = dict(config) if config is not None else kernel_config(head_dim, plan.tile_size, q.device)
     cfg.setdefault("USE_TMA", False)
-    cfg.setdefault("LAZY_RESCALE", False)
     block_m = cfg.pop("BLOCK_M", plan.tile_size)
     block_n = cfg.pop("BLOCK_N", plan.tile_size)
     for name, block in (("BLOCK_M", block_m), ("BLOCK_N", block_n)):
