@@ -1,11 +1,11 @@
 """Fused block-sparse attention forward in Triton: every head of a call in one launch.
 
-One program computes ``BLOCK_M`` rows of one query tile (the whole tile, or a half or a
-quarter of it) of one head of one batch item, with an online (flash) softmax over exactly the
-key tiles its plan lists: no loop over all tiles with a branch. Programs of half tiles with one
-warpgroup each fit several to a multiprocessor, whose warp schedulers then overlap one
-program's softmax with another's matrix products. Programs come heaviest first (the plan sorts its work list), so dense text rows
-and FULL heads start early instead of forming a tail. A SKIP head's programs load nothing
+One program computes ``BLOCK_M`` rows (at most 128: a whole query tile of the default size)
+of one query tile of one head of one batch item, with an online (flash) softmax over exactly
+the key tiles its plan lists: no loop over all tiles with a branch. Two programs share a
+multiprocessor (:func:`kernel_config`), so its warp schedulers overlap one program's softmax
+with the other's matrix products. Programs come heaviest first (the plan sorts its work list),
+so dense text rows and FULL heads start early instead of forming a tail. A SKIP head's programs load nothing
 and store zeros.
 
 Rows are found through the plan's kernel order (:mod:`..layout`): tiles of video tokens,
@@ -250,14 +250,17 @@ def kernel_config(head_dim: int, tile_size: int, device: torch.device) -> dict:
     The winners of the H200 sweeps in ``benchmarks/results/`` (notes in ``benchmarks/NOTES.md``).
     At head_dim 128, 64-key sub-tiles, 2 stages and at most 128 registers a thread fit two
     8-warp programs on one multiprocessor, so one's softmax overlaps the other's matrix
-    products (v6: 15-20% faster than one 128-key program of 3 stages). Under the CPU
-    interpreter a whole tile is one step.
+    products (v6: 9-18% faster than one program of 128-key sub-tiles and 3 stages); at
+    head_dim 64 two fit by shared memory alone. Under the CPU interpreter a whole tile is one
+    step.
     """
     if device.type != "cuda":
         return {"BLOCK_M": tile_size, "BLOCK_N": tile_size, "num_warps": 4, "num_stages": 1, "USE_TMA": False}
+    # larger plan tiles are split over programs of 128 rows (more would not fit the registers)
+    block_m = min(tile_size, 128)
     if head_dim <= 64:
-        return {"BLOCK_M": tile_size, "BLOCK_N": min(tile_size, 128), "num_warps": 4, "num_stages": 2, "USE_TMA": True}
-    return {"BLOCK_M": tile_size, "BLOCK_N": min(tile_size, 64), "num_warps": 8, "num_stages": 2, "USE_TMA": True,
+        return {"BLOCK_M": block_m, "BLOCK_N": min(tile_size, 128), "num_warps": 4, "num_stages": 2, "USE_TMA": True}
+    return {"BLOCK_M": block_m, "BLOCK_N": min(tile_size, 64), "num_warps": 8, "num_stages": 2, "USE_TMA": True,
             "maxnreg": 128}
 
 
@@ -296,7 +299,7 @@ def sparse_attention_triton(q, k, v, plan, *, scale: float, out: torch.Tensor, t
             raise ValueError(f"{name}={block} must be at least 16 and divide the plan's tile size {plan.tile_size}")
     # TMA loads whole key tiles; token-major heads read theirs from a K/V copy in kernel order
     cfg["USE_TMA"] = bool(cfg["USE_TMA"]) and _tma_ok(k, v)
-    kp = vp = k
+    kp = vp = k  # read only by token-major heads on the TMA path
     if cfg["USE_TMA"]:
         _set_allocator(q.device)
         if plan.has_reordered_heads:
