@@ -1,0 +1,83 @@
+"""Plot a kernel benchmark JSON: fraction of ideal against tile density, per shape and mode.
+
+Solid lines are ours, dashed lines FlexAttention on the same tile lists (where the run timed it);
+the grey line at 1.0 is cuDNN's dense efficiency. Needs matplotlib.
+
+    python benchmarks/plot_kernel.py benchmarks/results/kernel_h200_v6.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffusers_sparse_vdit import Mode  # noqa: E402
+from diffusers_sparse_vdit.plots import MODE_COLORS  # noqa: E402
+
+MODES = (Mode.FULL, Mode.DIAGONAL, Mode.MULTI_DIAGONAL, Mode.VERTICAL_STRIPE)
+
+
+def curves(rows: list[dict]) -> dict:
+    """{shape: {(impl, mode name): [(tile density, fraction of ideal), ...]}} from the ours/flex rows."""
+    out: dict = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r.get("impl") not in ("ours", "flex") or "@" not in r.get("plan", ""):
+            continue
+        mode = r["plan"].split("@")[0]
+        out[r["shape"]][(r["impl"], mode)].append((r["tile_density"], r["fraction_of_ideal"]))
+    for per_shape in out.values():
+        full = {impl: pts for (impl, mode), pts in per_shape.items() if mode == "FULL"}
+        for (impl, mode), pts in per_shape.items():
+            if mode != "FULL":
+                pts.extend(full.get(impl, []))  # every mode ends at the all-FULL plan
+            pts.sort()
+    return out
+
+
+def plot(data: dict, title: str, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    shapes = list(curves(data["rows"]).items())
+    if not shapes:
+        raise ValueError("no 'ours' rows with per-mode plans in this JSON")
+    fig = Figure(figsize=(4.2 * len(shapes), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(shapes), sharey=True, squeeze=False)[0]
+    for ax, (shape, lines) in zip(axes, shapes):
+        ax.axhline(1.0, color="#999999", lw=1)
+        for mode in MODES:
+            for impl, style in (("ours", "-"), ("flex", "--")):
+                pts = lines.get((impl, mode.name))
+                if pts and (mode is not Mode.FULL or impl == "ours"):
+                    xs, ys = zip(*pts)
+                    label = f"{mode.name}" if impl == "ours" else None
+                    ax.plot(xs, ys, style, marker="o", ms=3, color=MODE_COLORS[mode], label=label)
+        ax.set_xscale("log")
+        ax.set_xticks([0.1, 0.25, 0.5, 1.0], labels=["0.1", "0.25", "0.5", "1"])
+        ax.set_title(shape, fontsize=10)
+        ax.set_xlabel("tile density")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("fraction of ideal (1 = cuDNN dense efficiency)")
+    axes[0].legend(fontsize=8, loc="lower left", title="ours (solid), Flex (dashed)", title_fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("json", type=Path)
+    parser.add_argument("--out", type=Path, help="PNG path (default: the JSON's with .png)")
+    args = parser.parse_args()
+    data = json.loads(args.json.read_text())
+    meta = data.get("meta", {})
+    title = f"{meta.get('device', '?')}, {meta.get('dtype', '')}, triton {meta.get('triton', '?')}"
+    print(plot(data, title, args.out or args.json.with_suffix(".png")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The kernel-benchmark plot reads the committed JSON the README shows."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results" / "kernel_h200_v6.json"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("plot_kernel", ROOT / "benchmarks" / "plot_kernel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_curves_group_rows_by_shape_impl_and_mode():
+    rows = json.loads(RESULTS.read_text())["rows"]
+    curves = load_script().curves(rows)
+    assert set(curves) == {"wan2.1-1.3b-480p", "cogvideox1.5-768p", "hunyuanvideo-720p"}
+    wan = curves["wan2.1-1.3b-480p"]
+    diag = wan[("ours", "DIAGONAL")]
+    assert [round(d, 1) for d, _ in diag] == [0.1, 0.3, 0.5, 1.0]  # densities ascending, ending at all-FULL
+    expected = {r["tile_density"]: r["fraction_of_ideal"] for r in rows
+                if r.get("shape") == "wan2.1-1.3b-480p" and r.get("impl") == "ours" and r["plan"].startswith("DIAGONAL@")}
+    assert all(expected[d] == f for d, f in diag[:3])
+    assert ("flex", "MULTI_DIAGONAL") in wan and ("ours-by-mode", "MIXED") not in wan
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    script = load_script()
+    path = script.plot(json.loads(RESULTS.read_text()), "test", tmp_path / "k.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no 'ours' rows"):
+        script.plot({"rows": []}, "empty", tmp_path / "e.png")
