@@ -181,8 +181,8 @@ def bench_shape(name, heads, head_dim, layout, densities, args, rows):
     t_cudnn = min(dense.values())  # the fastest dense backend of this run (cuDNN on Hopper)
     for backend, t in dense.items():
         rows.append({**base, "impl": f"sdpa-{backend.split('_')[0].lower()}", "plan": "dense", "density": 1.0,
-                     "tile_density": 1.0, "ms": t, "host_ms": dense_host[backend], "tflops": dense_flops / t / 1e9, "speedup": t_cudnn / t,
-                     "fraction_of_ideal": t_cudnn / t})
+                     "tile_density": 1.0, "ms": t, "host_ms": dense_host[backend], "tflops": dense_flops / t / 1e9,
+                     "speedup": t_cudnn / t, "fraction_of_ideal": t_cudnn / t})
         print(f"  dense {backend}: {t:.2f} ms ({dense_flops / t / 1e9:.0f} TFLOP/s)", flush=True)
 
     plans = {"FULL@1.0": build_plan([ModeSpec.full()] * heads, layout, tile)}

@@ -184,9 +184,8 @@ class SparsePlan:
 
     @property
     def reordered_heads(self) -> torch.Tensor:
-        """int64 indices of the token-major heads that are not SKIP."""
-        return torch.tensor([h for h, s in enumerate(self.specs) if s.reordered and s.mode is not Mode.SKIP],
-                            dtype=torch.long)
+        """int64 indices of the token-major (MULTI_DIAGONAL) heads."""
+        return torch.tensor([h for h, s in enumerate(self.specs) if s.reordered], dtype=torch.long)
 
     @property
     def head_slot(self) -> torch.Tensor:
@@ -224,7 +223,7 @@ class SparsePlan:
                 "head_order": self.head_order.to(device),
                 "tile_lengths": self.tile_lengths.to(device),
                 "row_maps": self.row_maps().to(device),
-                # token-major heads that compute something, and each head's slot among them (the
+                # token-major heads and each head's slot among them (the
                 # kernel reads those heads' K/V from a copy in kernel order, see kernels/triton_sparse.py)
                 "reordered_heads": self.reordered_heads.to(device),
                 "head_slot": self.head_slot.to(device),

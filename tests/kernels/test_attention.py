@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusers_sparse_vdit import Mode, ModeSpec, TokenLayout, build_plan, sparse_attention
+from diffusers_sparse_vdit import ModeSpec, TokenLayout, build_plan, sparse_attention
 
 LAYOUTS = [
     TokenLayout(3, 5, 7),  # Wan-like: no text, 105 tokens
@@ -221,7 +221,7 @@ def test_reordered_kv_copy_is_in_kernel_order():
     plan = build_plan(MIXED, layout, tile_size=16)
     k, v = (randn(2, layout.num_tokens, len(MIXED), 32).transpose(1, 2) for _ in range(2))
     kp, vp = gather_reordered_kv(k, v, plan)
-    heads = [h for h, s in enumerate(MIXED) if s.reordered and s.mode is not Mode.SKIP]
+    heads = [h for h, s in enumerate(MIXED) if s.reordered]
     assert heads and kp.shape == (2, len(heads), plan.num_tiles * 16, 32)
     rows = plan.row_maps()[1].long().to(DEVICE)
     for slot, h in enumerate(heads):
