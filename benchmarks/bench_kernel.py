@@ -50,13 +50,14 @@ CONFIGS = {
     # programs (BLOCK_M 64: 25-85% slower at hd 128, 10-20% at hd 64), 32-key sub-tiles and tighter
     # register caps (all slower), v7 a lazy softmax rescale (10-17% slower; NOTES.md). maxnreg
     # caps registers so that 2 programs of 8 warps share a multiprocessor at hd 128.
+    # v8: packed 16-bit exponentials (EXP2).
     128: [
-        {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "USE_TMA": True, "maxnreg": 128},
-        {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3, "USE_TMA": True},
+        {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "USE_TMA": True, "maxnreg": 128, "EXP2": x}
+        for x in ("f32", "bf16x2", "f16x2")
     ],
     64: [
-        {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 4, "num_stages": 2, "USE_TMA": True},
-        {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "USE_TMA": True, "maxnreg": 168},
+        {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 4, "num_stages": 2, "USE_TMA": True, "EXP2": x}
+        for x in ("f32", "bf16x2", "f16x2")
     ],
 }
 SWEEP_PLANS = ("FULL@1.0", "DIAGONAL@0.1", "MULTI_DIAGONAL@0.25")
@@ -185,6 +186,22 @@ def bench_shape(name, heads, head_dim, layout, densities, args, rows):
                      "speedup": t_cudnn / t, "fraction_of_ideal": t_cudnn / t})
         print(f"  dense {backend}: {t:.2f} ms ({dense_flops / t / 1e9:.0f} TFLOP/s)", flush=True)
 
+    # cuDNN on the same work per query row as a plan of density d: all N queries against d x N
+    # keys. How its own efficiency holds up on short rows bounds what "0.9 / density" can mean.
+    if "CUDNN_ATTENTION" in dense:
+        for d in densities:
+            if d < 1:
+                n_kv = round(d * n)
+                ks, vs = k[:, :, :n_kv], v[:, :, :n_kv]
+                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                    t = time_ms(lambda: F.scaled_dot_product_attention(q, ks, vs))
+                flops = dense_flops * n_kv / n
+                rows.append({**base, "impl": "sdpa-cudnn-equal-work", "plan": f"kv={n_kv}", "density": n_kv / n,
+                             "tile_density": n_kv / n, "ms": t, "tflops": flops / t / 1e9, "speedup": t_cudnn / t,
+                             "fraction_of_ideal": t_cudnn / t * n_kv / n})
+                print(f"  cuDNN on {n_kv} keys (density {n_kv / n:.2f}): {t:.2f} ms, "
+                      f"{t_cudnn / t * n_kv / n:.2f} of ideal", flush=True)
+
     plans = {"FULL@1.0": build_plan([ModeSpec.full()] * heads, layout, tile)}
     for mode in (Mode.DIAGONAL, Mode.MULTI_DIAGONAL, Mode.VERTICAL_STRIPE):
         for d in densities:
@@ -262,8 +279,21 @@ def bench_shape(name, heads, head_dim, layout, densities, args, rows):
         print(f"  {key:24s} density {density:.3f}: ours {t_ours:.2f} ms, {t_cudnn / t_ours * density:.2f} of ideal{flex_txt}", flush=True)
 
 
+def mufu_counts(compiled) -> dict:
+    """Special-function (MUFU) instructions in a compiled kernel's SASS, by opcode (needs cuobjdump)."""
+    counts = {}
+    try:
+        for line in compiled.asm["sass"].splitlines():
+            for word in line.split():
+                if word.startswith("MUFU."):
+                    counts[word.rstrip(";")] = counts.get(word.rstrip(";"), 0) + 1
+    except Exception as e:
+        counts["error"] = f"{type(e).__name__}: {str(e)[:80]}"
+    return counts
+
+
 def compiled_kernels() -> list[dict]:
-    """Registers and spills of every compiled variant of our kernel (Triton's JIT cache)."""
+    """Registers, spills and MUFU instructions of every compiled variant of our kernel (Triton's JIT cache)."""
     from diffusers_sparse_vdit.kernels.triton_sparse import _sparse_attention_fwd
 
     found = []
@@ -273,8 +303,9 @@ def compiled_kernels() -> list[dict]:
                 meta = compiled.metadata
                 found.append({"regs": compiled.n_regs, "spills": compiled.n_spills, "warps": meta.num_warps,
                               "stages": meta.num_stages, "shared_bytes": meta.shared,
+                              "mufu": mufu_counts(compiled),
                               "constants": {k: v for k, v in dict(getattr(meta, "constants", {}) or {}).items()
-                                            if isinstance(v, (int, bool, float))}})
+                                            if isinstance(v, (int, bool, float, str))}})
     except Exception as e:  # the cache layout is Triton-internal
         print(f"  (no compiled-kernel stats: {type(e).__name__}: {e})", flush=True)
     return found
@@ -332,7 +363,7 @@ def main():
     meta["compiled"] = compiled_kernels()
     for c in meta["compiled"]:
         print(f"compiled: {c['regs']} regs, {c['spills']} spills, {c['warps']} warps, {c['stages']} stages, "
-              f"{c['shared_bytes']} B shared", flush=True)
+              f"{c['shared_bytes']} B shared, MUFU {c['mufu']}", flush=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 

@@ -46,12 +46,32 @@ def _tile_rows(tile, offs, order, row_maps, rows_per_order, n_video_tiles, n_tok
 
 
 @triton.jit
+def _exp2(x, EXP2: tl.constexpr):
+    """2**x for x <= 0 (or -inf) as the probabilities P the PV product takes.
+
+    ``"f32"``: one MUFU.EX2 per score, in float32. ``"bf16x2"`` / ``"f16x2"``: one packed
+    ``ex2.approx`` per two scores (Hopper), whose result is already the 16-bit P the PV product
+    reads (it is rounded to bf16 anyway); at head_dim 64 the exponentials take as long as the
+    matrix products (notes/kernels.md), so halving their instruction count can pay.
+    """
+    if EXP2 == "bf16x2":
+        p = tl.inline_asm_elementwise("ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [x.to(tl.bfloat16)],
+                                      dtype=tl.bfloat16, is_pure=True, pack=2)
+    elif EXP2 == "f16x2":
+        p = tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x.to(tl.float16)],
+                                      dtype=tl.float16, is_pure=True, pack=2)
+    else:
+        p = tl.math.exp2(x)
+    return p
+
+
+@triton.jit
 def _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
             kv_tiles, first, count, order, row_maps, rows_per_order, tile_lengths, text_len,
             n_video_tiles, n_tokens, video_start, text_start, qk_scale,
             offs_d, d_ok,
             TILE: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, GATHER: tl.constexpr,
-            MASKED: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr):
+            MASKED: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr, EXP2: tl.constexpr):
     """Online-softmax update over ``count`` key tiles of the list starting at ``first``.
 
     ``k_src``/``v_src`` are TMA descriptors with ``USE_TMA`` (contiguous tiles of
@@ -90,9 +110,9 @@ def _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, str
             m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # a tile with no valid key leaves the row as it was
         else:
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+        p = _exp2(qk * qk_scale - m_new[:, None], EXP2)
         alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
         acc = acc * alpha[:, None]
         if IEEE:
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
@@ -107,7 +127,8 @@ def _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                 kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order, tile_lengths, text_len,
                 n_video_tiles, n_tokens, video_start, text_start, qk_scale, offs_d, d_ok,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, GATHER: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr):
+                BLOCK_N: tl.constexpr, GATHER: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr,
+                EXP2: tl.constexpr):
     """One query tile's whole key list: the full tiles unmasked, then the partial and text tiles masked."""
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -122,11 +143,11 @@ def _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
     acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
                             kv_tiles, first, n_full, order, row_maps, rows_per_order, tile_lengths, text_len,
                             n_video_tiles, n_tokens, video_start, text_start, qk_scale, offs_d, d_ok,
-                            TILE, BLOCK_N, EVEN_D, GATHER, False, IEEE, USE_TMA)
+                            TILE, BLOCK_N, EVEN_D, GATHER, False, IEEE, USE_TMA, EXP2)
     acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
                             kv_tiles, first + n_full, n_total - n_full, order, row_maps, rows_per_order,
                             tile_lengths, text_len, n_video_tiles, n_tokens, video_start, text_start, qk_scale,
-                            offs_d, d_ok, TILE, BLOCK_N, EVEN_D, GATHER, True, IEEE, USE_TMA)
+                            offs_d, d_ok, TILE, BLOCK_N, EVEN_D, GATHER, True, IEEE, USE_TMA, EXP2)
     return acc, m_i, l_i
 
 
@@ -142,7 +163,7 @@ def _sparse_attention_fwd(
     n_work, n_tokens, n_video_tiles, rows_per_order, video_start, text_start, text_tokens, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, GATHER: tl.constexpr, HAS_TEXT_LENGTHS: tl.constexpr, IEEE: tl.constexpr,
-    USE_TMA: tl.constexpr,
+    USE_TMA: tl.constexpr, EXP2: tl.constexpr,
 ):
     SPLIT: tl.constexpr = TILE // BLOCK_M
     pid = tl.program_id(0)
@@ -198,7 +219,7 @@ def _sparse_attention_fwd(
                                 kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order,
                                 tile_lengths, text_len, n_video_tiles, kv_rows, kv_video_start, kv_text_start,
                                 qk_scale, offs_d, d_ok, HEAD_DIM, BLOCK_D, TILE, BLOCK_M, BLOCK_N,
-                                GATHER and not USE_TMA, IEEE, USE_TMA)
+                                GATHER and not USE_TMA, IEEE, USE_TMA, EXP2)
     l_i = tl.where(l_i == 0.0, 1.0, l_i)  # SKIP rows: acc is 0, so the output is 0
     out = acc / l_i[:, None]
     o_ptrs = O + b * stride_ob + head * stride_oh + rows_q[:, None] * stride_on + offs_d[None, :] * stride_od
@@ -292,6 +313,11 @@ def sparse_attention_triton(q, k, v, plan, *, scale: float, out: torch.Tensor, t
     # a given config replaces the default whole (merging would leak e.g. the default's maxnreg into it)
     cfg = dict(config) if config is not None else kernel_config(head_dim, plan.tile_size, q.device)
     cfg.setdefault("USE_TMA", False)
+    cfg.setdefault("EXP2", "f32")
+    if cfg["EXP2"] not in ("f32", "bf16x2", "f16x2"):
+        raise ValueError(f"EXP2={cfg['EXP2']!r} must be 'f32', 'bf16x2' or 'f16x2'")
+    if q.dtype == torch.float32 or q.device.type != "cuda":
+        cfg["EXP2"] = "f32"  # packed 16-bit exponentials: PTX for the GPU, and too coarse for float32
     block_m = cfg.pop("BLOCK_M", plan.tile_size)
     block_n = cfg.pop("BLOCK_N", plan.tile_size)
     for name, block in (("BLOCK_M", block_m), ("BLOCK_N", block_n)):

@@ -1,0 +1,51 @@
+"""Run our kernel on one benchmark shape and plan, a few launches: the program to put under a profiler.
+
+    ncu --clock-control none -k regex:_sparse_attention_fwd -s 2 -c 1 --section ComputeWorkloadAnalysis \\
+        python benchmarks/one_launch.py --shape cogvideox1.5-768p --plan FULL@1.0 --exp2 bf16x2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_kernel import SHAPES, mixed_specs, spec_for_tile_density  # noqa: E402
+from diffusers_sparse_vdit import Mode, ModeSpec, build_plan  # noqa: E402
+from diffusers_sparse_vdit.kernels.triton_sparse import kernel_config, sparse_attention_triton  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", default="wan2.1-1.3b-480p", choices=sorted(SHAPES))
+    parser.add_argument("--plan", default="FULL@1.0", help="MODE@tile_density, or MIXED")
+    parser.add_argument("--exp2", default=None, help="override the launch config's EXP2")
+    parser.add_argument("--launches", type=int, default=3)
+    args = parser.parse_args()
+    heads, head_dim, layout = SHAPES[args.shape]
+    if args.plan == "MIXED":
+        specs = mixed_specs(heads, layout, 128)
+    else:
+        mode, density = args.plan.split("@")
+        mode = Mode[mode]
+        specs = [ModeSpec.full() if mode is Mode.FULL else spec_for_tile_density(mode, float(density), layout, 128)] * heads
+    plan = build_plan(specs, layout, 128)
+    q, k, v = (torch.randn(1, layout.num_tokens, heads, head_dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+               for _ in range(3))
+    out = torch.empty_like(q)
+    config = kernel_config(head_dim, 128, q.device)
+    if args.exp2:
+        config["EXP2"] = args.exp2
+    for _ in range(args.launches):
+        sparse_attention_triton(q, k, v, plan, scale=head_dim ** -0.5, out=out, config=config)
+    torch.cuda.synchronize()
+    print(f"{args.shape} {args.plan} {config}: ok")
+
+
+if __name__ == "__main__":
+    main()
