@@ -44,25 +44,22 @@ SHAPES = {
     "hunyuanvideo-720p": (24, 128, TokenLayout(33, 45, 80, text_tokens=256, text_position="after")),
     "wan2.1-14b-720p": (40, 128, TokenLayout(21, 45, 80)),
 }
-def sweep_configs(head_dim: int, wave: int) -> list[dict]:
-    """Launch configs swept with --sweep, by head_dim class.
-
-    v2 swept warp specialization too (no gain at hd 128, a Triton 3.6 compiler crash at hd 64); v6
-    swept query tiles split over 4-warp programs (BLOCK_M 64: 25-85% slower at hd 128, 10-20% at
-    hd 64), 32-key sub-tiles and tighter register caps (all slower), v7 a lazy softmax rescale
-    (10-17% slower; NOTES.md). maxnreg caps registers so that 2 programs of 8 warps share a
-    multiprocessor at hd 128. v8: packed 16-bit exponentials (EXP2) and alternate waves walking
-    their key lists backwards (WAVE, ``wave`` = programs resident at once).
-    """
-    if head_dim > 64:
-        base = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "USE_TMA": True, "maxnreg": 128}
-        variants = [("f32", 0), ("bf16x2", 0), ("f32", wave), ("bf16x2", wave)]
-    else:
-        base = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 4, "num_stages": 2, "USE_TMA": True}
-        variants = [("f32", 0), ("f32", wave), ("bf16x2", wave)]
-    return [{**base, "EXP2": exp2, "WAVE": w} for exp2, w in variants]
-
-
+CONFIGS = {
+    # launch configs swept with --sweep, by head_dim class. v2 swept warp specialization too (no gain
+    # at hd 128, a Triton 3.6 compiler crash at hd 64); v6 swept query tiles split over 4-warp
+    # programs (BLOCK_M 64: 25-85% slower at hd 128, 10-20% at hd 64), 32-key sub-tiles and tighter
+    # register caps (all slower), v7 a lazy softmax rescale (10-17% slower; NOTES.md). maxnreg
+    # caps registers so that 2 programs of 8 warps share a multiprocessor at hd 128.
+    # v8: packed 16-bit exponentials (EXP2).
+    128: [
+        {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "USE_TMA": True, "maxnreg": 128, "EXP2": x}
+        for x in ("f32", "bf16x2", "f16x2")
+    ],
+    64: [
+        {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 4, "num_stages": 2, "USE_TMA": True, "EXP2": x}
+        for x in ("f32", "bf16x2", "f16x2")
+    ],
+}
 SWEEP_PLANS = ("FULL@1.0", "DIAGONAL@0.1", "MULTI_DIAGONAL@0.25")
 
 
@@ -230,8 +227,7 @@ def bench_shape(name, heads, head_dim, layout, densities, args, rows):
     if args.sweep:
         sweep = {}
         keys = [key for key in SWEEP_PLANS if key in plans]
-        wave = 2 * torch.cuda.get_device_properties(dev).multi_processor_count
-        for config in sweep_configs(head_dim, wave):
+        for config in CONFIGS[128 if head_dim > 64 else 64]:
             try:
                 o = torch.full_like(q, float("nan"))
                 run_ours(q, k, v, plans["MIXED"], o, config)

@@ -67,7 +67,7 @@ def _exp2(x, EXP2: tl.constexpr):
 
 @triton.jit
 def _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
-            kv_tiles, first, count, reverse, order, row_maps, rows_per_order, tile_lengths, text_len,
+            kv_tiles, first, count, order, row_maps, rows_per_order, tile_lengths, text_len,
             n_video_tiles, n_tokens, video_start, text_start, qk_scale,
             offs_d, d_ok,
             TILE: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, GATHER: tl.constexpr,
@@ -75,13 +75,11 @@ def _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, str
     """Online-softmax update over ``count`` key tiles of the list starting at ``first``.
 
     ``k_src``/``v_src`` are TMA descriptors with ``USE_TMA`` (contiguous tiles of
-    frame-major heads), base pointers otherwise. With ``reverse`` (1) the list is walked backwards
-    (the softmax is order-free).
+    frame-major heads), base pointers otherwise.
     """
     SUB: tl.constexpr = TILE // BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
-    for step in range(0, count * SUB):
-        i = step + reverse * (count * SUB - 1 - 2 * step)  # reverse is 0 or 1
+    for i in range(0, count * SUB):
         tile = tl.load(kv_tiles + first + i // SUB)
         offs = (i % SUB) * BLOCK_N + offs_n
         if USE_TMA:
@@ -126,13 +124,12 @@ def _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, str
 
 @triton.jit
 def _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                kv_tiles, first, n_full, n_total, reverse, order, row_maps, rows_per_order, tile_lengths, text_len,
+                kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order, tile_lengths, text_len,
                 n_video_tiles, n_tokens, video_start, text_start, qk_scale, offs_d, d_ok,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, GATHER: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr,
                 EXP2: tl.constexpr):
-    """One query tile's whole key list: the full tiles unmasked (backwards with ``reverse``), then
-    the partial and text tiles masked."""
+    """One query tile's whole key list: the full tiles unmasked, then the partial and text tiles masked."""
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -144,11 +141,11 @@ def _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
         k_src = tl.make_tensor_descriptor(k_base, [n_tokens, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM])
         v_src = tl.make_tensor_descriptor(v_base, [n_tokens, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM])
     acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
-                            kv_tiles, first, n_full, reverse, order, row_maps, rows_per_order, tile_lengths, text_len,
+                            kv_tiles, first, n_full, order, row_maps, rows_per_order, tile_lengths, text_len,
                             n_video_tiles, n_tokens, video_start, text_start, qk_scale, offs_d, d_ok,
                             TILE, BLOCK_N, EVEN_D, GATHER, False, IEEE, USE_TMA, EXP2)
     acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
-                            kv_tiles, first + n_full, n_total - n_full, 0, order, row_maps, rows_per_order,
+                            kv_tiles, first + n_full, n_total - n_full, order, row_maps, rows_per_order,
                             tile_lengths, text_len, n_video_tiles, n_tokens, video_start, text_start, qk_scale,
                             offs_d, d_ok, TILE, BLOCK_N, EVEN_D, GATHER, True, IEEE, USE_TMA, EXP2)
     return acc, m_i, l_i
@@ -163,7 +160,7 @@ def _sparse_attention_fwd(
     stride_ob, stride_oh, stride_on, stride_od,
     stride_pb, stride_ph, stride_pn,
     work, kv_tiles, row_maps, head_order, head_slot, tile_lengths, text_lengths,
-    n_work, n_tokens, n_video_tiles, rows_per_order, video_start, text_start, text_tokens, qk_scale, wave,
+    n_work, n_tokens, n_video_tiles, rows_per_order, video_start, text_start, text_tokens, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, GATHER: tl.constexpr, HAS_TEXT_LENGTHS: tl.constexpr, IEEE: tl.constexpr,
     USE_TMA: tl.constexpr, EXP2: tl.constexpr,
@@ -175,10 +172,6 @@ def _sparse_attention_fwd(
     b = pid // (n_work * SPLIT)
     item = (pid // SPLIT) % n_work
     part = pid % SPLIT
-    # Programs start in waves of ``wave`` (as many as fit on the GPU at once) and walk their key
-    # lists in step. Every other wave walks backwards, so it starts on the key tiles the wave
-    # before it read last, which are still in L2 (a row of K/V can outgrow it: HunyuanVideo's is 61 MB).
-    reverse = (pid // wave) % 2
     head = tl.load(work + item * 5)
     q_tile = tl.load(work + item * 5 + 1)
     first = tl.load(work + item * 5 + 2)
@@ -223,7 +216,7 @@ def _sparse_attention_fwd(
         stride_kn = tl.where(token_major, stride_pn, stride_kn)
         stride_vn = tl.where(token_major, stride_pn, stride_vn)
     acc, m_i, l_i = _attend_row(q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                                kv_tiles, first, n_full, n_total, reverse, order, row_maps, rows_per_order,
+                                kv_tiles, first, n_full, n_total, order, row_maps, rows_per_order,
                                 tile_lengths, text_len, n_video_tiles, kv_rows, kv_video_start, kv_text_start,
                                 qk_scale, offs_d, d_ok, HEAD_DIM, BLOCK_D, TILE, BLOCK_M, BLOCK_N,
                                 GATHER and not USE_TMA, IEEE, USE_TMA, EXP2)
@@ -321,7 +314,6 @@ def sparse_attention_triton(q, k, v, plan, *, scale: float, out: torch.Tensor, t
     cfg = dict(config) if config is not None else kernel_config(head_dim, plan.tile_size, q.device)
     cfg.setdefault("USE_TMA", False)
     cfg.setdefault("EXP2", "f32")
-    wave = cfg.pop("WAVE", 0) or 2**30  # 0: every program walks forwards
     if cfg["EXP2"] not in ("f32", "bf16x2", "f16x2"):
         raise ValueError(f"EXP2={cfg['EXP2']!r} must be 'f32', 'bf16x2' or 'f16x2'")
     if q.dtype == torch.float32 or q.device.type != "cuda":
@@ -349,7 +341,7 @@ def sparse_attention_triton(q, k, v, plan, *, scale: float, out: torch.Tensor, t
         tensors["tile_lengths"],
         text_lengths if has_text_lengths else tensors["tile_lengths"],
         n_work, n_tokens, plan.video_tiles, tensors["row_maps"].shape[1], layout.video_start, layout.text_start,
-        layout.text_tokens, scale * _LOG2E, wave,
+        layout.text_tokens, scale * _LOG2E,
         HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), TILE=plan.tile_size,
         BLOCK_M=block_m, BLOCK_N=block_n,
         GATHER=plan.has_reordered_heads, HAS_TEXT_LENGTHS=has_text_lengths, IEEE=q.dtype == torch.float32,

@@ -204,20 +204,6 @@ def test_query_tile_split_across_programs(block_m):
     torch.testing.assert_close(out, reference(q, k, v, plan), **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("wave", [1, 3])
-def test_alternate_waves_walk_key_lists_backwards(wave):
-    # WAVE: every other group of that many programs walks its unmasked key tiles in reverse order
-    from diffusers_sparse_vdit.kernels.triton_sparse import sparse_attention_triton
-
-    layout = TokenLayout(3, 7, 9, text_tokens=21, text_position="after")
-    plan = build_plan(MIXED, layout, tile_size=16)
-    q, k, v = (randn(1, layout.num_tokens, len(MIXED), 32).transpose(1, 2) for _ in range(3))
-    out = torch.full_like(q, float("nan"))
-    config = {"BLOCK_N": 16, "num_warps": 4, "num_stages": 1, "WAVE": wave}
-    sparse_attention_triton(q, k, v, plan, scale=32**-0.5, out=out, config=config)
-    torch.testing.assert_close(out, reference(q, k, v, plan), **TOL[torch.float32])
-
-
 def test_block_sizes_must_divide_the_tile():
     from diffusers_sparse_vdit.kernels.triton_sparse import sparse_attention_triton
 
