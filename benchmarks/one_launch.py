@@ -38,7 +38,7 @@ def main():
     q, k, v = (torch.randn(1, layout.num_tokens, heads, head_dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
                for _ in range(3))
     out = torch.empty_like(q)
-    config = kernel_config(head_dim, 128, q.device)
+    config = kernel_config(head_dim, 128, q.device, layout.num_tokens)
     if args.exp2:
         config["EXP2"] = args.exp2
     for _ in range(args.launches):

@@ -204,6 +204,26 @@ def test_query_tile_split_across_programs(block_m):
     torch.testing.assert_close(out, reference(q, k, v, plan), **TOL[torch.float32])
 
 
+def test_kernel_config_uses_packed_exponentials_on_long_head_dim_128_sequences():
+    from diffusers_sparse_vdit.kernels.triton_sparse import LONG_SEQUENCE_TOKENS, kernel_config
+
+    gpu = torch.device("cuda")  # only its type is read: no GPU needed
+    assert kernel_config(128, 128, gpu, LONG_SEQUENCE_TOKENS)["EXP2"] == "bf16x2"
+    assert kernel_config(128, 128, gpu, LONG_SEQUENCE_TOKENS - 1)["EXP2"] == "f32"
+    assert kernel_config(64, 128, gpu, 10 * LONG_SEQUENCE_TOKENS).get("EXP2", "f32") == "f32"
+    assert "EXP2" not in kernel_config(128, 128, torch.device("cpu"), LONG_SEQUENCE_TOKENS)
+
+
+def test_unknown_exponential_form_is_refused():
+    from diffusers_sparse_vdit.kernels.triton_sparse import sparse_attention_triton
+
+    layout = TokenLayout(2, 4, 5)
+    plan = build_plan([ModeSpec.full()], layout, tile_size=32)
+    q = randn(1, 1, layout.num_tokens, 16)
+    with pytest.raises(ValueError, match="EXP2='f16x2' must be 'f32' or 'bf16x2'"):
+        sparse_attention_triton(q, q, q, plan, scale=0.25, out=torch.empty_like(q), config={"EXP2": "f16x2"})
+
+
 def test_block_sizes_must_divide_the_tile():
     from diffusers_sparse_vdit.kernels.triton_sparse import sparse_attention_triton
 

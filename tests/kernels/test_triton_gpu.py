@@ -78,11 +78,12 @@ def test_large_plan_tiles_split_over_programs(head_dim):
     assert rel_err(out, ref) < 1e-2
 
 
-@pytest.mark.parametrize("exp2", ["f32", "bf16x2", "f16x2"])
+@pytest.mark.parametrize("exp2", ["f32", "bf16x2"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_exp2_variants_match_fp32_reference(exp2, dtype, head_dim):
-    # packed 16-bit exponentials round the scores before exp2: the error must stay at bf16's level
+    # packed bf16 exponentials round the exponent before exp2: the error must stay at bf16's level
+    # (float16 inputs too, whose P is converted from bf16)
     from diffusers_sparse_vdit.kernels.triton_sparse import kernel_config, sparse_attention_triton
 
     layout = LAYOUTS[2]
