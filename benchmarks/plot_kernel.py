@@ -1,9 +1,10 @@
 """Plot a kernel benchmark JSON: fraction of ideal against tile density, per shape and mode.
 
 Solid lines are ours, dashed lines FlexAttention on the same tile lists (where the run timed it);
-the grey line at 1.0 is cuDNN's dense efficiency. Needs matplotlib.
+the grey line at 1.0 is cuDNN's dense efficiency, the dotted one cuDNN on the same work per query
+row (all queries against density x N keys; where the run timed it). Needs matplotlib.
 
-    python benchmarks/plot_kernel.py benchmarks/results/kernel_h200_v6.json
+    python benchmarks/plot_kernel.py benchmarks/results/kernel_h200_v8.json
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ MODES = (Mode.FULL, Mode.DIAGONAL, Mode.MULTI_DIAGONAL, Mode.VERTICAL_STRIPE)
 
 
 def curves(rows: list[dict]) -> dict:
-    """{shape: {(impl, mode name): [(tile density, fraction of ideal), ...]}} from the ours/flex rows."""
+    """{shape: {(impl, mode name): [(tile density, fraction of ideal), ...]}} from the ours/flex rows,
+    and cuDNN's equal-work rows as ``("cudnn", "EQUAL_WORK")``."""
     out: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
+        if r.get("impl") == "sdpa-cudnn-equal-work":
+            out[r["shape"]][("cudnn", "EQUAL_WORK")].append((r["tile_density"], r["fraction_of_ideal"]))
+            continue
         if r.get("impl") not in ("ours", "flex") or "@" not in r.get("plan", ""):
             continue
         mode = r["plan"].split("@")[0]
@@ -33,7 +38,9 @@ def curves(rows: list[dict]) -> dict:
     for per_shape in out.values():
         full = {impl: pts for (impl, mode), pts in per_shape.items() if mode == "FULL"}
         for (impl, mode), pts in per_shape.items():
-            if mode != "FULL":
+            if impl == "cudnn":
+                pts.append((1.0, 1.0))  # the dense run itself
+            elif mode != "FULL":
                 pts.extend(full.get(impl, []))  # every mode ends at the all-FULL plan
             pts.sort()
     return out
@@ -49,6 +56,9 @@ def plot(data: dict, title: str, path: Path) -> Path:
     axes = fig.subplots(1, len(shapes), sharey=True, squeeze=False)[0]
     for ax, (shape, lines) in zip(axes, shapes):
         ax.axhline(1.0, color="#999999", lw=1)
+        if ("cudnn", "EQUAL_WORK") in lines:
+            xs, ys = zip(*lines[("cudnn", "EQUAL_WORK")])
+            ax.plot(xs, ys, ":", color="#555555", lw=1.2, label="cuDNN, same work per row")
         for mode in MODES:
             for impl, style in (("ours", "-"), ("flex", "--")):
                 pts = lines.get((impl, mode.name))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "benchmarks" / "results" / "kernel_h200_v6.json"
+RESULTS = ROOT / "benchmarks" / "results" / "kernel_h200_v8.json"
 
 
 def load_script():
@@ -28,6 +28,8 @@ def test_curves_group_rows_by_shape_impl_and_mode():
                 if r.get("shape") == "wan2.1-1.3b-480p" and r.get("impl") == "ours" and r["plan"].startswith("DIAGONAL@")}
     assert all(expected[d] == f for d, f in diag[:3])
     assert ("flex", "MULTI_DIAGONAL") in wan and ("ours-by-mode", "MIXED") not in wan
+    cudnn = wan[("cudnn", "EQUAL_WORK")]  # cuDNN on density x N keys, ending at the dense run
+    assert [round(d, 2) for d, _ in cudnn] == [0.1, 0.25, 0.5, 1.0] and cudnn[-1][1] == 1.0
 
 
 def test_plot_writes_a_png(tmp_path):
