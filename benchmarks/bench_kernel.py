@@ -50,8 +50,9 @@ CONFIGS = {
     # programs (BLOCK_M 64: 25-85% slower at hd 128, 10-20% at hd 64), 32-key sub-tiles and tighter
     # register caps (all slower), v7 a lazy softmax rescale (10-17% slower; NOTES.md). maxnreg
     # caps registers so that 2 programs of 8 warps share a multiprocessor at hd 128. v8 swept packed
-    # 16-bit exponentials (EXP2; f16x2 always lost, bf16x2 wins on long rows at hd 128) and every
-    # other wave of programs walking its key list backwards (+-1-2%, dropped).
+    # 16-bit exponentials (EXP2; f16x2 lost to bf16x2 everywhere, bf16x2 wins on long rows at hd 128),
+    # every other wave of programs walking its key list backwards (+-1-2%) and warp specialization
+    # again (no gain or a compiler failure); the last two were dropped.
     128: [
         {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "USE_TMA": True, "maxnreg": 128, "EXP2": x}
         for x in ("f32", "bf16x2")
