@@ -24,6 +24,7 @@ import platform
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -197,12 +198,12 @@ def bench_shape(name, heads, head_dim, layout, densities, args, rows):
                 ks, vs = k[:, :, :n_kv], v[:, :, :n_kv]
                 with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                     t = time_ms(lambda: F.scaled_dot_product_attention(q, ks, vs))
-                flops = dense_flops * n_kv / n
-                rows.append({**base, "impl": "sdpa-cudnn-equal-work", "plan": f"kv={n_kv}", "density": n_kv / n,
-                             "tile_density": n_kv / n, "ms": t, "tflops": flops / t / 1e9, "speedup": t_cudnn / t,
-                             "fraction_of_ideal": t_cudnn / t * n_kv / n})
-                print(f"  cuDNN on {n_kv} keys (density {n_kv / n:.2f}): {t:.2f} ms, "
-                      f"{t_cudnn / t * n_kv / n:.2f} of ideal", flush=True)
+                share = n_kv / n
+                fraction = t_cudnn / t * share
+                rows.append({**base, "impl": "sdpa-cudnn-equal-work", "plan": f"kv={n_kv}", "density": share,
+                             "tile_density": share, "ms": t, "tflops": dense_flops * share / t / 1e9,
+                             "speedup": t_cudnn / t, "fraction_of_ideal": fraction})
+                print(f"  cuDNN on {n_kv} keys (density {share:.2f}): {t:.2f} ms, {fraction:.2f} of ideal", flush=True)
 
     plans = {"FULL@1.0": build_plan([ModeSpec.full()] * heads, layout, tile)}
     for mode in (Mode.DIAGONAL, Mode.MULTI_DIAGONAL, Mode.VERTICAL_STRIPE):
@@ -283,15 +284,10 @@ def bench_shape(name, heads, head_dim, layout, densities, args, rows):
 
 def mufu_counts(compiled) -> dict:
     """Special-function (MUFU) instructions in a compiled kernel's SASS, by opcode (needs cuobjdump)."""
-    counts = {}
     try:
-        for line in compiled.asm["sass"].splitlines():
-            for word in line.split():
-                if word.startswith("MUFU."):
-                    counts[word.rstrip(";")] = counts.get(word.rstrip(";"), 0) + 1
+        return dict(Counter(word.rstrip(";") for word in compiled.asm["sass"].split() if word.startswith("MUFU.")))
     except Exception as e:
-        counts["error"] = f"{type(e).__name__}: {str(e)[:80]}"
-    return counts
+        return {"error": f"{type(e).__name__}: {str(e)[:80]}"}
 
 
 def compiled_kernels() -> list[dict]:
