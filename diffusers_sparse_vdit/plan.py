@@ -271,13 +271,17 @@ class SparsePlan:
         mask = torch.stack(masks)
         if text_lengths is None:
             return mask
-        text_lengths = torch.as_tensor(text_lengths).reshape(-1)
-        key_ok = torch.ones(len(text_lengths), n, dtype=torch.bool)
+        return mask[None] & self.valid_keys(text_lengths)[:, None, None, :]
+
+    def valid_keys(self, text_lengths: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """``(B, N)`` bool: the keys batch item ``b`` may attend, text keys past ``text_lengths[b]`` masked."""
+        text_lengths = torch.as_tensor(text_lengths).cpu().reshape(-1)
+        key_ok = torch.ones(len(text_lengths), self.num_tokens, dtype=torch.bool)
         text_pos = torch.arange(self.layout.text_tokens)
         key_ok[:, self.layout.text_start : self.layout.text_start + self.layout.text_tokens] = (
             text_pos[None, :] < text_lengths[:, None]
         )
-        return mask[None] & key_ok[:, None, None, :]
+        return key_ok
 
     # Cost -------------------------------------------------------------------------------
     def head_density(self) -> torch.Tensor:

@@ -263,3 +263,15 @@ def test_sampled_error_catches_a_wrong_output():
     wrong[:, 0, -1] = float("nan")
     with pytest.raises(AssertionError, match="NaN"):
         sampled_error(q, k, v, plan, wrong)
+
+
+def test_sampled_error_masks_padded_text_keys_given_text_lengths():
+    from diffusers_sparse_vdit.kernels.check import sampled_error
+
+    layout = TokenLayout(3, 4, 5, text_tokens=21, text_position="after")
+    plan = build_plan(MIXED, layout, tile_size=16)
+    q, k, v = (randn(2, len(MIXED), layout.num_tokens, 32) for _ in range(3))
+    lengths = torch.tensor([5, 21], device=DEVICE)
+    out = sparse_attention(q, k, v, plan, backend="torch", text_lengths=lengths)
+    assert sampled_error(q, k, v, plan, out, text_lengths=lengths) < 1e-5
+    assert sampled_error(q, k, v, plan, out) > 1e-3  # without the lengths, padded keys count in the oracle
