@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers_sparse_vdit import Mode, ModeSpec, TokenLayout, build_plan, sparse_attention  # noqa: E402
 from diffusers_sparse_vdit.plan import spec_density  # noqa: E402
+from diffusers_sparse_vdit.kernels.attention import gluon_supported  # noqa: E402
 from diffusers_sparse_vdit.kernels.check import sampled_error  # noqa: E402
 from diffusers_sparse_vdit.kernels.flex import flex_block_mask, flex_inputs  # noqa: E402
 from diffusers_sparse_vdit.kernels.triton_sparse import kernel_config, sparse_attention_triton  # noqa: E402
@@ -260,9 +261,17 @@ def bench_shape(name, heads, head_dim, layout, densities, args, rows):
         t_ours = time_ms(lambda: run_ours(q, k, v, plan, o, best), host=host)
         entry = {**base, **base_checks, "plan": key, "density": density, "tile_density": plan.tile_density,
                  "modes": plan.summary()}
-        rows.append({**entry, "impl": "ours", "ms": t_ours, "host_ms": host[0],
+        kernel = "gluon" if best is None and gluon_supported(q, k, v, plan) else "triton"
+        rows.append({**entry, "impl": "ours", "kernel": kernel, "ms": t_ours, "host_ms": host[0],
                      "tflops": plan.flops(head_dim) / t_ours / 1e9, "speedup": t_cudnn / t_ours,
                      "fraction_of_ideal": t_cudnn / t_ours * density, "config": best})
+        if best is None:  # the single-loop Triton kernel too, where "auto" takes the Gluon one
+            o_t = torch.empty_like(q)
+            t_triton = time_ms(lambda: sparse_attention(q, k, v, plan, backend="triton", out=o_t))
+            rows.append({**entry, "impl": "ours-triton", "ms": t_triton, "tflops": plan.flops(head_dim) / t_triton / 1e9,
+                         "speedup": t_cudnn / t_triton, "fraction_of_ideal": t_cudnn / t_triton * density})
+            print(f"  {key:24s} single-loop Triton kernel {t_triton:.2f} ms, {t_cudnn / t_triton * density:.2f} of ideal",
+                  flush=True)
         if key == "MIXED":
             parts = mixed_parts(q, k, v, plan, t_ours, best)
             rows.append({**entry, **parts, "impl": "ours-by-mode", "tflops": plan.flops(head_dim) / parts["ms"] / 1e9,
@@ -279,7 +288,7 @@ def bench_shape(name, heads, head_dim, layout, densities, args, rows):
             except Exception as e:
                 print(f"  flex failed on {key}: {type(e).__name__}: {str(e)[:200]}", flush=True)
         flex_txt = f", flex {t_flex:.2f} ms ({t_flex / t_ours:.2f}x ours)" if t_flex else ""
-        print(f"  {key:24s} density {density:.3f}: ours {t_ours:.2f} ms, {t_cudnn / t_ours * density:.2f} of ideal{flex_txt}", flush=True)
+        print(f"  {key:24s} density {density:.3f}: ours ({kernel}) {t_ours:.2f} ms, {t_cudnn / t_ours * density:.2f} of ideal{flex_txt}", flush=True)
 
 
 def mufu_counts(compiled) -> dict:

@@ -3,7 +3,10 @@
 ``sparse_attention(q, k, v, plan)`` is the one entry point; the backends beside it are
 interchangeable implementations of the same function:
 
-* ``"triton"``: our fused kernel (:mod:`.triton_sparse`), CUDA, or CPU under ``TRITON_INTERPRET=1``;
+* ``"gluon"``: our warp-specialized Hopper kernel (:mod:`.gluon_sparse`), H100/H200, 16-bit, head_dim
+  64/128; ``"auto"`` takes it wherever it runs;
+* ``"triton"``: our single-loop fused kernel (:mod:`.triton_sparse`), any CUDA GPU, or CPU under
+  ``TRITON_INTERPRET=1``;
 * ``"torch"``: the plain-PyTorch reference (:mod:`.reference`), any device, memory bounded;
 * ``"flex"``: FlexAttention with a BlockMask built from the same tile lists (:mod:`.flex`).
 """

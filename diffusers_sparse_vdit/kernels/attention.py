@@ -11,7 +11,7 @@ from ..plan import SparsePlan, plan_by_uid
 
 __all__ = ["sparse_attention", "BACKENDS"]
 
-BACKENDS = ("auto", "triton", "torch", "flex")
+BACKENDS = ("auto", "gluon", "triton", "torch", "flex")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -20,11 +20,24 @@ def _interpreting() -> bool:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
+    """The backend a call on ``device`` takes: ``"auto"`` is Triton on CUDA, the torch reference elsewhere
+    (:func:`sparse_attention` then picks the Gluon kernel for the calls it supports)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
         return "triton" if device.type == "cuda" else "torch"
     return backend
+
+
+def gluon_supported(q, k, v, plan, out=None) -> bool:
+    """Whether the warp-specialized Hopper kernel (:mod:`.gluon_sparse`) can run this call."""
+    if q.device.type != "cuda":
+        return False
+    try:
+        from .gluon_sparse import supported
+    except ImportError:  # a Triton without Gluon's Hopper API
+        return False
+    return supported(q, k, v, plan, out)
 
 
 def _check(q, k, v, plan, text_lengths, backend):
@@ -57,6 +70,12 @@ def _check(q, k, v, plan, text_lengths, backend):
         raise RuntimeError(
             "sparse_attention computes the forward pass only (inference): run it under torch.no_grad() or "
             "torch.inference_mode(), as diffusers pipelines do"
+        )
+    if backend == "gluon" and not gluon_supported(q, k, v, plan):
+        raise ValueError(
+            "the gluon backend runs on Hopper GPUs (compute capability 9.x) with Triton >= 3.6, float16/bfloat16 "
+            "inputs, head_dim 64 or 128, plans of 128-token tiles and a contiguous last dim; use backend='auto' "
+            "or 'triton' for this call"
         )
     if backend == "triton":
         if q.device.type != "cuda" and not _interpreting():
@@ -92,10 +111,12 @@ def sparse_attention(
     ``diffusers_sparse_vdit::sparse_attention``, so ``torch.compile`` keeps the call in its
     graph (no graph break); with ``out`` the kernel writes into it directly, eagerly.
     """
-    backend = resolve_backend(backend, q.device)
+    requested, backend = backend, resolve_backend(backend, q.device)
     if text_lengths is not None:
         text_lengths = torch.as_tensor(text_lengths, device=q.device).to(torch.int32).reshape(-1)
     _check(q, k, v, plan, text_lengths, backend)
+    if requested == "auto" and backend == "triton" and gluon_supported(q, k, v, plan, out):
+        backend = "gluon"  # the fastest kernel where it runs (benchmarks/NOTES.md v9)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if out is None:
         if backend == "flex":
@@ -107,6 +128,10 @@ def sparse_attention(
 
 
 def _run(backend, q, k, v, plan, scale, out, text_lengths):
+    if backend == "gluon":
+        from .gluon_sparse import sparse_attention_gluon
+
+        return sparse_attention_gluon(q, k, v, plan, scale=scale, out=out, text_lengths=text_lengths)
     if backend == "triton":
         from .triton_sparse import sparse_attention_triton
 

@@ -1,12 +1,14 @@
 """Warp-specialized block-sparse attention forward for Hopper, in Gluon (Triton's explicit dialect).
 
 The same plan and the same math as :mod:`.triton_sparse`, laid out the way a Hopper attention
-kernel wants it: one producer warp streams the program's key tiles into a ring of shared-memory
-stages by TMA, each stage guarded by a pair of mbarriers ("ready" filled, "empty" consumed), and
-two consumer warpgroups each own 64 of the program's 128 query rows. A consumer waits only on
-the stage it needs and frees it as soon as its PV product is done, so neither waits on the other
-or on a CTA-wide barrier (the largest stall of the single-loop kernel, ``benchmarks/NOTES.md`` v8),
-and the warp schedulers overlap one warpgroup's softmax with the other's matrix products.
+kernel wants it. One producer warp streams the program's key/value sub-tiles into a ring of
+shared-memory stages by TMA, each stage guarded by a pair of mbarriers ("ready": filled, "empty":
+both consumers done with it). Two consumer warpgroups each own 64 of the program's 128 query
+rows and walk the same key list: neither waits on the other or on a CTA-wide barrier (the
+largest stall of the single-loop kernel, ``benchmarks/NOTES.md`` v8), so the warp schedulers
+overlap one warpgroup's softmax with the other's matrix products; and within a warpgroup the
+softmax of sub-tile ``i`` runs while the tensor cores do the PV product of sub-tile ``i - 1``
+(:func:`_attend`). One program per multiprocessor: 3-4 stages of 128 keys fill its shared memory.
 
 Scope: CUDA devices of compute capability 9.x, 16-bit inputs, head_dim 64 or 128, plan tiles of
 128 tokens and TMA-able strides; :func:`supported` says whether a call qualifies. Everything
@@ -103,45 +105,6 @@ def _loader(K, V, KP, VP, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh,
 
 
 @gluon.jit
-def _consume(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, start, stop, kv_tiles, first, tile_lengths,
-             text_len, n_video_tiles, qk_scale,
-             TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, MASKED: gl.constexpr,
-             s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr):
-    """Online-softmax update over the ring's sub-tiles ``start..stop`` of the program's key list."""
-    ROWS: gl.constexpr = 64
-    SUB: gl.constexpr = TILE // BLOCK_N
-    offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-    zero = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
-    for i in range(start, stop):
-        stage = i % STAGES
-        mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
-        k = k_bufs.index(stage).permute((1, 0))
-        qk = warpgroup_mma(q_smem, k, zero, use_acc=False, is_async=True)
-        qk, _, _ = warpgroup_mma_wait(0, deps=(qk, q_smem, k))
-        if MASKED:
-            tile = gl.load(kv_tiles + first + i // SUB)
-            valid = gl.load(tile_lengths + tile)
-            if tile >= n_video_tiles:
-                valid = gl.minimum(valid, text_len - (tile - n_video_tiles) * TILE)
-            qk = gl.where(((i % SUB) * BLOCK_N + offs_n < valid)[None, :], qk, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
-            m_new = gl.where(m_new == float("-inf"), 0.0, m_new)  # a tile with no valid key leaves the row as it was
-        else:
-            m_new = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
-        p = gl.exp2(qk * qk_scale - m_new[:, None])
-        alpha = gl.exp2(m_i - m_new)
-        l_i = l_i * alpha + gl.sum(p, 1)
-        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-        p16 = gl.convert_layout(p.to(k_bufs.dtype), p_layout)
-        v = v_bufs.index(stage)
-        acc = warpgroup_mma(p16, v, acc, is_async=True)
-        acc, _ = warpgroup_mma_wait(0, deps=(acc, v))
-        mbarrier.arrive(empty.index(stage), count=1)
-        m_i = m_new
-    return acc, m_i, l_i
-
-
-@gluon.jit
 def _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, tile_lengths, text_len, n_video_tiles, qk_scale, dtype,
              TILE: gl.constexpr, BLOCK_N: gl.constexpr, s_layout: gl.constexpr, p_layout: gl.constexpr):
     """Scores of sub-tile ``i`` to 16-bit probabilities P (masked from sub-tile ``mask_from`` on)."""
@@ -161,10 +124,10 @@ def _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, tile_lengths, text_len
 
 
 @gluon.jit
-def _consume_overlapped(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, kv_tiles, first,
-                        tile_lengths, text_len, n_video_tiles, qk_scale,
-                        TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                        s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr):
+def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, kv_tiles, first,
+            tile_lengths, text_len, n_video_tiles, qk_scale,
+            TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+            s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr):
     """The key loop with sub-tile ``i``'s softmax overlapping sub-tile ``i - 1``'s PV product.
 
     Each step issues QK(i) and PV(i - 1) back to back, waits for QK(i) only, computes P(i) while the
@@ -204,7 +167,7 @@ def _consumer(Q, O, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, strid
               rows_per_order, video_start, text_start, text_tokens, qk_scale,
               q_smem, k_bufs, v_bufs, ready, empty,
               HALF: gl.constexpr, HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr,
-              STAGES: gl.constexpr, GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr, OVERLAP: gl.constexpr):
+              STAGES: gl.constexpr, GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr):
     """One warpgroup: query rows ``HALF * 64 ..`` of the program's tile against its whole key list."""
     ROWS: gl.constexpr = 64  # one wgmma M extent of 4 warps
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -235,18 +198,9 @@ def _consumer(Q, O, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, strid
     m_i = gl.full([ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
     acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
-    SUB: gl.constexpr = TILE // BLOCK_N
-    if OVERLAP:
-        acc, m_i, l_i = _consume_overlapped(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n_total * SUB,
-                                            n_full * SUB, kv_tiles, first, tile_lengths, text_len, n_video_tiles,
-                                            qk_scale, TILE, BLOCK_N, STAGES, s_layout, p_layout, o_layout)
-    else:
-        acc, m_i, l_i = _consume(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, 0, n_full * SUB, kv_tiles, first,
-                                 tile_lengths, text_len, n_video_tiles, qk_scale, TILE, BLOCK_N, STAGES, False,
-                                 s_layout, p_layout, o_layout)
-        acc, m_i, l_i = _consume(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n_full * SUB, n_total * SUB,
-                                 kv_tiles, first, tile_lengths, text_len, n_video_tiles, qk_scale, TILE, BLOCK_N, STAGES,
-                                 True, s_layout, p_layout, o_layout)
+    acc, m_i, l_i = _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n_total * (TILE // BLOCK_N),
+                            n_full * (TILE // BLOCK_N), kv_tiles, first, tile_lengths, text_len, n_video_tiles,
+                            qk_scale, TILE, BLOCK_N, STAGES, s_layout, p_layout, o_layout)
     l_i = gl.where(l_i == 0.0, 1.0, l_i)  # SKIP rows: acc is 0, so the output is 0
     out = acc / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
     # stored straight from the accumulator's layout: a layout conversion would need 16 KB of shared memory
@@ -265,7 +219,7 @@ def _sparse_attention_ws_fwd(
     work, kv_tiles, row_maps, head_order, head_slot, tile_lengths, text_lengths,
     n_work, n_tokens, n_video_tiles, rows_per_order, video_start, text_start, text_tokens, qk_scale,
     HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-    GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr, CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr,
+    GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
 ):
     dtype: gl.constexpr = Q.dtype.element_ty
     ROWS: gl.constexpr = 64  # query rows per consumer warpgroup
@@ -289,11 +243,11 @@ def _sparse_attention_ws_fwd(
         (_consumer, (Q, O, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, work, kv_tiles, row_maps,
                      head_order, tile_lengths, text_lengths, n_work, n_tokens, n_video_tiles, rows_per_order,
                      video_start, text_start, text_tokens, qk_scale, q0, k_bufs, v_bufs, ready, empty,
-                     LOWER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS, OVERLAP)),
+                     LOWER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS)),
         (_consumer, (Q, O, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, work, kv_tiles, row_maps,
                      head_order, tile_lengths, text_lengths, n_work, n_tokens, n_video_tiles, rows_per_order,
                      video_start, text_start, text_tokens, qk_scale, q1, k_bufs, v_bufs, ready, empty,
-                     UPPER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS, OVERLAP)),
+                     UPPER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS)),
         (_loader, (K, V, KP, VP, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_pb,
                    stride_ph, stride_pn, work, kv_tiles, head_order, head_slot, n_work, n_tokens, n_video_tiles,
                    rows_per_order, video_start, text_start, k_bufs, v_bufs, ready, empty,
@@ -301,19 +255,29 @@ def _sparse_attention_ws_fwd(
     ], [4, 1], [CONSUMER_REGS, 24])
 
 
-def supported(q, k, v, plan) -> bool:
-    """Whether this kernel can run the call: Hopper, 16-bit, head_dim 64/128, 128-token tiles, TMA strides."""
+def supported(q, k, v, plan, out=None) -> bool:
+    """Whether this kernel can run the call: a Hopper GPU, Triton >= 3.6, 16-bit inputs, head_dim 64
+    or 128, plan tiles of 128 tokens, contiguous head_dim and 16-byte aligned K/V rows (TMA)."""
     if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device)[0] != 9:
+        return False  # wgmma and this TMA path are Hopper's (Blackwell has neither in this form)
+    if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 6):
         return False
     if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in (64, 128) or plan.tile_size != 128:
         return False
-    return all(x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(s * x.element_size() % 16 == 0
-                                                                    for s in x.stride()[:-1]) for x in (k, v))
+    if any(x.stride(-1) != 1 for x in (q, k, v) + ((out,) if out is not None else ())):
+        return False
+    return all(x.data_ptr() % 16 == 0 and all(s * x.element_size() % 16 == 0 for s in x.stride()[:-1]) for x in (k, v))
 
 
 def gluon_config(head_dim: int) -> dict:
-    """Key sub-tile, stage count and the consumers' register budget."""
-    return {"BLOCK_N": 128, "STAGES": 2, "CONSUMER_REGS": 240, "maxnreg": 168, "OVERLAP": False}
+    """Key sub-tile, stage count and register budgets: the H200 sweep's winners (``benchmarks/NOTES.md`` v9).
+
+    128-key sub-tiles; 3 stages at head_dim 128 (the most that fit 227 KB of shared memory beside
+    Q), 4 at head_dim 64. With 2 stages the overlapped loop waits on its loads (20% slower than
+    3). ``maxnreg`` 168 for the 12 warps of one program per multiprocessor, of which the
+    consumers take 240 each and the producer warpgroup 24.
+    """
+    return {"BLOCK_N": 128, "STAGES": 3 if head_dim > 64 else 4, "CONSUMER_REGS": 240, "maxnreg": 168}
 
 
 def sparse_attention_gluon(q, k, v, plan, *, scale: float, out: torch.Tensor, text_lengths=None, config=None):

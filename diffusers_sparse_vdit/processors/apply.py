@@ -44,8 +44,9 @@ def apply_sparse_vdit(
             CogVideoX transformer.
         config_or_repo_or_processor: a :class:`SparseVDiTConfig`, a Hub repo id or local folder
             holding one, or a :class:`SparseVDiTProcessor` (its map and backend are used).
-        backend: ``"auto"`` (Triton on CUDA, the PyTorch reference elsewhere; all-FULL layers
-            and dense warm-up steps use the stock attention), ``"triton"``, ``"torch"`` or ``"flex"``.
+        backend: ``"auto"`` (our Gluon kernel on Hopper GPUs, Triton on other CUDA GPUs, the PyTorch
+            reference elsewhere; all-FULL layers and dense warm-up steps use the stock attention),
+            ``"gluon"``, ``"triton"``, ``"torch"`` or ``"flex"``.
         processor_cls: a subclass of the family processor to install instead (for code that
             overrides a step, e.g. ``attend``).
 

@@ -155,6 +155,8 @@ class TestBadInput:
             monkeypatch.setenv("TRITON_INTERPRET", "0")
             with pytest.raises(RuntimeError, match="backend='torch'"):
                 sparse_attention(self.q, self.q, self.q, self.plan, backend="triton")
+            with pytest.raises(ValueError, match="Hopper GPUs"):
+                sparse_attention(self.q, self.q, self.q, self.plan, backend="gluon")
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])

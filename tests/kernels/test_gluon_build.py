@@ -1,0 +1,69 @@
+"""The Gluon kernel builds for Hopper without a GPU: Triton compiles it for sm_90a here, so CI sees
+what the H100/H200 would run (wgmma, the register split, no spills, shared memory that fits).
+
+The build runs in a child process: under ``TRITON_INTERPRET=1`` (this suite's setting) Triton's own
+library functions are interpreter objects that the compiler refuses.
+"""
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HOPPER_SHARED_BYTES = 227 * 1024  # the most one block may take on an H100/H200
+VARIANTS = [(64, False), (64, True), (128, False), (128, True)]  # head_dim, token-major heads in the plan
+
+
+def build(head_dim, gather):
+    """Compile the kernel for sm_90a under its default config; what the tests read of the result."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from diffusers_sparse_vdit.kernels import gluon_sparse
+
+    pointers = {"Q", "K", "V", "O", "KP", "VP"}
+    index_tensors = {"work", "kv_tiles", "row_maps", "head_order", "head_slot", "tile_lengths", "text_lengths"}
+    fn = gluon_sparse._sparse_attention_ws_fwd
+    params = list(inspect.signature(fn.fn).parameters)
+    config = gluon_sparse.gluon_config(head_dim)
+    launch = {"num_warps": 4, "maxnreg": config.pop("maxnreg")}
+    const = dict(HEAD_DIM=head_dim, TILE=128, GATHER=gather, HAS_TEXT_LENGTHS=True, **config)
+    sig = {p: "constexpr" if p in const else "*bf16" if p in pointers else "*i32" if p in index_tensors
+           else "fp32" if p == "qk_scale" else "i32" for p in params}
+    src = GluonASTSource(fn, sig, constexprs={(params.index(k),): v for k, v in const.items()},
+                         attrs={(params.index(p),): [["tt.divisibility", 16]] for p in pointers})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=launch)
+    ptx = kernel.asm["ptx"]
+    return {"ptx_wgmma": [line.split()[0] for line in ptx.splitlines() if "wgmma.mma_async" in line],
+            "tma_loads": ptx.count("cp.async.bulk.tensor.2d"), "setmaxnreg": sorted(set(
+                " ".join(line.rstrip(";").split()) for line in ptx.splitlines() if "setmaxnreg" in line)),
+            "local_memory": ".local" in ptx, "shared": kernel.metadata.shared}
+
+
+@pytest.fixture(scope="module")
+def builds():
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {tuple(k): v for k, v in json.loads(done.stdout.splitlines()[-1])}
+
+
+@pytest.mark.parametrize("head_dim,gather", VARIANTS, ids=[f"hd{d}-{'gather' if g else 'frame-major'}" for d, g in VARIANTS])
+def test_default_config_builds_for_hopper(builds, head_dim, gather):
+    got = builds[(head_dim, gather)]
+    # QK (n = 128 keys) and PV (n = head_dim) on the tensor cores, both from wgmma
+    assert any("m64n128k16.f32.bf16.bf16" in w for w in got["ptx_wgmma"])
+    assert any(f"m64n{head_dim}k16.f32.bf16.bf16" in w for w in got["ptx_wgmma"])
+    assert got["tma_loads"] >= 2  # K and V by TMA
+    assert "setmaxnreg.inc.sync.aligned.u32 240" in " ".join(got["setmaxnreg"])  # consumers get the registers
+    assert not got["local_memory"]  # nothing spilled
+    assert got["shared"] <= HOPPER_SHARED_BYTES
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    print(json.dumps([[list(v), build(*v)] for v in VARIANTS]))
