@@ -124,6 +124,8 @@ def sparse_attention(
         return _sparse_attention_op(q, k, v, text_lengths, plan.uid, scale, backend)
     if out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
         raise ValueError(f"out must match q: {tuple(q.shape)} {q.dtype} {q.device}")
+    if backend == "gluon" and out.stride(-1) != 1:
+        raise ValueError("the gluon backend writes out with a contiguous last dim; pass such an out or backend='auto'")
     return _run(backend, q, k, v, plan, scale, out, text_lengths)
 
 

@@ -29,9 +29,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from .triton_sparse import _LOG2E, _set_allocator, gather_reordered_kv
+
 __all__ = ["gluon_config", "sparse_attention_gluon", "supported"]
 
-_LOG2E = 1.4426950408889634
+# Gluon's warp_specialize takes (function, args) pairs from Triton 3.6 on
+_TRITON_OK = tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 6)
 # Triton 3.6 (the GPU machines) names the TMA load async_copy_global_to_shared; later versions, async_load
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
@@ -260,7 +263,7 @@ def supported(q, k, v, plan, out=None) -> bool:
     or 128, plan tiles of 128 tokens, contiguous head_dim and 16-byte aligned K/V rows (TMA)."""
     if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device)[0] != 9:
         return False  # wgmma and this TMA path are Hopper's (Blackwell has neither in this form)
-    if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 6):
+    if not _TRITON_OK:
         return False
     if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in (64, 128) or plan.tile_size != 128:
         return False
@@ -282,8 +285,6 @@ def gluon_config(head_dim: int) -> dict:
 
 def sparse_attention_gluon(q, k, v, plan, *, scale: float, out: torch.Tensor, text_lengths=None, config=None):
     """Launch the warp-specialized kernel; the call must satisfy :func:`supported`."""
-    from .triton_sparse import _set_allocator, gather_reordered_kv
-
     batch, heads, n_tokens, head_dim = q.shape
     tensors = plan.device_tensors(q.device)
     cfg = dict(config) if config is not None else gluon_config(head_dim)

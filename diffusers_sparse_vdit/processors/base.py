@@ -161,9 +161,10 @@ class SparseAttnProcessor:
         except KeyError:
             pass
         specs = self.config.head_specs(self.layer, self.state.step)
-        # Under "auto" an all-FULL layer is plain dense attention: the stock backend (cuDNN or
-        # flash on GPUs) beats any block-sparse kernel at density 1. An explicit backend runs
-        # the chosen kernel for every sparse layer.
+        # Under "auto" an all-FULL layer is plain dense attention through the stock path, exactly
+        # what diffusers computes (cuDNN or flash on GPUs; on H100/H200 our Gluon kernel's
+        # all-FULL plan is 7-13% faster than cuDNN, benchmarks/NOTES.md v9). An explicit backend
+        # runs the chosen kernel for every layer with a map.
         dense = self.backend == "auto" and all(s.mode is Mode.FULL for s in specs)
         plan = self._plans[key] = None if dense else build_plan(specs, layout, self.config.tile_size)
         return plan
