@@ -333,7 +333,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default="wan2.1-1.3b-480p,cogvideox1.5-768p,hunyuanvideo-720p")
     parser.add_argument("--densities", default="1,0.5,0.25,0.1")
-    parser.add_argument("--sweep", action="store_true", help="sweep launch configs first and use the best")
+    parser.add_argument("--sweep", action="store_true", help="sweep the portable Triton kernel's launch configs first and time it with the best "
+                        "(the Gluon kernel's sweep: bench_gluon.py)")
     parser.add_argument("--no-flex", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/kernel.json")
     args = parser.parse_args()

@@ -1,7 +1,7 @@
-"""Run our kernel on one benchmark shape and plan, a few launches: the program to put under a profiler.
+"""Run one of our kernels on one benchmark shape and plan, a few launches: the program to put under a profiler.
 
-    ncu --clock-control none -k regex:_sparse_attention_fwd -s 2 -c 1 --section ComputeWorkloadAnalysis \\
-        python benchmarks/one_launch.py --shape cogvideox1.5-768p --plan FULL@1.0 --exp2 bf16x2
+    ncu --clock-control none -k regex:_sparse_attention -s 2 -c 1 --section ComputeWorkloadAnalysis \\
+        python benchmarks/one_launch.py --shape cogvideox1.5-768p --plan FULL@1.0 --kernel triton --exp2 bf16x2
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_kernel import SHAPES, mixed_specs, spec_for_tile_density  # noqa: E402
 from diffusers_sparse_vdit import Mode, ModeSpec, build_plan  # noqa: E402
+from diffusers_sparse_vdit.kernels.gluon_sparse import gluon_config, sparse_attention_gluon  # noqa: E402
 from diffusers_sparse_vdit.kernels.triton_sparse import kernel_config, sparse_attention_triton  # noqa: E402
 
 
@@ -24,7 +25,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", default="wan2.1-1.3b-480p", choices=sorted(SHAPES))
     parser.add_argument("--plan", default="FULL@1.0", help="MODE@tile_density, or MIXED")
-    parser.add_argument("--exp2", default=None, help="override the launch config's EXP2")
+    parser.add_argument("--kernel", default="gluon", choices=("gluon", "triton"))
+    parser.add_argument("--exp2", default=None, help="override the Triton launch config's EXP2")
     parser.add_argument("--launches", type=int, default=3)
     args = parser.parse_args()
     heads, head_dim, layout = SHAPES[args.shape]
@@ -38,13 +40,16 @@ def main():
     q, k, v = (torch.randn(1, layout.num_tokens, heads, head_dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
                for _ in range(3))
     out = torch.empty_like(q)
-    config = kernel_config(head_dim, 128, q.device, layout.num_tokens)
-    if args.exp2:
-        config["EXP2"] = args.exp2
+    if args.kernel == "gluon":
+        run, config = sparse_attention_gluon, gluon_config(head_dim)
+    else:
+        run, config = sparse_attention_triton, kernel_config(head_dim, 128, q.device, layout.num_tokens)
+        if args.exp2:
+            config["EXP2"] = args.exp2
     for _ in range(args.launches):
-        sparse_attention_triton(q, k, v, plan, scale=head_dim ** -0.5, out=out, config=config)
+        run(q, k, v, plan, scale=head_dim ** -0.5, out=out, config=config)
     torch.cuda.synchronize()
-    print(f"{args.shape} {args.plan} {config}: ok")
+    print(f"{args.shape} {args.plan} {args.kernel} {config}: ok")
 
 
 if __name__ == "__main__":
