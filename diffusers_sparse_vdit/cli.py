@@ -512,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=BACKENDS,
         default="auto",
-        help="sparse attention kernels: auto (Triton on CUDA, PyTorch elsewhere), triton, torch, flex",
+        help="sparse attention kernels: auto (Gluon on H100/H200, else Triton on CUDA, PyTorch elsewhere), "
+             "gluon, triton, torch, flex",
     )
     sub.add_argument("--out", required=True, metavar="DIR", help="folder for the map and its scores")
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -589,7 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=BACKENDS,
         default="auto",
-        help="sparse attention kernels: auto (Triton on CUDA, PyTorch elsewhere), triton, torch, flex",
+        help="sparse attention kernels: auto (Gluon on H100/H200, else Triton on CUDA, PyTorch elsewhere), "
+             "gluon, triton, torch, flex",
     )
     group.add_argument(
         "--attention-backend",

@@ -61,7 +61,7 @@ def parse_args(example: Example, doc: str, argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="default: cuda if there is one")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
-    parser.add_argument("--backend", default="auto", help="sparse kernels: auto, triton, torch, flex")
+    parser.add_argument("--backend", default="auto", help="sparse kernels: auto, gluon, triton, torch, flex")
     parser.add_argument(
         "--compare", action="store_true", help="also generate dense from the same seed: PSNR/SSIM/LPIPS and speedup"
     )
