@@ -4,9 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusers_sparse_vdit import ModeSpec, TokenLayout, build_plan, sparse_attention
+from diffusers_sparse_vdit import TokenLayout, build_plan, sparse_attention
 from diffusers_sparse_vdit.kernels.attention import gluon_supported
 from diffusers_sparse_vdit.kernels.gluon_sparse import sparse_attention_gluon
+
+from .gpu_cases import LAYOUTS, MIXED, rel_err
 
 pytestmark = [
     pytest.mark.gpu,
@@ -14,24 +16,7 @@ pytestmark = [
                        reason="the Gluon kernel runs on Hopper GPUs"),
 ]
 
-MIXED = [
-    ModeSpec.full(),
-    ModeSpec.skip(),
-    ModeSpec.diagonal(0.5),
-    ModeSpec.multi_diagonal(0.7),
-    ModeSpec.vertical_stripe(3),
-    ModeSpec.diagonal(1.5),
-]
-LAYOUTS = [
-    TokenLayout(5, 15, 26),  # 1950 video tokens, no text (Wan-like, not a multiple of 128)
-    TokenLayout(4, 12, 21, text_tokens=226, text_position="before"),  # CogVideoX-like
-    TokenLayout(5, 9, 16, text_tokens=77, text_position="after"),  # HunyuanVideo-like
-]
 CONFIGS = [None, {"BLOCK_N": 64, "STAGES": 2, "CONSUMER_REGS": 240, "maxnreg": 168}]
-
-
-def rel_err(out, ref):
-    return ((out.float() - ref).norm() / ref.norm()).item()
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=["default", "64-key-2-stage"])
