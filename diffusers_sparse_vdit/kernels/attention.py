@@ -129,15 +129,33 @@ def sparse_attention(
     return _run(backend, q, k, v, plan, scale, out, text_lengths)
 
 
+# Our kernels compute element offsets in int32: a batch whose tensors span more elements (e.g.
+# HunyuanVideo 720p from batch 6, 365M elements per item) runs as several launches.
+_INT32_LIMIT = 2**31 - 1
+
+
+def _items_per_launch(*tensors) -> int:
+    """How many batch items one kernel launch may take with every element offset in int32."""
+    per_item = max(sum((n - 1) * s for n, s in zip(x.shape[1:], x.stride()[1:])) for x in tensors)
+    if per_item > _INT32_LIMIT:
+        raise ValueError(f"one batch item spans {per_item + 1:,} elements, more than our kernels index (2**31); "
+                         "use backend='torch' or 'flex'")
+    stride_b = max(x.stride(0) for x in tensors) or 1
+    return (_INT32_LIMIT - per_item) // stride_b + 1
+
+
 def _run(backend, q, k, v, plan, scale, out, text_lengths):
-    if backend == "gluon":
-        from .gluon_sparse import sparse_attention_gluon
-
-        return sparse_attention_gluon(q, k, v, plan, scale=scale, out=out, text_lengths=text_lengths)
-    if backend == "triton":
-        from .triton_sparse import sparse_attention_triton
-
-        return sparse_attention_triton(q, k, v, plan, scale=scale, out=out, text_lengths=text_lengths)
+    if backend in ("gluon", "triton"):
+        if backend == "gluon":
+            from .gluon_sparse import sparse_attention_gluon as kernel
+        else:
+            from .triton_sparse import sparse_attention_triton as kernel
+        step = _items_per_launch(q, k, v, out)
+        for b in range(0, q.shape[0], step):
+            items = slice(b, b + step)
+            kernel(q[items], k[items], v[items], plan, scale=scale, out=out[items],
+                   text_lengths=text_lengths[items] if text_lengths is not None else None)
+        return out
     if backend == "flex":
         from .flex import sparse_attention_flex
 

@@ -277,3 +277,27 @@ def test_sampled_error_masks_padded_text_keys_given_text_lengths():
     out = sparse_attention(q, k, v, plan, backend="torch", text_lengths=lengths)
     assert sampled_error(q, k, v, plan, out, text_lengths=lengths) < 1e-5
     assert sampled_error(q, k, v, plan, out) > 1e-3  # without the lengths, padded keys count in the oracle
+
+
+def test_batches_past_int32_offsets_run_as_several_launches(monkeypatch):
+    import diffusers_sparse_vdit.kernels.attention as attention
+    import diffusers_sparse_vdit.kernels.triton_sparse as triton_sparse
+
+    layout = TokenLayout(3, 4, 5, text_tokens=21, text_position="after")
+    plan = build_plan(MIXED, layout, tile_size=16)
+    q, k, v = (randn(3, layout.num_tokens, len(MIXED), 32).transpose(1, 2) for _ in range(3))
+    lengths = torch.tensor([5, 21, 9], device=DEVICE)
+    whole = sparse_attention(q, k, v, plan, backend="triton", text_lengths=lengths)
+    # pretend int32 ends just past one batch item: each item gets a launch of its own
+    monkeypatch.setattr(attention, "_INT32_LIMIT", q.stride(0) + 1)
+    launches = []
+    original = triton_sparse.sparse_attention_triton
+    monkeypatch.setattr(triton_sparse, "sparse_attention_triton", lambda q, *a, **kw: launches.append(q.shape[0]) or original(q, *a, **kw))
+    out = torch.full_like(q, float("nan"))
+    sparse_attention(q, k, v, plan, backend="triton", text_lengths=lengths, out=out)
+    assert launches == [1, 1, 1]
+    torch.testing.assert_close(out, whole)
+    torch.testing.assert_close(out, reference(q, k, v, plan, lengths), **TOL[torch.float32])
+    monkeypatch.setattr(attention, "_INT32_LIMIT", 100)  # not even one item fits
+    with pytest.raises(ValueError, match="backend='torch'"):
+        sparse_attention(q, k, v, plan, backend="triton")
