@@ -71,12 +71,6 @@ def _check(q, k, v, plan, text_lengths, backend):
             "sparse_attention computes the forward pass only (inference): run it under torch.no_grad() or "
             "torch.inference_mode(), as diffusers pipelines do"
         )
-    if backend == "gluon" and not gluon_supported(q, k, v, plan):
-        raise ValueError(
-            "the gluon backend runs on Hopper GPUs (compute capability 9.x) with Triton >= 3.6, float16/bfloat16 "
-            "inputs, head_dim 64 or 128, plans of 128-token tiles and a contiguous last dim; use backend='auto' "
-            "or 'triton' for this call"
-        )
     if backend == "triton":
         if q.device.type != "cuda" and not _interpreting():
             raise RuntimeError(
@@ -115,6 +109,12 @@ def sparse_attention(
     if text_lengths is not None:
         text_lengths = torch.as_tensor(text_lengths, device=q.device).to(torch.int32).reshape(-1)
     _check(q, k, v, plan, text_lengths, backend)
+    if backend == "gluon" and not gluon_supported(q, k, v, plan, out):
+        raise ValueError(
+            "the gluon backend runs on Hopper GPUs (compute capability 9.x) with Triton >= 3.6, float16/bfloat16 "
+            "inputs, head_dim 64 or 128, plans of 128-token tiles and a contiguous last dim (out's too); use "
+            "backend='auto' or 'triton' for this call"
+        )
     if requested == "auto" and backend == "triton" and gluon_supported(q, k, v, plan, out):
         backend = "gluon"  # the fastest kernel where it runs (benchmarks/NOTES.md v9)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
@@ -124,8 +124,6 @@ def sparse_attention(
         return _sparse_attention_op(q, k, v, text_lengths, plan.uid, scale, backend)
     if out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
         raise ValueError(f"out must match q: {tuple(q.shape)} {q.dtype} {q.device}")
-    if backend == "gluon" and out.stride(-1) != 1:
-        raise ValueError("the gluon backend writes out with a contiguous last dim; pass such an out or backend='auto'")
     return _run(backend, q, k, v, plan, scale, out, text_lengths)
 
 
