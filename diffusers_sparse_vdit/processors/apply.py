@@ -140,6 +140,8 @@ def install(transformer, config: SparseVDiTConfig, *, backend: str = "auto", pro
         else:
             processors[key] = settled(key, processor)
     hook.processors = [p for p in processors.values() if isinstance(p, SparseAttnProcessor)]
+    modules = dict(transformer.named_modules())
+    hook.modules = [modules[name] for name in targets]
     transformer.set_attn_processor(processors)
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, HOOK_NAME)
     counts = ", ".join(f"{k} {v}" for k, v in config.mode_counts().items() if v)

@@ -12,6 +12,9 @@ without copying the others:
 
 Dense calls (warm-up steps, and all-FULL layers under ``backend="auto"``) take the stock
 attention path, so they cost and compute exactly what diffusers would.
+
+Inside ``torch.compile`` / ``torch.export``, ``attend`` runs in the custom op
+``diffusers_sparse_vdit::layer_attention``, which picks the plan at run time (see :mod:`.hook`).
 """
 
 from __future__ import annotations
@@ -45,8 +48,6 @@ class AttentionCall:
     key: torch.Tensor
     value: torch.Tensor
     text_tokens: int  # text tokens in the joint sequence (0 in Wan self-attention)
-    layout: TokenLayout | None  # None while the latent grid is unknown (see SparseVDiTState)
-    text_lengths: torch.Tensor | None = None  # (B,) valid text tokens, when some are padding
     attention_mask: torch.Tensor | None = None  # the stock mask, for the dense path
 
 
@@ -72,6 +73,13 @@ class SparseAttnProcessor:
         self.state = state
         self.backend = backend
         self._plans: dict[tuple[int, TokenLayout], SparsePlan | None] = {}
+        # what a compiled graph passes to layer_attention: a tensor, so regional compilation
+        # does not guard on (and recompile for) each block's layer index
+        self._layer_index = torch.tensor(layer)
+
+    @property
+    def module_name(self) -> str:
+        return self.config.target_modules[self.layer]
 
     # The three steps --------------------------------------------------------------------
     def prepare(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb) -> AttentionCall:
@@ -104,18 +112,23 @@ class SparseAttnProcessor:
     # Shared machinery -------------------------------------------------------------------
     def run(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb):
         call = self.prepare(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        # the hook resolved this call's plan for every layer (see SparseVDiTHook.observe)
-        plan = self.state.plans.get(self.layer) if call.layout is not None else None
-        out = self.attend(
-            call.query,
-            call.key,
-            call.value,
-            plan,
-            layout=call.layout,
-            text_lengths=call.text_lengths,
-            attention_mask=call.attention_mask,
-        )
+        if torch.compiler.is_compiling():
+            out = torch.ops.diffusers_sparse_vdit.layer_attention(
+                call.query, call.key, call.value, call.attention_mask, call.text_tokens,
+                self.state.token, self._layer_index, self.state.hook_id,
+            )  # fmt: skip
+        else:
+            out = self.attend_call(call.query, call.key, call.value, call.text_tokens, call.attention_mask)
         return self.finish(attn, out, call)
+
+    def attend_call(self, query, key, value, text_tokens: int, attention_mask) -> torch.Tensor:
+        """``attend`` with this call's layout and plan, as the hook resolved them for this step."""
+        layout = self.layout(query.shape[2], text_tokens)
+        plan = self.state.plans.get(self.layer) if layout is not None else None
+        text_lengths = self.state.text_lengths if attention_mask is not None else None  # padded prompts
+        return self.attend(
+            query, key, value, plan, layout=layout, text_lengths=text_lengths, attention_mask=attention_mask
+        )
 
     def dense_attention(self, query, key, value, attention_mask):
         """The stock attention call (diffusers' dispatcher, (B, N, H, D) in and out)."""
@@ -173,6 +186,30 @@ class SparseAttnProcessor:
         return f"{type(self).__name__}(layer={self.layer}, backend={self.backend!r})"
 
 
+@torch.library.custom_op("diffusers_sparse_vdit::layer_attention", mutates_args=())
+def _layer_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    text_tokens: int,
+    token: torch.Tensor,  # from observe_call: orders this op after the call's step is known
+    layer: torch.Tensor,
+    hook_id: int,
+) -> torch.Tensor:
+    """One sparse layer's attention in a compiled or exported graph, with the plan chosen at run time."""
+    from .hook import live_hook
+
+    processor = live_hook(hook_id).processors[int(layer)]
+    out = processor.attend_call(query, key, value, text_tokens, attention_mask)
+    return out if out.stride() == query.stride() else torch.empty_like(query).copy_(out)
+
+
+@_layer_attention.register_fake
+def _(query, key, value, attention_mask, text_tokens, token, layer, hook_id):
+    return torch.empty_like(query)
+
+
 @dataclass(frozen=True)
 class Family:
     """How one model family is made sparse: which modules, which processors, where the grid is."""
@@ -188,6 +225,9 @@ class Family:
     # latent (frames, height, width) after patchify, from the transformer config and the
     # hidden_states its forward receives
     latent_grid: Callable[[object, torch.Tensor], tuple[int, int, int]]
+    # the stock processor that the model's fuse_qkv_projections() sets on the targets, if it sets one
+    # (the family processor then reads the fused projection; see SparseVDiTHook.check_processors)
+    fused_stock_processor: type | None = None
     # text tokens in the joint sequence and, when some are padding, the valid ones per batch item
     # (B,), from the transformer's forward arguments
     call_text: Callable[[dict], tuple[int, torch.Tensor | None]] = lambda arguments: (0, None)

@@ -16,10 +16,12 @@ binds lazily:
 3. The global hook removes itself.
 
 The call during which binding happens has already started, and a global pre-hook sees only
-positional arguments (pipelines pass keywords), so that call's latent grid is unknown: it runs
-stock dense attention in every layer, and a one-shot post-hook records its timestep so the
-step count stays exact. From the next transformer call on, the result is the same as with
-``apply_sparse_vdit``; with ``dense_warmup_steps >= 1`` it is the same from the first call.
+positional arguments (pipelines pass keywords), so that call cannot be made sparse while it runs.
+A one-shot global forward hook (which sees the keyword arguments) therefore runs it again once
+it returns, now through the grid/step hook, and returns that result: the first call is exact,
+and every call gives what :func:`~.apply.apply_sparse_vdit` gives. The cost is one extra
+transformer forward, once per binding; stateful diffusers hooks (caches) are reset before the
+re-run so they do not see the discarded pass.
 
 ``remove_sparse_vdit`` then restores fresh stock processors (the ones the placeholder
 replaced are gone). One placeholder binds to one transformer.
@@ -103,25 +105,24 @@ class SparseVDiTProcessor:
         hook = install(module, self.config, backend=self.backend)  # validates; raises on a mismatch
         self.disarm()
         self._bound_to = type(module).__name__
-        _record_at_end_of_call(module, hook)
-        logger.info(
-            f"SparseVDiTProcessor bound to {type(module).__name__}; this first call runs dense attention, "
-            "the map applies from the next call"
-        )
+        _rerun_at_end_of_call(module)
+        logger.info(f"SparseVDiTProcessor bound to {type(module).__name__}; its first call runs twice")
 
     def __repr__(self) -> str:
         return f"SparseVDiTProcessor({self.config!r}, backend={self.backend!r})"
 
 
-def _record_at_end_of_call(transformer, hook) -> None:
-    """Feed the binding call's arguments to the step counter once that call returns."""
+def _rerun_at_end_of_call(transformer) -> None:
+    """Replace the binding call's result by the same call through the installed map."""
     transformer_ref = weakref.ref(transformer)
 
-    # If the call raises, this fires at the end of the next successful one instead, which the
-    # hook has already recorded: recording a call twice changes nothing.
-    def record(module, args, kwargs, output):
+    # If the binding call raises, this fires at the end of the next successful call instead,
+    # which then also runs twice with the same result.
+    def rerun(module, args, kwargs, output):
         if module is transformer_ref():
             handle.remove()
-            hook.observe(module, args, kwargs)
+            module._diffusers_hook.reset_stateful_hooks()
+            return module.forward(*args, **kwargs)  # the HookRegistry's forward, our hook included
+        return None
 
-    handle = register_module_forward_hook(record, with_kwargs=True)
+    handle = register_module_forward_hook(rerun, with_kwargs=True)

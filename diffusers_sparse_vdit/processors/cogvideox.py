@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import AttnProcessor2_0, CogVideoXAttnProcessor2_0
+from diffusers.models.attention_processor import (
+    AttnProcessor2_0,
+    CogVideoXAttnProcessor2_0,
+    FusedCogVideoXAttnProcessor2_0,
+)
 from diffusers.models.embeddings import apply_rotary_emb
 
 from .base import AttentionCall, Family, SparseAttnProcessor
@@ -41,9 +45,14 @@ class CogVideoXSparseAttnProcessor(SparseAttnProcessor):
 
         batch_size, sequence_length, _ = hidden_states.shape
 
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
+        if attn.fused_projections:  # as FusedCogVideoXAttnProcessor2_0 (see SparseVDiTHook.check_processors)
+            qkv = attn.to_qkv(hidden_states)
+            split_size = qkv.shape[-1] // 3
+            query, key, value = torch.split(qkv, split_size, dim=-1)
+        else:
+            query = attn.to_q(hidden_states)
+            key = attn.to_k(hidden_states)
+            value = attn.to_v(hidden_states)
 
         inner_dim = key.shape[-1]
         head_dim = inner_dim // attn.heads
@@ -63,9 +72,7 @@ class CogVideoXSparseAttnProcessor(SparseAttnProcessor):
             if not attn.is_cross_attention:
                 key[:, :, text_seq_length:] = apply_rotary_emb(key[:, :, text_seq_length:], image_rotary_emb)
 
-        return AttentionCall(
-            query, key, value, text_tokens=text_seq_length, layout=self.layout(sequence_length, text_seq_length)
-        )
+        return AttentionCall(query, key, value, text_tokens=text_seq_length)
 
     def dense_attention(self, query, key, value, attention_mask):
         return F.scaled_dot_product_attention(
@@ -102,5 +109,6 @@ COGVIDEOX = Family(
     # CogVideoX has no other attention modules; any added by a variant would get the default.
     stock_other_processor=AttnProcessor2_0,
     latent_grid=_latent_grid,
+    fused_stock_processor=FusedCogVideoXAttnProcessor2_0,
     call_text=lambda arguments: (arguments["encoder_hidden_states"].shape[1], None),
 )

@@ -19,28 +19,51 @@ the step's noise level there). Pipelines reset the state after every generation
 (``maybe_free_model_hooks`` resets stateful diffusers hooks), so the next one starts at step 0
 even if its first timestep equals the last one's. Schedulers that evaluate the model twice per
 step at different timesteps (Heun) count two steps.
+
+Compiled and exported transformers. Inside ``torch.compile`` or ``torch.export`` the step rule
+(which reads the timestep's value) runs as the custom op ``diffusers_sparse_vdit::observe_call``
+at run time, and each sparse layer's attention as ``diffusers_sparse_vdit::layer_attention``,
+which picks the layer's plan from this state at run time. So one graph serves every step, dense
+warm-up included, with no graph break, and regional compilation traces one block for all layers
+(the layer index reaches the op as a tensor, not as a constant to guard on).
+
+Processors replaced behind the map's back. Before each eager call the hook checks that every
+target module still holds its sparse processor: CogVideoX's ``fuse_qkv_projections()`` swaps in
+``FusedCogVideoXAttnProcessor2_0``, and the hook puts the sparse processor (which reads the fused
+projection) back; any other replacement (``set_attn_processor``) is warned about once, with how
+to re-apply the map.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import itertools
+import weakref
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState
+from diffusers.utils import logging
 
 from ..layout import TokenLayout
+
+logger = logging.get_logger(__name__)
 
 __all__ = ["HOOK_NAME", "SparseVDiTHook", "SparseVDiTState", "get_sparse_vdit_hook"]
 
 HOOK_NAME = "sparse_vdit"
+
+# Compiled graphs name a hook by an integer id (custom ops take no Python objects).
+_LIVE_HOOKS: weakref.WeakValueDictionary[int, SparseVDiTHook] = weakref.WeakValueDictionary()
+_hook_ids = itertools.count()
 
 
 class SparseVDiTState(BaseState):
     """Grid, timestep and step of the transformer call in progress, shared by its processors."""
 
     def __init__(self):
+        self.hook_id: int | None = None  # which SparseVDiTHook this is, for compiled graphs
         self.reset()
 
     def reset(self) -> None:
@@ -56,6 +79,8 @@ class SparseVDiTState(BaseState):
         self.layout: TokenLayout | None = None
         self.text_lengths: torch.Tensor | None = None  # (B,) valid text tokens when some are padding
         self.plans: dict[int, object] = {}  # layer -> SparsePlan, or None for a dense call
+        # Orders every layer's attention op after the call's observe op in a compiled graph.
+        self.token = torch.empty(0)
 
     def begin_call(self, grid: tuple[int, int, int], timestep: float, config=None) -> None:
         if self.timestep is None or timestep > self.timestep:
@@ -82,19 +107,36 @@ class SparseVDiTHook(ModelHook):
         self.backend = backend
         self.original_processors = original_processors
         self.state = SparseVDiTState()
-        self.processors: list = []  # the sparse processors of this transformer (set by apply_sparse_vdit)
+        # set by apply_sparse_vdit, in layer order: the sparse processors and their attention modules
+        self.processors: list = []
+        self.modules: list = []
+        self.id = self.state.hook_id = next(_hook_ids)
+        _LIVE_HOOKS[self.id] = self
+        self._warned_replaced = False
+
+    def initialize_hook(self, module):
+        self._transformer_config = module.config
+        self._parameter_names = list(_forward_signature(type(module)).parameters)[1:]  # without self
+        return module
 
     def pre_forward(self, module, *args, **kwargs):
-        self.observe(module, args, kwargs)
+        arguments = {**dict(zip(self._parameter_names, args)), **kwargs}
+        if torch.compiler.is_compiling():
+            self.state.token = torch.ops.diffusers_sparse_vdit.observe_call(
+                self.id,
+                arguments["hidden_states"],
+                torch.as_tensor(arguments["timestep"]),
+                arguments.get("encoder_hidden_states"),
+                arguments.get("encoder_attention_mask"),
+            )
+        else:
+            self.check_processors()
+            self.observe(arguments)
         return args, kwargs
 
-    # Eager even inside torch.compile: the step rule reads the timestep's value. This is the one
-    # graph break of a compiled transformer, at its entry, before any computation.
-    @torch.compiler.disable
-    def observe(self, module, args, kwargs) -> None:
-        """Record one transformer call from its forward arguments."""
-        arguments = _forward_signature(type(module)).bind_partial(module, *args, **kwargs).arguments
-        grid = self.family.latent_grid(module.config, arguments["hidden_states"])
+    def observe(self, arguments: dict) -> None:
+        """Record one transformer call from its forward arguments (by name)."""
+        grid = self.family.latent_grid(self._transformer_config, arguments["hidden_states"])
         state = self.state
         state.begin_call(grid, _timestep_value(arguments["timestep"]), self.config)
         text_tokens, state.text_lengths = self.family.call_text(arguments)
@@ -105,6 +147,64 @@ class SparseVDiTHook(ModelHook):
     def reset_state(self, module):
         self.state.reset()
         return module
+
+    def check_processors(self) -> None:
+        """Put back sparse processors that fused projections replaced; warn once about other replacements."""
+        replaced = []
+        for processor, attn in zip(self.processors, self.modules, strict=True):
+            current = attn.processor
+            if current is processor:
+                continue
+            if self.family.fused_stock_processor is not None and type(current) is self.family.fused_stock_processor:
+                attn.set_processor(processor)  # our processor reads the fused projection as the fused stock one does
+                logger.info(f"{processor.module_name}: fused projections kept the Sparse-vDiT processor")
+            else:
+                replaced.append((processor.module_name, type(current).__name__))
+        if replaced and not self._warned_replaced:
+            self._warned_replaced = True
+            (name, kind), more = replaced[0], len(replaced) - 1
+            logger.warning(
+                f"{name}{f' and {more} more' if more else ''} no longer hold their Sparse-vDiT processor "
+                f"(replaced by {kind}, e.g. with set_attn_processor), so those layers ignore the map. "
+                "Re-apply it with apply_sparse_vdit(pipe, map) after changing processors, or remove it with "
+                "remove_sparse_vdit(pipe)."
+            )
+
+
+def live_hook(hook_id: int) -> SparseVDiTHook:
+    """The hook a compiled graph names by id; a clear error once its map is gone."""
+    hook = _LIVE_HOOKS.get(hook_id)
+    if hook is None:
+        raise RuntimeError(
+            "this compiled or exported graph belongs to a Sparse-vDiT map that was removed or replaced (or made in "
+            "another process); compile or export the transformer again after apply_sparse_vdit"
+        )
+    return hook
+
+
+@torch.library.custom_op("diffusers_sparse_vdit::observe_call", mutates_args=())
+def _observe_call(
+    hook_id: int,
+    hidden_states: torch.Tensor,
+    timestep: torch.Tensor,
+    encoder_hidden_states: torch.Tensor | None,
+    encoder_attention_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """The hook's observe at run time, for compiled and exported graphs; returns the ordering token."""
+    live_hook(hook_id).observe(
+        {
+            "hidden_states": hidden_states,
+            "timestep": timestep,
+            "encoder_hidden_states": encoder_hidden_states,
+            "encoder_attention_mask": encoder_attention_mask,
+        }
+    )
+    return hidden_states.new_empty(0)
+
+
+@_observe_call.register_fake
+def _(hook_id, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask):
+    return hidden_states.new_empty(0)
 
 
 def get_sparse_vdit_hook(transformer) -> SparseVDiTHook | None:

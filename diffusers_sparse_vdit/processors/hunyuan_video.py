@@ -84,15 +84,13 @@ class HunyuanVideoSparseAttnProcessor(SparseAttnProcessor):
             key = torch.cat([key, encoder_key], dim=1)
             value = torch.cat([value, encoder_value], dim=1)
 
-        num_tokens = query.shape[1]
-        text_tokens = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        if attention_mask is not None:
+            check_key_padding_mask(attention_mask, query.shape[1])  # its text lengths come from the hook
         return AttentionCall(
             query.transpose(1, 2),
             key.transpose(1, 2),
             value.transpose(1, 2),
-            text_tokens=text_tokens,
-            layout=self.layout(num_tokens, text_tokens),
-            text_lengths=self._text_lengths(attention_mask, num_tokens - text_tokens, text_tokens),
+            text_tokens=0 if encoder_hidden_states is None else encoder_hidden_states.shape[1],
             attention_mask=attention_mask,
         )
 
@@ -114,12 +112,6 @@ class HunyuanVideoSparseAttnProcessor(SparseAttnProcessor):
                 encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
 
         return hidden_states, encoder_hidden_states
-
-    def _text_lengths(self, mask, video_tokens: int, text_tokens: int) -> torch.Tensor | None:
-        if mask is None:
-            return None
-        check_key_padding_mask(mask, video_tokens + text_tokens)
-        return self.state.text_lengths  # from encoder_attention_mask, exactly as the transformer built mask
 
 
 def check_key_padding_mask(mask: torch.Tensor, num_tokens: int) -> None:

@@ -57,7 +57,6 @@ class WanSparseAttnProcessor(SparseAttnProcessor):
             key.transpose(1, 2),
             value.transpose(1, 2),
             text_tokens=0,
-            layout=self.layout(query.shape[1], 0),
         )
 
     def finish(self, attn, out, call):

@@ -17,7 +17,7 @@ from diffusers_sparse_vdit.processors import (
     get_sparse_vdit_hook,
     remove_sparse_vdit,
 )
-from diffusers_sparse_vdit.testing import tiny_transformer, tiny_transformer_inputs
+from diffusers_sparse_vdit.testing import VARIANTS, tiny_transformer, tiny_transformer_inputs
 
 from .common import forward, mode_map
 
@@ -29,13 +29,11 @@ def test_set_attn_processor_changes_only_the_targets_like_apply():
     literal.set_attn_processor(processor)
     apply_sparse_vdit(explicit, config, backend="torch")
 
-    # step 0 (cond, uncond), then step 1: the call that binds runs dense, then both routes agree
+    # step 0 (cond, uncond), then step 1: both routes agree from the call that binds on
     calls = [tiny_transformer_inputs(stock, timestep=t, seed=s) for t, s in [(900, 0), (900, 1), (800, 0)]]
-    first = forward(literal, calls[0])
-    assert torch.equal(first, forward(stock, calls[0]))
+    assert torch.equal(forward(literal, calls[0]), forward(explicit, calls[0]))
     assert processor._handle.id not in _global_forward_pre_hooks  # the global hook is gone
-    assert get_sparse_vdit_hook(literal).state.step == 0  # the binding call was counted
-    forward(explicit, calls[0])
+    assert get_sparse_vdit_hook(literal).state.step == 0  # the binding call was counted once
     for inputs in calls[1:]:
         assert torch.equal(forward(literal, inputs), forward(explicit, inputs))
         assert not torch.allclose(forward(literal, inputs), forward(stock, inputs))
@@ -53,6 +51,18 @@ def test_set_attn_processor_changes_only_the_targets_like_apply():
     remove_sparse_vdit(literal)
     assert all(type(p) is WanAttnProcessor for p in literal.attn_processors.values())
     assert torch.equal(forward(literal, calls[2]), forward(stock, calls[2]))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_first_call_is_sparse_and_exact(variant):
+    literal, explicit, stock = (tiny_transformer(variant) for _ in range(3))
+    config = mode_map(stock)
+    literal.set_attn_processor(SparseVDiTProcessor(config, backend="torch"))
+    apply_sparse_vdit(explicit, config, backend="torch")
+    inputs = tiny_transformer_inputs(stock, batch_size=2, text_lengths=[7, 4] if variant == "hunyuan_video" else None)
+    first, second = forward(literal, inputs), forward(literal, inputs)
+    assert torch.equal(first, second) and torch.equal(first, forward(explicit, inputs))
+    assert not torch.allclose(first, forward(stock, inputs))
 
 
 def test_hunyuan_refiner_gets_its_stock_processor():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from diffusers_sparse_vdit.processors import apply_sparse_vdit
+from diffusers_sparse_vdit.processors import CogVideoXSparseAttnProcessor, apply_sparse_vdit
 from diffusers_sparse_vdit.testing import tiny_transformer_inputs
 
 from .common import ALL_FULL, forward, mode_map, twins
@@ -25,3 +25,16 @@ def test_attention_mask_is_refused():
     video, text = torch.randn(1, 20, 48), torch.randn(1, 7, 48)
     with pytest.raises(ValueError, match="no attention mask"):
         attn(video, encoder_hidden_states=text, attention_mask=torch.ones(1, 27, 27, dtype=torch.bool))
+
+
+def test_fused_qkv_projections_keep_the_map():
+    fused, unfused = twins("cogvideox")
+    inputs = tiny_transformer_inputs(unfused)
+    for transformer in (fused, unfused):
+        apply_sparse_vdit(transformer, mode_map(transformer), backend="torch")
+    expected = forward(unfused, inputs)
+    fused.fuse_qkv_projections()  # sets FusedCogVideoXAttnProcessor2_0 on every attention module
+    torch.testing.assert_close(forward(fused, inputs), expected, atol=1e-5, rtol=1e-5)
+    assert all(isinstance(b.attn1.processor, CogVideoXSparseAttnProcessor) for b in fused.transformer_blocks)
+    fused.unfuse_qkv_projections()
+    torch.testing.assert_close(forward(fused, inputs), expected, atol=1e-5, rtol=1e-5)

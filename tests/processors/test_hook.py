@@ -76,3 +76,23 @@ def test_timestep_forms(timestep):
 
     # batched, per-token (Wan2.2 TI2V: the largest entry is the step's noise level), Python numbers
     assert _timestep_value(timestep) == 700.0
+
+
+def test_a_replaced_processor_warns_once_with_how_to_reapply(caplog):
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+    from diffusers.utils import logging
+
+    sparse, stock = twins("wan")
+    apply_sparse_vdit(sparse, mode_map(sparse), backend="torch")
+    sparse.blocks[1].attn1.set_processor(WanAttnProcessor())
+    inputs = tiny_transformer_inputs(stock)
+    logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            forward(sparse, inputs)
+            forward(sparse, inputs)
+    finally:
+        logging.disable_propagation()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "blocks.1.attn1 no longer hold" in warnings[0] and "apply_sparse_vdit" in warnings[0]
