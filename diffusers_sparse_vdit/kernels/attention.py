@@ -69,7 +69,9 @@ def _check(q, k, v, plan, text_lengths, backend):
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
         raise RuntimeError(
             "sparse_attention computes the forward pass only (inference): run it under torch.no_grad() or "
-            "torch.inference_mode(), as diffusers pipelines do"
+            "torch.inference_mode(), as diffusers pipelines do. To train or fine-tune the transformer, remove the "
+            "map first with remove_sparse_vdit(pipe), which restores the stock attention (under backend='auto' "
+            "all-FULL layers and dense warm-up steps also take the stock path)"
         )
     if backend == "triton":
         if q.device.type != "cuda" and not _interpreting():

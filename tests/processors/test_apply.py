@@ -138,3 +138,13 @@ def test_a_sequence_that_does_not_match_the_grid_is_refused():
     forward(transformer, tiny_transformer_inputs(transformer, grid=(3, 4, 5)))
     with pytest.raises(RuntimeError, match=r"3x4x5 tokens \(N=60\), but this attention call sees 30 tokens"):
         transformer.blocks[0].attn1(torch.randn(1, 30, 48))
+
+
+def test_training_through_a_map_says_to_remove_it():
+    # an all-FULL map under an explicit backend still runs our forward-only kernel
+    transformer = tiny_transformer("wan")
+    apply_sparse_vdit(transformer, mode_map(transformer, ALL_FULL), backend="torch")
+    with pytest.raises(RuntimeError, match=r"forward pass only.*remove_sparse_vdit\(pipe\)"):
+        transformer(**tiny_transformer_inputs(transformer))
+    remove_sparse_vdit(transformer)
+    transformer(**tiny_transformer_inputs(transformer))[0].sum().backward()  # the stock path trains
