@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 import tempfile
 from pathlib import Path
@@ -39,9 +38,8 @@ from typing import Any, Sequence
 
 import torch
 from huggingface_hub import ModelCard, ModelCardData, ModelHubMixin
-from safetensors.torch import load_file, save_file
 
-from . import card, hub, plots
+from . import card, files, hub, plots
 from .layout import TokenLayout
 from .modes import Mode, ModeSpec
 from .plan import build_plan
@@ -104,29 +102,47 @@ class SparseVDiTConfig(
         calibration: dict[str, Any] | None = None,
         schema_version: int = SCHEMA_VERSION,
     ):
-        modes = torch.as_tensor(modes)
+        where = "invalid Sparse-vDiT mode map"
+        settings = _checked_settings(
+            where,
+            dict(
+                family=family,
+                transformer_class=transformer_class,
+                target_modules=target_modules,
+                num_heads=num_heads,
+                tile_size=tile_size,
+                step_ranges=[[0, -1]] if step_ranges is None else step_ranges,
+                dense_warmup_steps=dense_warmup_steps,
+                dense_above_timestep=dense_above_timestep,
+                base_model=base_model,
+                calibration={} if calibration is None else calibration,
+                schema_version=schema_version,
+            ),
+        )
+        # checked before the casts below, which would turn a mode id 258 into 2 or a NaN into 0
+        arrays = _checked_arrays(where, modes=modes, widths=widths, sink_frames=sink_frames, stripes=stripes)
+        modes = arrays["modes"]
         if modes.dim() == 2:
             modes = modes[None]
         shape = tuple(modes.shape)
-        self.family = family
-        self.transformer_class = transformer_class
-        self.target_modules = list(target_modules)
-        self.num_heads = int(num_heads)
+        self.family = settings["family"]
+        self.transformer_class = settings["transformer_class"]
+        self.target_modules = list(settings["target_modules"])
+        self.num_heads = settings["num_heads"]
         self.modes = modes.to(torch.uint8)
-        self.widths = _as(widths, shape, torch.float32, 0.0)
-        self.sink_frames = _as(sink_frames, shape, torch.uint8, 1)
-        self.stripes = (
-            torch.full((*shape, 0), -1.0) if stripes is None else torch.as_tensor(stripes, dtype=torch.float32)
-        )
+        self.widths = _as(arrays["widths"], shape, torch.float32, 0.0)
+        self.sink_frames = _as(arrays["sink_frames"], shape, torch.uint8, 1)
+        stripes = arrays["stripes"]
+        self.stripes = torch.full((*shape, 0), -1.0) if stripes is None else stripes.to(torch.float32)
         if self.stripes.dim() == 3:
             self.stripes = self.stripes[None]
-        self.tile_size = int(tile_size)
-        self.step_ranges = [list(map(int, r)) for r in step_ranges] if step_ranges is not None else [[0, -1]]
-        self.dense_warmup_steps = int(dense_warmup_steps)
-        self.dense_above_timestep = None if dense_above_timestep is None else float(dense_above_timestep)
-        self.base_model = base_model
-        self.calibration = dict(calibration or {})
-        self.schema_version = int(schema_version)
+        self.tile_size = settings["tile_size"]
+        self.step_ranges = [list(r) for r in settings["step_ranges"]]
+        self.dense_warmup_steps = settings["dense_warmup_steps"]
+        self.dense_above_timestep = settings["dense_above_timestep"]
+        self.base_model = settings["base_model"]
+        self.calibration = dict(settings["calibration"])
+        self.schema_version = settings["schema_version"]
         self.validate()
 
     # Construction -----------------------------------------------------------------------
@@ -246,18 +262,19 @@ class SparseVDiTConfig(
 
     # Validation -------------------------------------------------------------------------
     def validate(self) -> None:
-        def fail(msg):
-            raise ValueError(f"invalid Sparse-vDiT mode map: {msg}")
+        """Check the map as a whole (types and ranges of every field, shapes, step ranges, layout)."""
+        where = "invalid Sparse-vDiT mode map"
 
+        def fail(msg):
+            raise ValueError(f"{where}: {msg}")
+
+        _checked_settings(where, {key: getattr(self, key) for key in _INIT_KEYS})
+        _checked_arrays(where, **self.tensors())
         if self.schema_version != SCHEMA_VERSION:
             fail(
                 f"schema_version {self.schema_version} is not supported by this version of diffusers-sparse-vdit "
                 f"(it reads {SCHEMA_VERSION}); upgrade the package or re-run the search"
             )
-        if self.family not in FAMILIES:
-            fail(f"unknown model family {self.family!r}; expected one of {sorted(FAMILIES)}")
-        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
-            fail("target_modules must be a non-empty list of module names")
         shape = tuple(self.modes.shape)
         if len(shape) != 3 or shape[1:] != (self.num_layers, self.num_heads):
             fail(f"modes has shape {shape}, expected (ranges, {self.num_layers} layers, {self.num_heads} heads)")
@@ -266,13 +283,6 @@ class SparseVDiTConfig(
                 fail(f"{name} has shape {tuple(getattr(self, name).shape)}, expected {shape}")
         if self.stripes.dim() != 4 or tuple(self.stripes.shape[:3]) != shape:
             fail(f"stripes has shape {tuple(self.stripes.shape)}, expected {shape} + (max stripes,)")
-        if int(self.modes.max()) >= len(Mode):
-            fail(f"mode ids must be 0..{len(Mode) - 1}, found {int(self.modes.max())}")
-        if not torch.isfinite(self.widths).all() or (self.widths < 0).any():
-            fail("band widths must be finite and >= 0")
-        stripes = self.stripes[self.stripes != -1]
-        if ((stripes < 0) | (stripes >= 1) | stripes.isnan()).any():
-            fail("stripe positions must lie in [0, 1) (or be -1 padding)")
         if len(self.step_ranges) != shape[0]:
             fail(f"{shape[0]} step ranges of modes but {len(self.step_ranges)} step_ranges")
         expected_start = 0
@@ -285,10 +295,6 @@ class SparseVDiTConfig(
             expected_start = r[1]
         if not self.tile_size >= 16 or self.tile_size & (self.tile_size - 1):
             fail(f"tile_size must be a power of two >= 16, got {self.tile_size}")
-        if self.dense_warmup_steps < 0:
-            fail("dense_warmup_steps must be >= 0")
-        if self.dense_above_timestep is not None and not math.isfinite(self.dense_above_timestep):
-            fail("dense_above_timestep must be a finite number or null")
         if not isinstance(self.calibration.get("layout", {}), dict):
             fail("calibration['layout'] must be a dict of TokenLayout fields")
         try:
@@ -328,37 +334,52 @@ class SparseVDiTConfig(
         }
 
     def save_files(self, save_directory: str | Path) -> Path:
-        """Write ``config.json`` and ``mode_map.safetensors`` into ``save_directory``."""
+        """Write ``config.json`` and ``mode_map.safetensors`` into ``save_directory``, atomically.
+
+        Both are written aside and then renamed into place; the safetensors header repeats
+        ``config.json``, so a pair left mixed by an interrupted save is refused on load.
+        """
         directory = Path(save_directory)
-        directory.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
-        (directory / CONFIG_NAME).write_text(text + "\n")
-        save_file(self.tensors(), str(directory / MODE_MAP_NAME), metadata={"format": "pt", _FORMAT_KEY: text})
+        files.write_pair(directory, CONFIG_NAME, text, MODE_MAP_NAME, self.tensors(), _FORMAT_KEY)
         return directory
 
     @classmethod
     def load_files(cls, config_file: str | Path, mode_map_file: str | Path) -> "SparseVDiTConfig":
-        """Read and validate a map from its two files."""
+        """Read and validate a map from its two files, checking that they were saved together."""
         config_file, mode_map_file = Path(config_file), Path(mode_map_file)
         data = _read_config_json(config_file)
-        try:
-            tensors = load_file(str(mode_map_file))
-        except Exception as e:  # safetensors raises its own error types for corrupt files
-            raise ValueError(
-                f"{mode_map_file} is not a readable safetensors file ({e}); re-download it "
-                "(from_pretrained(..., force_download=True)) or save the map again"
-            ) from None
-        missing = {"modes", "widths", "sink_frames", "stripes"} - set(tensors)
+        missing = [key for key in _INIT_KEYS if key not in data]
         if missing:
-            raise ValueError(f"{mode_map_file} lacks the arrays {sorted(missing)}")
-        kwargs = {k: copy.deepcopy(data.get(k)) for k in _INIT_KEYS if k in data}
+            raise ValueError(f"{config_file}: missing keys {missing}: the file is damaged; {_FIX}")
+        settings = _checked_settings(str(config_file), {key: data[key] for key in _INIT_KEYS})
+        if "num_layers" in data:
+            files.check_int(str(config_file), "num_layers", data["num_layers"], minimum=1)
         unknown = set(data) - set(_INIT_KEYS) - {"library", "library_version", "num_layers", "mode_counts"}
         if unknown:
             _logger().warning(f"ignoring unknown keys {sorted(unknown)} in {config_file}")
-        config = cls(**kwargs, **tensors)
-        if data.get("num_layers") not in (None, config.num_layers):
+        tensors = files.read_tensors(mode_map_file, config_file, data, _FORMAT_KEY, _FIX)
+        if set(tensors) != set(_ARRAYS):
+            missing, extra = sorted(set(_ARRAYS) - set(tensors)), sorted(set(tensors) - set(_ARRAYS))
+            raise ValueError(
+                f"{mode_map_file} must hold exactly the arrays {list(_ARRAYS)}"
+                + (f"; it lacks {missing}" if missing else "")
+                + (f"; it has unknown {extra}" if extra else "")
+                + f": {_FIX}"
+            )
+        _checked_arrays(str(mode_map_file), **tensors)
+        try:
+            config = cls(**copy.deepcopy(settings), **tensors)
+        except ValueError as e:
+            raise ValueError(f"{config_file} with {mode_map_file.name}: {e}") from None
+        if data.get("num_layers", config.num_layers) != config.num_layers:
             raise ValueError(
                 f"{config_file} says num_layers={data['num_layers']} but lists {config.num_layers} target modules"
+            )
+        if "mode_counts" in data and data["mode_counts"] != config.mode_counts():
+            raise ValueError(
+                f"{config_file} counts the modes {data['mode_counts']} but {mode_map_file} holds {config.mode_counts()}: "
+                f"the arrays were changed after the map was saved; {_FIX}"
             )
         return config
 
@@ -568,6 +589,79 @@ _INIT_KEYS = (
     "calibration",
     "schema_version",
 )
+
+
+_ARRAYS = ("modes", "widths", "sink_frames", "stripes")
+_FIX = (
+    "save the map again (SparseVDiTConfig.save_pretrained) or re-run `sparse-vdit search`; "
+    "for a map from the Hub, download it again (from_pretrained(..., force_download=True))"
+)
+# Band widths are in latent frames; any width past the longest video is the same band (the whole
+# sequence), so a larger one is a damaged value, not a choice.
+MAX_BAND_WIDTH = 1024.0
+MAX_SINK_FRAMES = 255  # stored as uint8
+
+
+def _checked_settings(where: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (the JSON-side fields) with their types checked, never coerced: 3.9 is not a head count."""
+    out = dict(values)
+    if not isinstance(values["family"], str) or values["family"] not in FAMILIES:
+        raise ValueError(f"{where}: unknown model family {values['family']!r}; expected one of {sorted(FAMILIES)}")
+    files.check_str(where, "transformer_class", values["transformer_class"])
+    files.check_str(where, "base_model", values["base_model"], optional=True)
+    for key, minimum in (("num_heads", 1), ("tile_size", 1), ("dense_warmup_steps", 0), ("schema_version", None)):
+        out[key] = files.check_int(where, key, values[key], minimum=minimum)
+    out["dense_above_timestep"] = files.check_number(
+        where, "dense_above_timestep", values["dense_above_timestep"], optional=True
+    )
+    modules = values["target_modules"]
+    if not isinstance(modules, (list, tuple)) or not modules or not all(isinstance(m, str) and m for m in modules):
+        raise ValueError(f"{where}: 'target_modules' must be a non-empty list of module names, got {files.describe(modules)}")
+    ranges = values["step_ranges"]
+    if not isinstance(ranges, (list, tuple)) or not all(
+        isinstance(r, (list, tuple)) and len(r) == 2 and all(files.is_int(i) for i in r) for r in ranges
+    ):
+        raise ValueError(f"{where}: 'step_ranges' must be a list of [start, end] integer pairs, got {files.describe(ranges)}")
+    out["step_ranges"] = [[int(i) for i in r] for r in ranges]
+    if not isinstance(values["calibration"], dict):
+        raise ValueError(f"{where}: 'calibration' must be a JSON object (a dict), got {files.describe(values['calibration'])}")
+    return out
+
+
+def _checked_arrays(where: str, *, modes, widths=None, sink_frames=None, stripes=None) -> dict[str, torch.Tensor | None]:
+    """The per-head arrays as tensors, their dtypes and values checked as given (before any cast)."""
+    arrays = {"modes": modes, "widths": widths, "sink_frames": sink_frames, "stripes": stripes}
+    arrays = {name: None if value is None else torch.as_tensor(value) for name, value in arrays.items()}
+
+    def fail(name, msg):
+        raise ValueError(f"{where}: {name!r} {msg}")
+
+    def integral(t):
+        return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+
+    for name, top in (("modes", len(Mode) - 1), ("sink_frames", MAX_SINK_FRAMES)):
+        t = arrays[name]
+        if t is None:
+            continue
+        what = f"mode ids 0..{top} ({', '.join(f'{m.value} {m.name}' for m in Mode)})" if name == "modes" else f"counts of frames 0..{top}"
+        if not integral(t):
+            fail(name, f"must hold integer {what}, got a {t.dtype} tensor")
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) > top):
+            bad = t[(t < 0) | (t > top)][0]
+            fail(name, f"must hold {what}, found {int(bad)}")
+    t = arrays["widths"]
+    if t is not None:
+        if not t.dtype.is_floating_point:
+            fail("widths", f"must hold band widths in frames as floats, got a {t.dtype} tensor")
+        if not (torch.isfinite(t) & (t >= 0) & (t <= MAX_BAND_WIDTH)).all():
+            fail("widths", f"must hold finite band widths in [0, {MAX_BAND_WIDTH:g}] frames")
+    t = arrays["stripes"]
+    if t is not None:
+        if not t.dtype.is_floating_point:
+            fail("stripes", f"must hold stripe positions as floats, got a {t.dtype} tensor")
+        if not ((t == -1) | ((t >= 0) & (t < 1))).all():
+            fail("stripes", "must hold stripe positions in [0, 1) (or -1 padding)")
+    return arrays
 
 
 def _read_config_json(config_file: Path) -> dict[str, Any]:
