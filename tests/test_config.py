@@ -1,5 +1,9 @@
 import json
 import logging
+import os
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -176,6 +180,149 @@ def test_missing_files(tmp_path):
         SparseVDiTConfig.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="neither an existing folder nor a Hub repo id"):
         SparseVDiTConfig.from_pretrained(tmp_path / "no" / "such" / "folder")
+
+
+# The two files of a map belong together -------------------------------------------------------
+def test_a_save_stopped_between_the_two_files_leaves_no_loadable_hybrid(tmp_path, monkeypatch):
+    make_config().save_files(tmp_path)
+    replace = os.replace
+
+    def stop_after_the_first_file(src, dst):
+        if Path(dst).name == "config.json":
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", stop_after_the_first_file)
+    with pytest.raises(KeyboardInterrupt):
+        make_config(layers=2).save_files(tmp_path)  # new arrays beside the old config.json
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nothing left aside
+    with pytest.raises(ValueError, match=r"config.json and .*mode_map.safetensors do not belong together.*save the map again"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+
+
+def test_a_save_that_fails_before_renaming_keeps_the_old_map(tmp_path, monkeypatch):
+    make_config().save_files(tmp_path)
+    monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        make_config(layers=2).save_files(tmp_path)
+    monkeypatch.undo()
+    assert SparseVDiTConfig.from_pretrained(tmp_path) == make_config()
+
+
+def _header(folder, value):
+    tensors = load_file(folder / "mode_map.safetensors")
+    metadata = {"format": "pt"} if value is None else {"format": "pt", "sparse_vdit_config": value}
+    save_file(tensors, folder / "mode_map.safetensors", metadata=metadata)
+
+
+@pytest.mark.parametrize(
+    "make_mismatch, message",
+    [
+        pytest.param(
+            lambda d: shutil.copy(make_config(family="cogvideox").save_files(d / "cog") / "config.json", d),
+            "do not belong together",
+            id="config.json-of-another-map",
+        ),
+        pytest.param(lambda d: _header(d, "{garbage"), "do not belong together", id="garbage-header"),
+        pytest.param(lambda d: _header(d, None), "has no copy of config.json in its header", id="no-header"),
+        pytest.param(lambda d: _edit_config_json(d, mode_counts={"FULL": 15}), "arrays were changed", id="counts"),
+    ],
+)
+def test_files_that_were_not_saved_together_are_refused(tmp_path, make_mismatch, message):
+    make_config().save_files(tmp_path)
+    make_mismatch(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+
+
+# Types and ranges are checked on the raw values, before any cast ---------------------------------
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("modes", torch.tensor(256), r"'modes' must hold mode ids 0..4 .*found 256"),
+        ("modes", torch.tensor(258), "'modes' .*found 258"),
+        ("modes", torch.tensor(-1), "'modes' .*found -1"),
+        ("modes", torch.tensor(float("nan")), "'modes' must hold integer mode ids .*got a torch.float32 tensor"),
+        ("modes", torch.tensor(2.9), "'modes' must hold integer mode ids"),
+        ("modes", torch.tensor(True), "'modes' must hold integer .*got a torch.bool tensor"),
+        ("sink_frames", torch.tensor(300), r"'sink_frames' must hold counts of frames 0..255, found 300"),
+        ("sink_frames", torch.tensor(1.5), "'sink_frames' must hold integer"),
+        ("widths", torch.tensor(1e30), r"'widths' must hold finite band widths in \[0, 1024\] frames"),
+        ("widths", torch.tensor(-0.5), "'widths' must hold finite band widths"),
+        ("widths", torch.tensor(2), "'widths' must hold band widths in frames as floats, got a torch.int64"),
+        ("stripes", torch.tensor(float("nan")), r"'stripes' must hold stripe positions in \[0, 1\)"),
+    ],
+)
+def test_bad_array_values_are_refused_not_cast(tmp_path, name, value, message):
+    config = make_config()
+    arrays = {k: v.clone() for k, v in _arrays(config).items()}
+    arrays[name] = arrays[name].to(value.dtype)
+    arrays[name].view(-1)[-1] = value  # the last head of layer 2 runs VERTICAL_STRIPE: every array is read
+    with pytest.raises(ValueError, match="invalid Sparse-vDiT mode map: " + message):
+        SparseVDiTConfig(
+            family="wan", transformer_class="WanTransformer3DModel", target_modules=config.target_modules,
+            num_heads=5, **arrays,
+        )
+    # the same values on disk: the error names the file
+    config.save_files(tmp_path)
+    _edit_map(tmp_path, edit_tensors=lambda t: t.update({name: arrays[name]}))
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "mode_map.safetensors")) + ": " + message):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("num_heads", 4.9, "'num_heads' must be a positive integer, got 4.9"),
+        ("num_heads", 5.0, "'num_heads' must be a positive integer, got 5.0"),
+        ("tile_size", None, "'tile_size' must be a positive integer, got null"),
+        ("tile_size", True, "'tile_size' must be a positive integer, got true"),
+        ("tile_size", 96, "tile_size must be a power of two >= 16, got 96"),
+        ("dense_warmup_steps", 2.5, "'dense_warmup_steps' must be an integer >= 0, got 2.5"),
+        ("dense_warmup_steps", -1, "'dense_warmup_steps' must be an integer >= 0, got -1"),
+        ("dense_above_timestep", "900", "'dense_above_timestep' must be a finite number or null, got \"900\""),
+        ("dense_above_timestep", False, "'dense_above_timestep' must be a finite number or null, got false"),
+        ("step_ranges", [[0.0, -1]], r"'step_ranges' must be a list of \[start, end\] integer pairs, got \[\[0.0, -1\]\]"),
+        ("step_ranges", None, "'step_ranges' must be a list"),
+        ("calibration", ["seed", 1], r"'calibration' must be a JSON object \(a dict\), got \[\"seed\", 1\]"),
+        ("target_modules", "blocks.0.attn1", "'target_modules' must be a non-empty list of module names"),
+        ("target_modules", [], "'target_modules' must be a non-empty list"),
+        ("family", None, "unknown model family None"),
+        ("transformer_class", 3, "'transformer_class' must be a non-empty string, got 3"),
+        ("base_model", ["a"], "'base_model' must be a non-empty string or null"),
+        ("num_layers", 3.0, "'num_layers' must be a positive integer, got 3.0"),
+    ],
+)
+def test_malformed_config_json_names_the_file_the_key_and_the_fix(tmp_path, key, value, message):
+    make_config().save_files(tmp_path)
+    _edit_config_json(tmp_path, **{key: value})
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "config.json")) + ".*" + message):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+
+
+def test_the_python_api_does_not_coerce_numbers_either():
+    with pytest.raises(ValueError, match="'num_heads' must be a positive integer, got 3.9"):
+        SparseVDiTConfig(
+            family="wan", transformer_class="WanTransformer3DModel", target_modules=["a"], num_heads=3.9,
+            modes=torch.zeros(1, 3, dtype=torch.uint8),
+        )
+    with pytest.raises(ValueError, match="'dense_warmup_steps' must be an integer >= 0, got 1.5"):
+        make_config(dense_warmup_steps=1.5)
+
+
+def test_missing_keys_and_extra_arrays_say_what_to_do(tmp_path):
+    make_config().save_files(tmp_path)
+    _edit_map(tmp_path, lambda data: data.pop("tile_size"))
+    with pytest.raises(ValueError, match=r"config.json: missing keys \['tile_size'\].*save the map again"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+    make_config().save_files(tmp_path)
+    _edit_map(tmp_path, edit_tensors=lambda t: t.update(offsets=torch.zeros(3)))
+    with pytest.raises(ValueError, match=r"mode_map.safetensors must hold exactly the arrays .*it has unknown \['offsets'\]"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+    _edit_map(tmp_path, edit_tensors=lambda t: [t.pop("offsets"), t.pop("stripes")])
+    with pytest.raises(ValueError, match=r"it lacks \['stripes'\]"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
 
 
 # Queries ------------------------------------------------------------------------------------
