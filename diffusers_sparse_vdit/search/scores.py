@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 
+from .. import files
 from ..layout import TokenLayout
 from ..modes import Mode
 from .candidates import Candidate
@@ -38,6 +38,8 @@ SCORES_TENSORS = "scores.safetensors"
 METRICS = ("projected", "mse")
 _KIND = "sparse_vdit_scores"
 _FORMAT_KEY = "sparse_vdit_scores"
+_REQUIRED = ("layout", "tile_size", "num_layers", "num_heads", "metric", "step_ranges", "sample_tiles", "candidates", "metadata")
+_FIX = "re-run the scoring (`sparse-vdit search ... --out DIR` writes DIR/scores)"
 _ARRAYS = {"errors": torch.float64, "counts": torch.int64, "densities": torch.float64, "stripe_mass": torch.float64}
 
 
@@ -67,7 +69,7 @@ class ScoreSet:
 
     def __post_init__(self):
         self.candidates = tuple(self.candidates)
-        self.step_ranges = [list(map(int, r)) for r in self.step_ranges]
+        self.step_ranges = [list(r) for r in self.step_ranges]  # integers checked in validate, not coerced
         self.validate()
 
     # Shape --------------------------------------------------------------------------------
@@ -147,13 +149,19 @@ class ScoreSet:
             _fail(where, f"stripe_mass must be finite, >= 0, shaped {(*e.shape[:3], nvt)}; got {tuple(m.shape)}")
         if len(self.step_ranges) != e.shape[0]:
             _fail(where, f"{e.shape[0]} step ranges of errors but {len(self.step_ranges)} step_ranges")
+        if not all(len(r) == 2 and all(files.is_int(x) for x in r) for r in self.step_ranges):
+            _fail(where, f"step_ranges must be [start, end] integer pairs, got {files.describe(self.step_ranges)}")
         start = 0
         for i, r in enumerate(self.step_ranges):
             last = i == len(self.step_ranges) - 1
-            if len(r) != 2 or r[0] != start or (r[1] <= r[0] and not (last and r[1] == -1)):
+            if r[0] != start or (r[1] <= r[0] and not (last and r[1] == -1)):
                 _fail(where, f"step_ranges must tile the steps from 0 in order, the last ending at -1; got {self.step_ranges}")
             start = r[1]
-        if not isinstance(self.tile_size, int) or self.tile_size < 16 or self.tile_size & (self.tile_size - 1):
+        if not isinstance(self.metadata, dict):
+            _fail(where, f"metadata must be a dict, got {files.describe(self.metadata)}")
+        if not files.is_int(self.sample_tiles) or self.sample_tiles < 0:
+            _fail(where, f"sample_tiles must be an integer >= 0, got {files.describe(self.sample_tiles)}")
+        if not files.is_int(self.tile_size) or self.tile_size < 16 or self.tile_size & (self.tile_size - 1):
             _fail(where, f"tile_size must be a power of two >= 16, got {self.tile_size!r}")
 
     # Files --------------------------------------------------------------------------------
@@ -177,13 +185,11 @@ class ScoreSet:
         }
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``scores.json`` and ``scores.safetensors`` into ``directory``."""
+        """Write ``scores.json`` and ``scores.safetensors`` into ``directory``, atomically (see :mod:`..files`)."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
-        (directory / SCORES_JSON).write_text(text + "\n")
         tensors = {name: getattr(self, name).contiguous() for name in _ARRAYS}
-        save_file(tensors, str(directory / SCORES_TENSORS), metadata={"format": "pt", _FORMAT_KEY: text})
+        files.write_pair(directory, SCORES_JSON, text, SCORES_TENSORS, tensors, _FORMAT_KEY)
         return directory
 
     @classmethod
@@ -202,13 +208,14 @@ class ScoreSet:
             )
         if data.get("schema_version") != SCORES_SCHEMA_VERSION:
             _fail(json_file, f"schema_version {data.get('schema_version')!r} is not {SCORES_SCHEMA_VERSION}; re-run the scoring")
-        try:
-            tensors = load_file(str(tensor_file))
-        except Exception as e:  # safetensors raises its own error types for corrupt files
-            raise ValueError(f"{tensor_file} is not a readable safetensors file: {e}") from None
-        missing = set(_ARRAYS) - set(tensors)
+        missing = [key for key in _REQUIRED if key not in data]
         if missing:
-            _fail(tensor_file, f"missing arrays {sorted(missing)}")
+            _fail(json_file, f"missing keys {missing}; {_FIX}")
+        for key in ("tile_size", "sample_tiles", "num_layers", "num_heads"):
+            files.check_int(str(json_file), key, data[key], minimum=0)
+        tensors = files.read_tensors(tensor_file, json_file, data, _FORMAT_KEY, _FIX)
+        if set(tensors) != set(_ARRAYS):
+            _fail(tensor_file, f"must hold exactly the arrays {list(_ARRAYS)}, holds {sorted(tensors)}; {_FIX}")
         try:
             layout = TokenLayout(**data["layout"])
             candidates = tuple(Candidate.from_dict(c) for c in data["candidates"])
@@ -218,8 +225,8 @@ class ScoreSet:
                 candidates=candidates,
                 metric=data["metric"],
                 step_ranges=data["step_ranges"],
-                sample_tiles=int(data.get("sample_tiles", 0)),
-                metadata=data.get("metadata") or {},
+                sample_tiles=data["sample_tiles"],
+                metadata=data["metadata"],
                 **{k: tensors[k] for k in _ARRAYS},
             )
         except ValueError as e:
@@ -227,7 +234,7 @@ class ScoreSet:
                 raise ValueError(str(e).replace("scores:", f"scores in {directory}:", 1)) from None
             _fail(directory, str(e))
         except (KeyError, TypeError) as e:
-            _fail(json_file, f"missing or malformed field: {e!r}")
+            _fail(json_file, f"malformed field: {e!r}; {_FIX}")
         if (data.get("num_layers"), data.get("num_heads")) != (scores.num_layers, scores.num_heads):
             _fail(directory, f"{json_file.name} says {data.get('num_layers')} layers x {data.get('num_heads')} heads, "
                   f"the arrays hold {scores.num_layers} x {scores.num_heads}")

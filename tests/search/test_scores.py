@@ -1,6 +1,8 @@
 """Scores on disk: round trip, merging, and clear errors for anything else."""
 
 import json
+import os
+import shutil
 
 import pytest
 import torch
@@ -42,6 +44,13 @@ def _write(tmp_path, scores=None):
     return tmp_path / "scores.json", tmp_path / "scores.safetensors"
 
 
+def _write_pair(folder, data, tensors):
+    """Scores as a save writes them (the safetensors header repeats scores.json), whatever they hold."""
+    text = json.dumps(data)
+    (folder / "scores.json").write_text(text)
+    save_file(tensors, str(folder / "scores.safetensors"), metadata={"format": "pt", "sparse_vdit_scores": text})
+
+
 def test_corrupt_and_foreign_files_are_rejected(tmp_path):
     js, st = _write(tmp_path)
     st.write_bytes(st.read_bytes()[:100])
@@ -64,11 +73,33 @@ def test_corrupt_and_foreign_files_are_rejected(tmp_path):
         ScoreSet.load(tmp_path / "nowhere")
 
 
+def test_files_of_two_runs_or_a_stopped_save_are_refused(tmp_path, monkeypatch):
+    random_scores(seed=1).save(tmp_path)
+    other = random_scores(seed=2, ranges=2).save(tmp_path / "other")
+    shutil.copy(other / "scores.json", tmp_path)
+    with pytest.raises(ValueError, match="scores.json and .*scores.safetensors do not belong together.*re-run the scoring"):
+        ScoreSet.load(tmp_path)
+
+    random_scores(seed=1).save(tmp_path)
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: replace(src, dst) if dst.name != "scores.json" else 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        random_scores(seed=2, ranges=2).save(tmp_path)  # stopped between the two files
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="do not belong together"):
+        ScoreSet.load(tmp_path)
+
+    js, st = _write(tmp_path)
+    save_file(load_file(str(st)), str(st))  # no header
+    with pytest.raises(ValueError, match="has no copy of scores.json in its header"):
+        ScoreSet.load(tmp_path)
+
+
 @pytest.mark.parametrize("edit,match", [
     (lambda d, t: t.update(errors=t["errors"].fill_(float("nan"))), "finite"),
     (lambda d, t: t.update(errors=-t["errors"] - 1), ">= 0"),
     (lambda d, t: t.update(errors=t["errors"].float()), "float64"),
-    (lambda d, t: t.pop("stripe_mass"), "missing arrays"),
+    (lambda d, t: t.pop("stripe_mass"), r"must hold exactly the arrays .*holds \[.counts., .densities., .errors.\]"),
     (lambda d, t: t.update(densities=t["densities"][:-1]), "densities"),
     (lambda d, t: d.update(num_heads=7), "says"),
     (lambda d, t: d.update(schema_version=99), "schema_version"),
@@ -76,13 +107,17 @@ def test_corrupt_and_foreign_files_are_rejected(tmp_path):
     (lambda d, t: d.update(candidates=[c for c in d["candidates"] if c["mode"] != "FULL"]), "FULL"),
     (lambda d, t: d.update(step_ranges=[[0, 10], [10, -1]]), "step_ranges"),
     (lambda d, t: d.update(layout={"frames": 0, "height": 8, "width": 8}), "frames"),
-    (lambda d, t: d.pop("metric"), "malformed"),
+    (lambda d, t: d.pop("metric"), r"scores.json: missing keys \['metric'\].*re-run the scoring"),
+    (lambda d, t: d.update(tile_size=16.0), "'tile_size' must be an integer >= 0, got 16.0"),
+    (lambda d, t: d.update(sample_tiles=True), "'sample_tiles' must be an integer >= 0, got true"),
+    (lambda d, t: d.update(step_ranges=[[0, -1.0]]), r"step_ranges must be \[start, end\] integer pairs"),
+    (lambda d, t: d.update(metadata=["x"]), "metadata must be a dict"),
+    (lambda d, t: t.update(extra=torch.zeros(1)), r"must hold exactly the arrays .*'extra'"),
 ])
 def test_invalid_contents_are_rejected(tmp_path, edit, match):
     js, st = _write(tmp_path)
     data, tensors = json.loads(js.read_text()), load_file(str(st))
     edit(data, tensors)
-    js.write_text(json.dumps(data))
-    save_file(tensors, str(st))
+    _write_pair(tmp_path, data, tensors)
     with pytest.raises(ValueError, match=match):
         ScoreSet.load(tmp_path)
