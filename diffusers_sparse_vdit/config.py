@@ -295,8 +295,9 @@ class SparseVDiTConfig(
             expected_start = r[1]
         if not self.tile_size >= 16 or self.tile_size & (self.tile_size - 1):
             fail(f"tile_size must be a power of two >= 16, got {self.tile_size}")
-        if not isinstance(self.calibration.get("layout", {}), dict):
-            fail("calibration['layout'] must be a dict of TokenLayout fields")
+        for key in ("layout", "transformer_config"):
+            if not isinstance(self.calibration.get(key, {}), dict):
+                fail(f"calibration[{key!r}] must be a dict, got {files.describe(self.calibration[key])}")
         try:
             self.calibration_layout()
         except (TypeError, ValueError) as e:

@@ -10,6 +10,7 @@ Installing a map does two things, both undone by :func:`remove_sparse_vdit`:
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from diffusers.hooks import HookRegistry
@@ -25,9 +26,30 @@ from .wan import WAN
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["apply_sparse_vdit", "remove_sparse_vdit", "family_of", "sparse_targets", "load_config", "FAMILY_REGISTRY"]
+__all__ = [
+    "apply_sparse_vdit",
+    "remove_sparse_vdit",
+    "family_of",
+    "sparse_targets",
+    "load_config",
+    "architecture",
+    "model_id",
+    "FAMILY_REGISTRY",
+]
 
 FAMILY_REGISTRY: dict[str, Family] = {f.name: f for f in (WAN, HUNYUAN_VIDEO, COGVIDEOX)}
+
+# Entries of a transformer's config that fix the shape of its attention. The search records them in
+# the map (calibration["transformer_config"]): CogVideoX and CogVideoX1.5 share the class, the layer
+# and the head counts, and differ only in patch_size_t.
+ARCHITECTURE_KEYS = (
+    "num_layers",
+    "num_single_layers",
+    "num_attention_heads",
+    "attention_head_dim",
+    "patch_size",
+    "patch_size_t",
+)
 
 
 def apply_sparse_vdit(
@@ -181,7 +203,50 @@ def validate(family: Family, config: SparseVDiTConfig, transformer) -> list[str]
             f"this Sparse-vDiT map has {config.num_heads} heads per layer, but this {model}'s attention layers have "
             f"{'/'.join(map(str, sorted(heads)))}: the map was made for another model size: {fix}"
         )
+    recorded = config.calibration.get("transformer_config", {})
+    actual = architecture(transformer)
+    differ = [key for key in recorded if key in actual and recorded[key] != actual[key]]
+    if differ:
+        raise ValueError(
+            f"this Sparse-vDiT map was made for a {model} with "
+            + ", ".join(f"{key}={recorded[key]!r}" for key in differ)
+            + ", but this one has "
+            + ", ".join(f"{key}={actual[key]!r}" for key in differ)
+            + f" (e.g. a CogVideoX map on CogVideoX1.5): {fix}"
+        )
+    name = model_id(transformer)
+    if config.base_model and name and config.base_model.casefold() != name.casefold():
+        _warn_once(
+            f"this Sparse-vDiT map was calibrated on {config.base_model}, but the transformer was loaded from {name}; "
+            "a map chosen for other weights may cost more quality than measured"
+        )
     return targets
+
+
+def architecture(transformer) -> dict:
+    """The entries of ``transformer.config`` (:data:`ARCHITECTURE_KEYS`) a map is only valid for, as JSON values."""
+    config = transformer.config
+    return {key: list(config[key]) if isinstance(config[key], tuple) else config[key] for key in ARCHITECTURE_KEYS if key in config}
+
+
+def model_id(pipe_or_transformer) -> str | None:
+    """The Hub repo id a pipeline or transformer was loaded from, if known (also from a folder of the HF cache)."""
+    for obj in (pipe_or_transformer, getattr(pipe_or_transformer, "transformer", None)):
+        name = getattr(getattr(obj, "config", None), "_name_or_path", None)
+        if not name:
+            continue
+        if not Path(name).is_dir():
+            return name
+        # the HF cache keeps a repo's files under models--{org}--{name}/snapshots/{commit}/
+        cached = [part for part in Path(name).parts if part.startswith("models--")]
+        if cached:
+            return cached[-1].removeprefix("models--").replace("--", "/", 1)
+    return None
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logger.warning(message)
 
 
 def family_of(transformer) -> Family:

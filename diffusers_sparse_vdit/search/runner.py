@@ -133,14 +133,6 @@ def _accelerator(accelerator):
     return None
 
 
-def _model_id(pipe) -> str | None:
-    for obj in (pipe, pipe.transformer):
-        name = getattr(getattr(obj, "config", None), "_name_or_path", None)
-        if name and not Path(name).is_dir():
-            return name
-    return None
-
-
 @torch.no_grad()
 def calibrate(
     pipe,
@@ -189,6 +181,7 @@ def calibrate(
     """
     from ..config import SparseVDiTConfig
     from ..processors import apply_sparse_vdit, family_of, get_sparse_vdit_hook, remove_sparse_vdit, sparse_targets
+    from ..processors.apply import architecture, model_id
 
     prompts = list(DEFAULT_PROMPTS if prompts is None else prompts)
     if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
@@ -253,7 +246,8 @@ def calibrate(
         family=family.name,
         transformer_class=type(transformer).__name__,
         target_modules=targets,
-        base_model=_model_id(pipe),
+        base_model=model_id(pipe),
+        transformer_config=architecture(transformer),
         prompts=prompts,
         num_prompts=len(prompts),
         seed=seed,

@@ -1,5 +1,7 @@
 """apply_sparse_vdit / remove_sparse_vdit: exact restoration, loading, and maps made for another model."""
 
+import logging
+
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
@@ -12,6 +14,7 @@ from diffusers_sparse_vdit.processors import (
     get_sparse_vdit_hook,
     remove_sparse_vdit,
 )
+from diffusers_sparse_vdit.processors.apply import architecture, model_id
 from diffusers_sparse_vdit.testing import tiny_transformer, tiny_transformer_inputs
 
 from .common import ALL_FULL, forward, mode_map, twins
@@ -148,3 +151,36 @@ def test_training_through_a_map_says_to_remove_it():
         transformer(**tiny_transformer_inputs(transformer))
     remove_sparse_vdit(transformer)
     transformer(**tiny_transformer_inputs(transformer))[0].sum().backward()  # the stock path trains
+
+
+def test_a_map_recorded_for_another_architecture_is_refused():
+    # CogVideoX1.5 has CogVideoX's class, layers and heads: only the recorded config tells them apart
+    cogvideox, cogvideox15 = tiny_transformer("cogvideox"), tiny_transformer("cogvideox1.5")
+    config = mode_map(cogvideox, calibration={"transformer_config": architecture(cogvideox)})
+    assert config.calibration["transformer_config"]["patch_size_t"] is None
+    with pytest.raises(ValueError, match=r"made for a CogVideoXTransformer3DModel with patch_size_t=None, "
+                                         r"but this one has patch_size_t=2 \(e.g. a CogVideoX map on CogVideoX1.5\)"):
+        apply_sparse_vdit(cogvideox15, config)
+    assert get_sparse_vdit_hook(cogvideox15) is None
+    apply_sparse_vdit(cogvideox, config)  # the model it was made for
+
+
+def test_a_map_calibrated_on_other_weights_warns_once(tmp_path, caplog):
+    transformer = tiny_transformer("wan")
+    config = mode_map(transformer, base_model="Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+    # loaded by a pipeline from the HF cache: the transformer's _name_or_path is a snapshot folder
+    snapshot = tmp_path / "models--Wan-AI--Wan2.1-T2V-14B-Diffusers" / "snapshots" / ("0" * 40) / "transformer"
+    snapshot.mkdir(parents=True)
+    transformer.register_to_config(_name_or_path=str(snapshot))
+    assert model_id(transformer) == "Wan-AI/Wan2.1-T2V-14B-Diffusers"
+    with caplog.at_level(logging.WARNING):
+        apply_sparse_vdit(transformer, config)
+        apply_sparse_vdit(transformer, config)
+    assert caplog.text.count("calibrated on Wan-AI/Wan2.1-T2V-1.3B-Diffusers, but the transformer was loaded "
+                             "from Wan-AI/Wan2.1-T2V-14B-Diffusers") == 1
+
+    caplog.clear()
+    transformer.register_to_config(_name_or_path="wan-ai/wan2.1-t2v-1.3b-diffusers")  # Hub ids ignore case
+    with caplog.at_level(logging.WARNING):
+        apply_sparse_vdit(transformer, config)
+    assert "calibrated on" not in caplog.text
