@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -260,6 +261,38 @@ def test_show_errors(capsys, map_dir, tmp_path):
     assert code == 1 and "not in the Hugging Face cache" in err
     code, _, err = run(capsys, "show", map_dir, "--step-range", 1)
     assert code == 2 and "this map has 1 step range(s), 0 to 0" in err
+
+
+def _damaged(folder, edit_json=None, edit_tensors=None):
+    """Rewrite a saved map's two files consistently (the header repeats config.json) after an edit."""
+    from safetensors.torch import load_file, save_file
+
+    data, tensors = json.loads((folder / "config.json").read_text()), load_file(folder / "mode_map.safetensors")
+    (edit_json or (lambda d: None))(data)
+    (edit_tensors or (lambda t: None))(tensors)
+    text = json.dumps(data)
+    (folder / "config.json").write_text(text)
+    save_file(tensors, folder / "mode_map.safetensors", metadata={"format": "pt", "sparse_vdit_config": text})
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: _damaged(d, lambda j: j.pop("family")), r"config.json: missing keys \['family'\]"),
+        (lambda d: _damaged(d, lambda j: j.update(tile_size=None)), "config.json: 'tile_size' must be a positive integer, got null"),
+        (lambda d: _damaged(d, lambda j: j.update(calibration=[1])), "config.json: 'calibration' must be a JSON object"),
+        (lambda d: _damaged(d, edit_tensors=lambda t: t.update(extra=torch.zeros(1))), r"it has unknown \['extra'\]"),
+        (lambda d: (d / "config.json").write_text((d / "config.json").read_text().replace('"tile_size": 16', '"tile_size": 32')),
+         "do not belong together"),
+    ],
+    ids=["missing-key", "null-tile-size", "list-calibration", "extra-tensor", "files-of-two-saves"],
+)
+def test_show_names_the_file_and_the_key_of_a_damaged_map(capsys, map_dir, tmp_path, damage, message):
+    shutil.copytree(map_dir, tmp_path / "map")
+    damage(tmp_path / "map")
+    code, out, err = run(capsys, "show", tmp_path / "map", "--no-png")
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert err.startswith("sparse-vdit show: error: ") and re.search(message, err), err
 
 
 # push -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from diffusers_sparse_vdit import SparseVDiTConfig, apply_sparse_vdit, remove_sparse_vdit
+from diffusers_sparse_vdit.processors.apply import architecture
 from diffusers_sparse_vdit.search import DEFAULT_PROMPTS, ScoreSet, calibrate, load_prompts, search
 from diffusers_sparse_vdit.testing import tiny_pipeline, tiny_pipeline_inputs
 
@@ -56,6 +57,9 @@ def test_warmup_steps_are_not_scored_and_step_ranges_are_kept():
     # 3 steps, CFG as two calls a step: step 0 is warm-up, step 1 in range 0, step 2 in range 1
     assert scores.counts.tolist() == [[2, 2], [2, 2]]
     assert scores.metadata["dense_warmup_steps"] == 1 and scores.metadata["layout"]["frames"] == 3
+    # what apply_sparse_vdit compares the map with (CogVideoX vs CogVideoX1.5 differ only there)
+    recorded = scores.metadata["transformer_config"]
+    assert recorded == architecture(pipe.transformer) and {"num_layers", "num_attention_heads", "patch_size"} <= set(recorded)
     with pytest.raises(ValueError, match="leaves no step"):
         calibrate(pipe, PROMPTS[:1], dense_warmup_steps=3, **run(pipe, "wan"))
 
