@@ -8,11 +8,13 @@ On disk a map is two files:
   ``modes`` (uint8 :class:`Mode` ids), ``widths`` (float32 band widths in frames),
   ``sink_frames`` (uint8) and ``stripes`` (float32 ``(..., K)`` relative stripe positions,
   padded with -1). Its header repeats ``config.json`` under ``sparse_vdit_config`` so the
-  file describes itself on its own.
+  file describes itself on its own, and so a load can tell that the two files were saved together.
 
 ``ranges`` is 1 unless the map changes with the denoising step (``step_ranges``).
-Nothing is pickled; everything read is validated and a bad file gets an error that says
-what is wrong.
+Nothing is pickled. Saves are atomic (:func:`.files.write_pair`); a load refuses a pair whose
+header copy differs from ``config.json`` and checks every field as stored, before any cast (a
+mode id 258 is an error, not DIAGONAL); a bad file gets an error naming the file, the key and
+the fix.
 
 On the Hub a map is a model repo (``library_name: diffusers-sparse-vdit``) holding those two
 files, a generated ``README.md`` model card and a ``mode_map.png`` picture of the map (with
@@ -23,8 +25,9 @@ HF cache and offline mode included.
 ``calibration`` is free-form JSON from the search. The model card and :meth:`summary` read
 these keys when present: ``layout`` (the latent token grid, :class:`TokenLayout` fields), or
 ``height`` / ``width`` / ``num_frames`` in pixels (+ ``patch_size_t`` for CogVideoX1.5) to
-derive it; ``prompts`` (or ``num_prompts``) and ``num_inference_steps``. Everything else is
-listed as it is.
+derive it; ``prompts`` (or ``num_prompts``) and ``num_inference_steps``. ``transformer_config``
+(the transformer's architecture entries, recorded by the search) is compared with the model at
+apply time. Everything else is listed as it is.
 """
 
 from __future__ import annotations
