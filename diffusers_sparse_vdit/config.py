@@ -382,8 +382,8 @@ class SparseVDiTConfig(
             )
         if "mode_counts" in data and data["mode_counts"] != config.mode_counts():
             raise ValueError(
-                f"{config_file} counts the modes {data['mode_counts']} but {mode_map_file} holds {config.mode_counts()}: "
-                f"the arrays were changed after the map was saved; {_FIX}"
+                f"{config_file} counts the modes {data['mode_counts']} but {mode_map_file} holds "
+                f"{config.mode_counts()}: the arrays were changed after the map was saved; {_FIX}"
             )
         return config
 
@@ -618,21 +618,24 @@ def _checked_settings(where: str, values: dict[str, Any]) -> dict[str, Any]:
     out["dense_above_timestep"] = files.check_number(
         where, "dense_above_timestep", values["dense_above_timestep"], optional=True
     )
+    def fail(key, expected):
+        raise ValueError(f"{where}: {key!r} must be {expected}, got {files.describe(values[key])}")
+
     modules = values["target_modules"]
     if not isinstance(modules, (list, tuple)) or not modules or not all(isinstance(m, str) and m for m in modules):
-        raise ValueError(f"{where}: 'target_modules' must be a non-empty list of module names, got {files.describe(modules)}")
+        fail("target_modules", "a non-empty list of module names")
     ranges = values["step_ranges"]
     if not isinstance(ranges, (list, tuple)) or not all(
         isinstance(r, (list, tuple)) and len(r) == 2 and all(files.is_int(i) for i in r) for r in ranges
     ):
-        raise ValueError(f"{where}: 'step_ranges' must be a list of [start, end] integer pairs, got {files.describe(ranges)}")
+        fail("step_ranges", "a list of [start, end] integer pairs")
     out["step_ranges"] = [[int(i) for i in r] for r in ranges]
     if not isinstance(values["calibration"], dict):
-        raise ValueError(f"{where}: 'calibration' must be a JSON object (a dict), got {files.describe(values['calibration'])}")
+        fail("calibration", "a JSON object (a dict)")
     return out
 
 
-def _checked_arrays(where: str, *, modes, widths=None, sink_frames=None, stripes=None) -> dict[str, torch.Tensor | None]:
+def _checked_arrays(where: str, *, modes, widths=None, sink_frames=None, stripes=None) -> dict[str, Any]:
     """The per-head arrays as tensors, their dtypes and values checked as given (before any cast)."""
     arrays = {"modes": modes, "widths": widths, "sink_frames": sink_frames, "stripes": stripes}
     arrays = {name: None if value is None else torch.as_tensor(value) for name, value in arrays.items()}
@@ -647,7 +650,10 @@ def _checked_arrays(where: str, *, modes, widths=None, sink_frames=None, stripes
         t = arrays[name]
         if t is None:
             continue
-        what = f"mode ids 0..{top} ({', '.join(f'{m.value} {m.name}' for m in Mode)})" if name == "modes" else f"counts of frames 0..{top}"
+        if name == "modes":
+            what = f"mode ids 0..{top} ({', '.join(f'{m.value} {m.name}' for m in Mode)})"
+        else:
+            what = f"counts of frames 0..{top}"
         if not integral(t):
             fail(name, f"must hold integer {what}, got a {t.dtype} tensor")
         if t.numel() and (int(t.min()) < 0 or int(t.max()) > top):

@@ -87,7 +87,7 @@ def is_int(value: Any) -> bool:
 def check_int(where: str, key: str, value: Any, *, minimum: int | None = None) -> int:
     """``value`` if it is an integer (not a float or bool) of at least ``minimum``, else a ValueError."""
     if not is_int(value) or (minimum is not None and value < minimum):
-        kind = {None: "an integer", 0: "an integer >= 0", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+        kind = {None: "an integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
         raise ValueError(f"{where}: {key!r} must be {kind}, got {describe(value)}")
     return int(value)
 
@@ -97,7 +97,8 @@ def check_number(where: str, key: str, value: Any, *, optional: bool = False) ->
     if value is None and optional:
         return None
     if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"{where}: {key!r} must be a finite number{' or null' if optional else ''}, got {describe(value)}")
+        or_null = " or null" if optional else ""
+        raise ValueError(f"{where}: {key!r} must be a finite number{or_null}, got {describe(value)}")
     return float(value)
 
 
@@ -105,7 +106,8 @@ def check_str(where: str, key: str, value: Any, *, optional: bool = False) -> st
     """``value`` if it is a non-empty string (or None when ``optional``), else a ValueError."""
     if (value is None and optional) or (isinstance(value, str) and value):
         return value
-    raise ValueError(f"{where}: {key!r} must be a non-empty string{' or null' if optional else ''}, got {describe(value)}")
+    or_null = " or null" if optional else ""
+    raise ValueError(f"{where}: {key!r} must be a non-empty string{or_null}, got {describe(value)}")
 
 
 def _canonical(data: Any) -> str:

@@ -226,7 +226,8 @@ def validate(family: Family, config: SparseVDiTConfig, transformer) -> list[str]
 def architecture(transformer) -> dict:
     """The entries of ``transformer.config`` (:data:`ARCHITECTURE_KEYS`) a map is only valid for, as JSON values."""
     config = transformer.config
-    return {key: list(config[key]) if isinstance(config[key], tuple) else config[key] for key in ARCHITECTURE_KEYS if key in config}
+    entries = {key: config[key] for key in ARCHITECTURE_KEYS if key in config}
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in entries.items()}
 
 
 def model_id(pipe_or_transformer) -> str | None:

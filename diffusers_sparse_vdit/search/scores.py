@@ -11,7 +11,8 @@ scores were taken). On disk it is two files:
   ``stripe_mass`` float64 ``(ranges, layers, heads, video_tiles)``; its header repeats the
   JSON so the file describes itself.
 
-Nothing is pickled; loading validates every field and says what is wrong.
+Nothing is pickled. Saves are atomic and a load refuses a pair that was not saved together
+(:mod:`..files`); it validates every field, as stored, and says what is wrong.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ SCORES_TENSORS = "scores.safetensors"
 METRICS = ("projected", "mse")
 _KIND = "sparse_vdit_scores"
 _FORMAT_KEY = "sparse_vdit_scores"
-_REQUIRED = ("layout", "tile_size", "num_layers", "num_heads", "metric", "step_ranges", "sample_tiles", "candidates", "metadata")
+_REQUIRED = (
+    "layout", "tile_size", "num_layers", "num_heads", "metric", "step_ranges", "sample_tiles", "candidates", "metadata"
+)
 _FIX = "re-run the scoring (`sparse-vdit search ... --out DIR` writes DIR/scores)"
 _ARRAYS = {"errors": torch.float64, "counts": torch.int64, "densities": torch.float64, "stripe_mass": torch.float64}
 
