@@ -29,6 +29,9 @@ __all__ = ["main", "build_parser"]
 
 PROG = "sparse-vdit"
 DEFAULT_STEPS, TINY_STEPS = 50, 4  # diffusers' default for all three families; a tiny model needs few
+# the GPU kernels' tile; a tiny model's 18-token grid needs the smallest tile the kernels take,
+# else it is one tile and every mask but SKIP is FULL
+DEFAULT_TILE, TINY_TILE = 128, 16
 VIDEO_MULTIPLE = 16  # VAE 8x, then 2x2 patches: every family needs height and width in multiples of 16
 
 DESCRIPTION = """\
@@ -88,8 +91,8 @@ def _non_negative_int(text: str) -> int:
 
 def _speedup(text: str) -> float:
     value = _number(text, float)
-    if not value >= 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (2 = half the attention FLOPs), got {text}")
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 1 (2 = half the attention FLOPs), got {text}")
     return value
 
 
@@ -97,6 +100,13 @@ def _fraction(text: str) -> float:
     value = _number(text, float)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1] (0.5 = half the attention FLOPs), got {text}")
+    return value
+
+
+def _tile_size(text: str) -> int:
+    value = _number(text, int)
+    if value < 16 or value & (value - 1):
+        raise argparse.ArgumentTypeError(f"must be a power of two >= 16 (128 for the GPU kernels), got {text}")
     return value
 
 
@@ -325,6 +335,7 @@ def _cmd_search(args, parser) -> None:
         num_inference_steps=_steps(args),
         seed=args.seed,
         sample_tiles=args.sample_tiles,
+        tile_size=args.tile_size or (TINY_TILE if args.tiny else DEFAULT_TILE),
         propagate=args.propagate,
         dense_warmup_steps=args.dense_warmup_steps,
         backend=args.backend,
@@ -500,6 +511,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("dense", "greedy"),
         default="dense",
         help="what later layers see: the dense output (default), or each head's pick so far (the paper's greedy pass)",
+    )
+    group.add_argument(
+        "--tile-size",
+        type=_tile_size,
+        metavar="N",
+        help=f"tokens per mask tile, a power of two >= 16 (default: {DEFAULT_TILE}, what the GPU kernels run best at; "
+        f"{TINY_TILE} with --tiny, whose grid is smaller than one {DEFAULT_TILE}-token tile)",
     )
     group.add_argument(
         "--sample-tiles",

@@ -98,8 +98,12 @@ def test_console_script_and_module_entry_point():
         (["search", "--tiny", "wan"], "required: --out"),
         (["search", "--tiny", "wan", "--out", "x", "--target-speedup", "2", "--target-density", "0.5"], "not allowed"),
         (["search", "--tiny", "wan", "--out", "x", "--target-speedup", "2", "--lambda", "1"], "drop them"),
-        (["search", "--tiny", "wan", "--out", "x", "--target-speedup", "0.5"], "must be >= 1"),
+        (["search", "--tiny", "wan", "--out", "x", "--target-speedup", "0.5"], "must be a finite number >= 1"),
+        (["solve", "s", "--out", "x", "--target-speedup", "inf"], "must be a finite number >= 1"),
+        (["solve", "s", "--out", "x", "--target-speedup", "nan"], "must be a finite number >= 1"),
+        (["solve", "s", "--out", "x", "--target-density", "nan"], "must be in (0, 1]"),
         (["search", "--tiny", "wan", "--out", "x", "--target-density", "1.5"], "must be in (0, 1]"),
+        (["search", "--tiny", "wan", "--out", "x", "--tile-size", "48"], "must be a power of two >= 16"),
         (["search", "--tiny", "wan", "--out", "x", "--steps", "two"], "expected a whole number, got 'two'"),
         (["search", "--tiny", "wan", "--out", "x", "--steps", "0"], "must be a whole number >= 1"),
         (
@@ -141,7 +145,7 @@ def test_search_writes_the_map_and_its_scores_then_solve_re_solves(capsys, tmp_p
         "--steps",
         2,
         "--target-speedup",
-        2,
+        1.2,  # the tiny 18-token grid at tile 16: the sparsest mask but SKIP keeps 0.80 of the pairs
         "--backend",
         "torch",
         "--sample-tiles",
@@ -154,10 +158,12 @@ def test_search_writes_the_map_and_its_scores_then_solve_re_solves(capsys, tmp_p
     assert "Sparse-vDiT search (budget)" in stdout and f"sparse-vdit show {out}" in stdout
     config = SparseVDiTConfig.from_pretrained(out)
     assert config.family == "wan" and config.target_modules == ["blocks.0.attn1", "blocks.1.attn1"]
-    assert config.calibration["predicted"]["attention_density"] <= 0.5 + 1e-9
+    assert config.calibration["predicted"]["attention_density"] <= 1 / 1.2 + 1e-9
     assert (out / "README.md").is_file()
     scores = ScoreSet.load(out / "scores")
     assert (scores.num_layers, scores.num_heads) == (2, 3)
+    # --tiny defaults to tile 16, so the grid has two tiles and sparse masks besides FULL and SKIP
+    assert config.tile_size == scores.tile_size == 16 and len(scores.candidates) > 2
 
     # from OUT/scores or from OUT itself, by budget or by the paper's rule
     for source, rule in ((out / "scores", ["--target-density", 0.9]), (out, ["--lambda", 0.5, "--epsilon", 0.5])):
@@ -211,6 +217,11 @@ def test_solve_errors(capsys, tmp_path):
         tmp_path / "m",
     )
     assert code == 1 and err.startswith("sparse-vdit solve: error:") and "warm-up" in err
+    # beyond what the candidates reach without skipping heads: the best reachable figure, no all-SKIP map
+    for target in (["--target-speedup", 1000], ["--target-density", 1e-9]):
+        code, _, err = run(capsys, "solve", tmp_path / "scores", *target, "--out", tmp_path / "m")
+        assert code == 1 and "out of reach" in err and "Ask for at most 10.9x" in err and "Traceback" not in err
+        assert not (tmp_path / "m").exists()
     (tmp_path / "scores" / "scores.json").write_text("{}")
     code, _, err = run(capsys, "solve", tmp_path / "scores", "--target-speedup", 2, "--out", tmp_path / "m")
     assert code == 1 and "not diffusers-sparse-vdit search scores" in err

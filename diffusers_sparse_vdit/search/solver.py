@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from diffusers.utils import logging
 
 from ..config import FAMILIES, SparseVDiTConfig
 from ..modes import Mode
@@ -49,6 +50,8 @@ __all__ = [
     "solve_budget",
     "SearchResult",
 ]
+
+logger = logging.get_logger(__name__)
 
 DEFAULT_LAMBDA = 0.5
 
@@ -300,6 +303,7 @@ def _build(scores, choice, steps, dense_fraction, rule_settings, *, warmup, num_
                 row.append(cand.spec(stripes))
             specs[-1].append(row)
 
+    _warn_skipped_layers(scores, choice)
     # every target layer has the same heads, tokens and head size (HunyuanVideo's dual- and
     # single-stream blocks included), so a head's attention FLOPs are its density times a constant
     dens = scores.densities[choice]  # (R, L, H)
@@ -339,6 +343,20 @@ def _build(scores, choice, steps, dense_fraction, rule_settings, *, warmup, num_
     return result
 
 
+def _warn_skipped_layers(scores, choice) -> None:
+    """A layer whose every head is SKIP outputs zeros: legal when the scores say it adds nothing, never silent."""
+    skip = [i for i, cand in enumerate(scores.candidates) if cand.mode is Mode.SKIP]
+    if not skip:
+        return
+    skipped = torch.isin(choice, torch.tensor(skip)).all(dim=2).nonzero().tolist()  # (range, layer) pairs
+    if skipped:
+        names = scores.metadata.get("target_modules") or []
+        where = ", ".join(f"{names[l] if l < len(names) else f'layer {l}'}" + (f" (step range {r})" if scores.num_ranges > 1 else "")
+                          for r, l in skipped[:8])
+        logger.warning(f"every head of {len(skipped)} layer(s) is SKIP, so their attention outputs zeros: {where}"
+                       f"{' ...' if len(skipped) > 8 else ''}. Keep them dense with dense_layers= if that is not wanted.")
+
+
 def solve_paper(scores, *, lam: float = DEFAULT_LAMBDA, epsilon: float | None = None, dense_warmup_steps: int = 0,
                 num_inference_steps: int | None = None, dense_layers: Sequence[int] = (),
                 attention_share: float | None = None, kernel_efficiency: float = 1.0, family: str | None = None,
@@ -353,6 +371,27 @@ def solve_paper(scores, *, lam: float = DEFAULT_LAMBDA, epsilon: float | None = 
     return _build(scores, choice, steps, dense_fraction, settings, warmup=dense_warmup_steps, num_steps=num_steps,
                   attention_share=attention_share, kernel_efficiency=kernel_efficiency, family=family,
                   target_modules=target_modules, transformer_class=transformer_class, base_model=base_model)
+
+
+def _check_reachable(scores, target_density, dense_fraction, item_w, allowed) -> None:
+    """Refuse a target below the sparsest sane map: every head at its sparsest pattern that is not SKIP.
+
+    SKIP is for the heads the scores find negligible, never a way to buy budget: below this
+    floor the only maps left skip heads because they must, and past a point whole layers
+    output zeros. The error names the floor, so the user knows the best target there is.
+    """
+    computed = allowed.clone()
+    computed[:, [i for i, cand in enumerate(scores.candidates) if cand.mode is Mode.SKIP]] = False
+    cheapest = scores.densities.double().masked_fill(~computed, math.inf).min(dim=1).values
+    floor = dense_fraction + float((item_w * cheapest).sum())
+    if target_density < floor - 1e-12:
+        raise ValueError(
+            f"target density {target_density:.4g} ({1 / target_density:.3g}x fewer attention FLOPs) is out of reach: "
+            f"the sparsest sane map has density {floor:.4g} ({1 / floor:.3g}x), every head at its sparsest candidate "
+            "but SKIP (SKIP is for heads the scores find negligible)"
+            + (f", {dense_fraction:.0%} of the steps dense" if dense_fraction else "")
+            + f". Ask for at most {1 / floor:.3g}x (density >= {floor:.4g}), or score sparser candidates."
+        )
 
 
 def solve_budget(scores, *, target_density: float | None = None, target_speedup: float | None = None,
@@ -371,9 +410,12 @@ def solve_budget(scores, *, target_density: float | None = None, target_speedup:
     if sum(t is not None for t in (target_density, target_speedup, target_end_to_end)) != 1:
         raise ValueError("give exactly one of target_density, target_speedup, target_end_to_end")
     meta = scores.metadata
+    if target_density is not None and not 0 < target_density <= 1:  # also refuses nan
+        raise ValueError(f"target_density must be in (0, 1] (0.5 = half the attention FLOPs), got {target_density}")
+    for name, value in (("target_speedup", target_speedup), ("target_end_to_end", target_end_to_end)):
+        if value is not None and not 1 <= value < math.inf:
+            raise ValueError(f"{name} must be a finite number >= 1 (2 = twice as fast), got {value}")
     if target_speedup is not None:
-        if target_speedup < 1:
-            raise ValueError(f"target_speedup must be >= 1, got {target_speedup}")
         target_density = 1.0 / target_speedup
     elif target_end_to_end is not None:
         share = attention_share if attention_share is not None else default_attention_share(
@@ -395,6 +437,7 @@ def solve_budget(scores, *, target_density: float | None = None, target_speedup:
     budget = target_density - dense_fraction
     if budget < 0:
         raise ValueError(f"the dense warm-up alone costs density {dense_fraction:.3f} > target {target_density:.3f}")
+    _check_reachable(scores, target_density, dense_fraction, item_w, allowed.reshape(-1, c))
     choice, info = solve_mckp(scores.errors.reshape(-1, c), scores.densities, budget, item_w, allowed.reshape(-1, c))
     norm = float(item_w.sum())
     settings = {"rule": "budget", "target_density": target_density, "target_speedup": target_speedup,

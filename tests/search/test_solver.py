@@ -58,7 +58,7 @@ def test_knapsack_is_exact_on_a_hull_vertex_and_respects_weights_and_allowed():
 def test_budget_is_met_and_error_falls_as_the_budget_grows():
     scores = random_scores(layers=6, heads=8)
     errors = []
-    for target in (0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0):
+    for target in (0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0):
         result = solve_budget(scores, target_density=target)
         assert result.attention_density <= target + 1e-9
         assert result.error >= result.settings["lower_bound"] - 1e-15
@@ -141,4 +141,50 @@ def test_maps_need_scores_for_every_layer_and_a_model():
         solve_paper(scores)
     with pytest.raises(ValueError, match="family"):
         solve_paper(random_scores(family=None))
-    assert math.isfinite(solve_budget(random_scores(), target_density=0.0).error)  # all SKIP is a valid answer
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (dict(target_density=0.0), "target_density must be in \\(0, 1\\]"),
+        (dict(target_density=2.0), "target_density must be in \\(0, 1\\]"),
+        (dict(target_density=math.nan), "target_density must be in \\(0, 1\\]"),
+        (dict(target_speedup=math.inf), "target_speedup must be a finite number >= 1"),
+        (dict(target_speedup=math.nan), "target_speedup must be a finite number >= 1"),
+        (dict(target_speedup=0.5), "target_speedup must be a finite number >= 1"),
+        (dict(target_end_to_end=math.nan), "target_end_to_end must be a finite number >= 1"),
+    ],
+)
+def test_targets_that_mean_nothing_are_refused(target, message):
+    with pytest.raises(ValueError, match=message):
+        solve_budget(random_scores(), **target)
+
+
+def test_a_target_below_the_sparsest_sane_map_names_the_best_reachable():
+    scores = random_scores()
+    floor = float(scores.densities[2:].min())  # the sparsest candidate but FULL and SKIP: DIAGONAL(0.25)
+    for target in (dict(target_speedup=1000.0), dict(target_density=1e-9), dict(target_density=floor * 0.99)):
+        with pytest.raises(ValueError, match=f"out of reach: the sparsest sane map has density {floor:.4g} "
+                                             f"\\({1 / floor:.3g}x\\)"):
+            solve_budget(scores, **target)
+    result = solve_budget(scores, target_density=floor)  # the floor itself is reachable
+    assert result.attention_density <= floor + 1e-12
+    # warm-up steps and dense layers raise the floor by what they keep dense
+    expected = 0.2 + 0.8 * (1 + 2 * floor) / 3
+    with pytest.raises(ValueError, match=f"density {expected:.4g} .* 20% of the steps dense"):
+        solve_budget(scores, target_density=expected - 1e-3, dense_warmup_steps=10, dense_layers=[0])
+    solve_budget(scores, target_density=expected + 1e-9, dense_warmup_steps=10, dense_layers=[0])
+
+
+def test_a_layer_of_skipped_heads_is_said(caplog):
+    from diffusers.utils import logging
+
+    scores = random_scores()
+    scores.errors[:, 1, :, 1] = 0.0  # every head of layer 1 adds nothing: SKIP is free there
+    logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            solve_paper(scores)
+    finally:
+        logging.disable_propagation()
+    assert "every head of 1 layer(s) is SKIP" in caplog.text and "blocks.1.attn1" in caplog.text
