@@ -13,9 +13,12 @@ refusal) prints one line saying why and what to do, with exit status 1.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import torch
@@ -207,6 +210,15 @@ def _add_solver_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out whole even when it holds other files (by default only an earlier map of this "
+        "command is replaced; the folder is swapped in once the new map is complete)",
+    )
+
+
 def _check_solver_args(parser, args) -> None:
     has_target = args.target_speedup is not None or args.target_density is not None
     if has_target and (args.lam is not None or args.epsilon is not None):
@@ -299,6 +311,96 @@ def _solve(scores, args, *, base_model: str | None = None):
         raise CommandError(str(e)) from None
 
 
+# --out folders ----------------------------------------------------------------------------
+# A map folder is replaced whole, never merged: the new map (and scores) go into a hidden
+# sibling, which takes the old folder's place only once complete. So no file of an earlier map,
+# or scores of another search, ends up beside the new map, and a failed run leaves the old one.
+MAP_NAMES = ("config.json", "mode_map.safetensors", "README.md", "scores")
+
+
+def _foreign_files(out: Path) -> list[str]:
+    """What in ``out`` a map folder of ours would not hold: other files, or a config.json not ours."""
+    foreign = [p.name for p in out.iterdir() if p.name not in MAP_NAMES and not _is_map_picture(p.name)]
+    config = out / "config.json"
+    if config.is_file() and not _is_ours(config):
+        foreign.append("config.json (not a Sparse-vDiT map's)")
+    return sorted(foreign)
+
+
+def _is_map_picture(name: str) -> bool:
+    return name.startswith("mode_map") and name.endswith(".png")
+
+
+def _is_ours(json_file: Path) -> bool:
+    from .hub import LIBRARY_NAME
+
+    try:
+        return json.loads(json_file.read_text(encoding="utf-8")).get("library") == LIBRARY_NAME
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
+def _check_out(parser, args, *, keeps: Path | None = None) -> Path:
+    """Refuse an ``--out`` that is a file, or a folder with what the new map would destroy, unless --overwrite."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out} is a file: pass a folder for the map")
+    if not out.is_dir() or args.overwrite:
+        return out
+    foreign = _foreign_files(out)
+    scores = out / "scores"
+    if keeps is None or not scores.exists() or scores.resolve() == keeps.resolve():
+        pass
+    else:
+        foreign.append("scores/ (of a search, not the scores this map is solved from)")
+    if foreign:
+        parser.error(
+            f"--out {out} holds what a new map would replace: {', '.join(foreign)}. "
+            "Pass a new or empty folder, or --overwrite to replace the folder whole"
+        )
+    return out
+
+
+def _is_empty(folder: Path) -> bool:
+    return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+
+
+def _unused_name(out: Path, tag: str) -> Path:
+    """``out``'s sibling ``NAME.TAG-xxxxxxxx``: on the same filesystem, so it can be renamed into place."""
+    out = out.resolve()
+    return out.with_name(f"{out.name}.{tag}-{uuid.uuid4().hex[:8]}")
+
+
+def _new_sibling(out: Path) -> Path:
+    """An empty folder beside ``out`` to write the new map into."""
+    stage = _unused_name(out, "new")
+    stage = stage.with_name("." + stage.name)  # hidden: it is gone again in seconds
+    stage.mkdir(parents=True)
+    return stage
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Put the complete folder ``stage`` where ``out`` is, removing the old ``out``."""
+    if out.exists():
+        old = _unused_name(out, "old")
+        old = old.with_name("." + old.name)
+        os.replace(out, old)
+        os.replace(stage, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(stage, out)
+
+
+def _carry(out: Path, stage: Path, *names: str) -> None:
+    """Copy what the new folder keeps from the old: a hand-written README.md (save_pretrained keeps it), scores."""
+    for name in names:
+        src = out / name
+        if src.is_dir():
+            shutil.copytree(src, stage / name)
+        elif src.is_file():
+            shutil.copy2(src, stage / name)
+
+
 def _written(directory: Path) -> str:
     return ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir()))
 
@@ -310,9 +412,7 @@ def _cmd_search(args, parser) -> None:
     _check_device(parser, args)
     if args.prompts is not None and not Path(args.prompts).is_file():
         parser.error(f"--prompts {args.prompts}: no such file (one prompt a line; leave it out for the built-in set)")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out {out} is a file: pass a folder for the map")
+    out = _check_out(parser, args)
 
     from .search import runner
 
@@ -342,13 +442,27 @@ def _cmd_search(args, parser) -> None:
         progress=not args.quiet,
         **calibrate_arguments(call),
     )
-    # the scores first: they are the expensive part, and a solve that fails can be redone from them
-    scores_dir = scores.save(out / "scores")
+    stage = _new_sibling(out)
     try:
-        result = _solve(scores, args, base_model=_base_model(args))
-    except CommandError as e:
-        raise CommandError(f"{e}\nThe scores are saved: try again with `{PROG} solve {scores_dir} ...`") from None
-    result.config.save_pretrained(out)
+        scores.save(stage / "scores")
+        try:
+            result = _solve(scores, args, base_model=_base_model(args))
+        except CommandError as e:
+            # the scores are the expensive part: keep them, in OUT when that holds nothing else
+            kept = out if _is_empty(out) else _unused_name(out, "unsolved")
+            _swap_in(stage, kept)
+            raise CommandError(
+                f"{e}\nThe scores are saved in {kept / 'scores'}: try again with "
+                f"`{PROG} solve {kept / 'scores'} ... --out {out}`"
+                + ("" if kept == out else f" (the map in {out} is unchanged)")
+            ) from None
+        _carry(out, stage, "README.md")
+        result.config.save_pretrained(stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    _swap_in(stage, out)
+    scores_dir = out / "scores"
     print(result.summary())
     print(f"\nwrote {out}: {_written(out)}")
     print(
@@ -372,9 +486,18 @@ def _cmd_solve(args, parser) -> None:
         scores = ScoreSet.load(source)
     except ValueError as e:
         raise CommandError(str(e)) from None
+    out = _check_out(parser, args, keeps=source)
     result = _solve(scores, args)
-    out = Path(args.out)
-    result.config.save_pretrained(out)
+    stage = _new_sibling(out)
+    try:
+        # the folder's own scores stay when this map is solved from them
+        inside = (out / "scores").exists() and (out / "scores").resolve() == source.resolve()
+        _carry(out, stage, "README.md", *(["scores"] if inside else []))
+        result.config.save_pretrained(stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    _swap_in(stage, out)
     print(result.summary())
     print(f"\nwrote {out}: {_written(out)}")
 
@@ -534,6 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
              "gluon, triton, torch, flex",
     )
     sub.add_argument("--out", required=True, metavar="DIR", help="folder for the map and its scores")
+    _add_overwrite_arg(sub)
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     sub = command(
@@ -546,6 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("scores", metavar="SCORES_DIR", help="OUT/scores of a search (or OUT itself)")
     _add_solver_args(sub)
     sub.add_argument("--out", required=True, metavar="DIR", help="folder for the map")
+    _add_overwrite_arg(sub)
 
     sub = command(
         "show",

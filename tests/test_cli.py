@@ -227,6 +227,73 @@ def test_solve_errors(capsys, tmp_path):
     assert code == 1 and "not diffusers-sparse-vdit search scores" in err
 
 
+# --out folders ----------------------------------------------------------------------------
+def solve_into(capsys, scores_dir, out, *extra):
+    return run(capsys, "solve", scores_dir, "--target-speedup", 2, "--out", out, *extra)
+
+
+def test_out_refuses_a_folder_that_is_not_a_map_unless_overwrite(capsys, tmp_path):
+    random_scores().save(tmp_path / "scores")
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "config.json").write_bytes(DIFFUSERS_TRANSFORMER_CONFIG)
+    (out / "notes.txt").write_text("mine")
+    code, _, err = solve_into(capsys, tmp_path / "scores", out)
+    assert code == 2 and "config.json (not a Sparse-vDiT map's)" in err and "notes.txt" in err and "--overwrite" in err
+    assert (out / "config.json").read_bytes() == DIFFUSERS_TRANSFORMER_CONFIG and (out / "notes.txt").exists()
+    code, _, err = solve_into(capsys, tmp_path / "scores", out, "--overwrite")
+    assert code == 0, err
+    assert not (out / "notes.txt").exists() and SparseVDiTConfig.from_pretrained(out).family == "wan"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+def test_out_replaces_an_earlier_map_whole_and_keeps_its_own_scores(capsys, tmp_path, map_dir):
+    random_scores().save(tmp_path / "scores")
+    out = tmp_path / "map"
+    shutil.copytree(map_dir, out)
+    (out / "mode_map.range1.png").write_bytes(PNG_MAGIC)  # a picture of the old map's other step range
+    (out / "README.md").write_text("# my own card\n")  # written by hand: kept, as save_pretrained keeps it
+    code, _, err = solve_into(capsys, tmp_path / "scores", out)
+    assert code == 0, err
+    assert not (out / "mode_map.range1.png").exists() and (out / "README.md").read_text() == "# my own card\n"
+    assert SparseVDiTConfig.from_pretrained(out).num_layers == 3  # the new map, not map_dir's 2 layers
+    # a map folder with its own scores: re-solving from them keeps them, other scores may not replace them
+    random_scores(layers=2, seed=1).save(out / "scores")
+    code, _, err = run(capsys, "solve", out, "--target-speedup", 1.5, "--out", out)
+    assert code == 0, err
+    assert ScoreSet.load(out / "scores").num_layers == 2 and SparseVDiTConfig.from_pretrained(out).num_layers == 2
+    code, _, err = solve_into(capsys, tmp_path / "scores", out)
+    assert code == 2 and "scores/ (of a search" in err
+    assert ScoreSet.load(out / "scores").num_layers == 2
+
+
+def test_a_failed_solve_leaves_the_old_map(capsys, tmp_path, map_dir):
+    random_scores().save(tmp_path / "scores")
+    out = tmp_path / "map"
+    shutil.copytree(map_dir, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = run(capsys, "solve", tmp_path / "scores", "--target-speedup", 1000, "--out", out)
+    assert code == 1 and "out of reach" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_failed_search_keeps_the_new_scores_beside_the_old_map(capsys, tmp_path, map_dir, monkeypatch):
+    from diffusers_sparse_vdit.search import runner
+
+    monkeypatch.setattr(runner, "calibrate", lambda pipe, prompts, **kwargs: random_scores(layers=2, heads=3))
+    out = tmp_path / "map"
+    shutil.copytree(map_dir, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = run(capsys, "search", "--tiny", "wan", "--target-speedup", 1000, "--out", out, "-q")
+    assert code == 1 and "out of reach" in err and f"the map in {out} is unchanged" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (kept,) = tmp_path.glob("map.unsolved-*")
+    assert ScoreSet.load(kept / "scores").num_layers == 2 and f"solve {kept / 'scores'}" in err
+    # into a new folder, the scores are all it holds
+    code, _, err = run(capsys, "search", "--tiny", "wan", "--target-speedup", 1000, "--out", tmp_path / "new", "-q")
+    assert code == 1 and sorted(p.name for p in (tmp_path / "new").iterdir()) == ["scores"]
+
+
 # show -------------------------------------------------------------------------------------
 @needs_matplotlib
 def test_show_prints_the_table_and_draws_the_heatmap(capsys, map_dir, tmp_path):
