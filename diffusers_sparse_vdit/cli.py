@@ -278,10 +278,11 @@ def _check_family(pipe, config=None) -> None:
 
 def _load_map(source: str):
     from .config import SparseVDiTConfig
+    from .hub import HUB_ERRORS
 
     try:
         return SparseVDiTConfig.from_pretrained(source)
-    except (OSError, ValueError) as e:
+    except (*HUB_ERRORS, ValueError) as e:
         raise CommandError(str(e)) from None
 
 
@@ -538,7 +539,15 @@ def _cmd_show(args, parser) -> None:
 def _cmd_push(args, parser) -> None:
     if not Path(args.folder).is_dir():
         parser.error(f"{args.folder} is not a folder: push uploads a map folder written by `{PROG} search` or `solve`")
+    from .hub import HUB_ERRORS
+
     config = _load_map(args.folder)
+    readme = Path(args.folder) / "README.md"
+    # the folder's own card, edited or written by hand; an untouched generated one is made again
+    # with the repo id in its usage lines
+    own_card = readme.is_file() and readme.read_text(encoding="utf-8", errors="replace").strip() != str(
+        config.generate_model_card()
+    ).strip()
     try:
         url = config.push_to_hub(
             args.repo_id,
@@ -547,10 +556,12 @@ def _cmd_push(args, parser) -> None:
             revision=args.revision,
             create_pr=args.create_pr,
             commit_message=args.commit_message,
+            model_card=readme if own_card else None,
         )
-    except (OSError, ValueError) as e:  # huggingface_hub's HTTP errors are OSErrors
+    except (*HUB_ERRORS, ValueError) as e:
         raise CommandError(
-            f"could not push to {args.repo_id}: {e}\nLog in with `hf auth login` (or pass --token) with write access."
+            f"could not push to {args.repo_id}: {type(e).__name__}: {e}\n"
+            "Check the connection to the Hub, and log in with `hf auth login` (or pass --token) with write access."
         ) from None
     print(f"pushed {args.folder} to {args.repo_id}: {url}")
     print(f"use it: apply_sparse_vdit(pipe, {args.repo_id!r})")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -499,11 +500,13 @@ class SparseVDiTConfig(
         commit_message: str = "Upload Sparse-vDiT mode map",
         create_pr: bool = False,
         revision: str | None = None,
+        model_card: str | Path | None = None,
     ) -> str:
         """Push the map (the files of :meth:`save_pretrained`) to ``repo_id`` in one commit; return its URL.
 
         The repo is created if needed, and so is the branch ``revision`` (default ``main``);
         ``create_pr=True`` opens a pull request against it instead of committing.
+        ``model_card``: a ``README.md`` to upload instead of the generated card.
         """
         api = hub.hf_api(token)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id  # adds the user's namespace
@@ -511,6 +514,8 @@ class SparseVDiTConfig(
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp, repo_id=repo_id)
+            if model_card is not None:
+                shutil.copyfile(model_card, Path(tmp, README_NAME))
             return api.upload_folder(
                 repo_id=repo_id,
                 folder_path=tmp,

@@ -15,17 +15,22 @@ from huggingface_hub import HfApi, constants, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HFValidationError,
+    HTTPError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import validate_repo_id
 
-__all__ = ["LIBRARY_NAME", "PAPER_URL", "REPO_URL", "resolve_file", "hf_api"]
+__all__ = ["LIBRARY_NAME", "PAPER_URL", "REPO_URL", "HUB_ERRORS", "resolve_file", "hf_api"]
 
 LIBRARY_NAME = "diffusers-sparse-vdit"
 PAPER_URL = "https://arxiv.org/abs/2506.03065"
 REPO_URL = "https://pypi.org/project/diffusers-sparse-vdit/"
+
+# What a Hub call raises when the Hub refuses or cannot be reached: HTTP errors are OSErrors,
+# but a connection error is the HTTP client's own (httpx in huggingface_hub >= 1.0), not one.
+HUB_ERRORS = (OSError, HTTPError)
 
 
 def _version() -> str:

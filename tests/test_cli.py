@@ -440,6 +440,38 @@ def test_push_failures_say_what_to_do(capsys, map_dir, tmp_path, monkeypatch):
     assert code == 1 and "has no config.json" in err
 
 
+def test_push_without_a_network_says_so_in_one_line(capsys, map_dir, monkeypatch):
+    # huggingface_hub's HTTP client raises its own connection error, which is no OSError since 1.0
+    client = sys.modules[huggingface_hub.errors.HTTPError.__module__.split(".")[0]]
+    connect_error = getattr(client, "ConnectError", None) or client.ConnectionError
+
+    def unreachable(self, repo_id, **kwargs):
+        raise connect_error("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(HfApi, "create_repo", unreachable)
+    code, _, err = run(capsys, "push", map_dir, "user/wan-map")
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith("sparse-vdit push: error: could not push to user/wan-map:") and "name resolution" in err
+    assert "connection to the Hub" in err and len(err.splitlines()) == 2
+
+
+def test_push_uploads_the_folders_own_card(capsys, map_dir, hub, tmp_path):
+    folder = tmp_path / "map"
+    shutil.copytree(map_dir, folder)
+    # as generated: made again, with the repo id in its usage lines
+    code, _, err = run(capsys, "push", folder, "user/wan-map")
+    assert code == 0, err
+    card = (hub["uploaded"] / "README.md").read_text()
+    assert 'from_pretrained("user/wan-map")' in card and "<this repo>" in (folder / "README.md").read_text()
+    # edited (the generated marker still in it): uploaded as it is
+    edited = (folder / "README.md").read_text().replace("## ", "## Edited: ", 1)
+    (folder / "README.md").write_text(edited)
+    shutil.rmtree(hub["uploaded"])
+    code, _, err = run(capsys, "push", folder, "user/wan-map")
+    assert code == 0, err
+    assert (hub["uploaded"] / "README.md").read_text() == edited
+
+
 # evaluate ---------------------------------------------------------------------------------
 def test_evaluate_prints_and_writes_the_metrics(capsys, map_dir, tmp_path):
     pytest.importorskip("torchmetrics")
