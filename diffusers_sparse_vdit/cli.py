@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import HFValidationError
 
 from . import __version__
 from .kernels.attention import BACKENDS
@@ -247,9 +248,11 @@ def _check_device(parser, args) -> None:
 def _load_pipeline(args):
     what = f"tiny {args.tiny} pipeline" if args.tiny else args.model
     print(f"loading {what} ...", file=sys.stderr)
+    from .hub import HUB_ERRORS
+
     try:
         pipe = load_pipeline(args.model, tiny=args.tiny, dtype=args.dtype, device=args.device)
-    except OSError as e:
+    except (*HUB_ERRORS, HFValidationError) as e:
         raise CommandError(
             f"could not load the pipeline {args.model!r}: {e}\n"
             "Pass a diffusers pipeline's Hub id or a folder it was saved to "

@@ -22,7 +22,8 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-__all__ = ["LIBRARY_NAME", "PAPER_URL", "REPO_URL", "HUB_ERRORS", "resolve_file", "hf_api"]
+__all__ = ["LIBRARY_NAME", "PAPER_URL", "REPO_URL", "HUB_ERRORS", "looks_local", "check_local_folder", "resolve_file",
+           "hf_api"]
 
 LIBRARY_NAME = "diffusers-sparse-vdit"
 PAPER_URL = "https://arxiv.org/abs/2506.03065"
@@ -44,6 +45,32 @@ def hf_api(token: str | bool | None = None) -> HfApi:
     return HfApi(token=token, library_name=LIBRARY_NAME, library_version=_version())
 
 
+def looks_local(source: str | os.PathLike) -> bool:
+    """Whether ``source`` can only mean a path: ``./x``, ``../x``, ``/x``, ``~/x``, more than ``owner/name``, or a file.
+
+    A Hub repo id is ``name`` or ``owner/name``, so none of these is one: treating them as a
+    repo would only wait on the Hub to say it does not exist.
+    """
+    text = os.fspath(source)
+    separators = "/" + (os.sep if os.sep != "/" else "") + (os.altsep or "")
+    return (
+        text in (".", "..")
+        or text.startswith(("./", "../", "~", ".\\", "..\\"))
+        or os.path.isabs(text)
+        or sum(text.count(sep) for sep in separators) > 1
+        or text.endswith(tuple(separators))
+        or os.path.exists(text)
+    )
+
+
+def check_local_folder(source: str | os.PathLike, what: str = "folder") -> None:
+    """Raise ``FileNotFoundError`` at once when ``source`` is a path that is not an existing folder."""
+    if not os.path.isdir(source) and looks_local(source):
+        if os.path.exists(source):
+            raise FileNotFoundError(f"{source} is a file, not a {what}")
+        raise FileNotFoundError(f"folder {source} does not exist (a path, so not a Hub repo id like 'owner/name')")
+
+
 def resolve_file(
     source: str | os.PathLike,
     filename: str,
@@ -62,6 +89,7 @@ def resolve_file(
     appended when the file is simply absent, and ``OSError`` when the repo cannot be reached.
     """
     source = str(source)
+    check_local_folder(source, "map folder")
     if os.path.isdir(source):
         path = Path(source, subfolder or "", filename)
         if not path.is_file():

@@ -78,6 +78,9 @@ def load_pipeline(
 
     from diffusers import DiffusionPipeline
 
+    from .hub import check_local_folder
+
+    check_local_folder(model, "pipeline folder")  # not minutes of Hub retries for a mistyped path
     pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype, **from_pretrained_kwargs)
     return pipe.to(device)
 

@@ -123,6 +123,13 @@ def test_bad_arguments_say_what_to_do(capsys, argv, message):
     assert code == 2 and message in err and err.startswith("usage: sparse-vdit")
 
 
+def test_a_mistyped_model_folder_fails_at_once(capsys, tmp_path):
+    code, _, err = run(capsys, "search", "--model", "./wan-modell", "--out", tmp_path / "map")
+    assert code == 1 and "folder ./wan-modell does not exist" in err and "Traceback" not in err
+    code, _, err = run(capsys, "show", "./wan-mapp")
+    assert code == 1 and "folder ./wan-mapp does not exist" in err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_a_gpu(capsys):
     code, _, err = run(capsys, "search", "--tiny", "wan", "--out", "x", "--device", "cuda")

@@ -1,6 +1,7 @@
 """Hub side of SparseVDiTConfig, offline: a hand-built HF cache, and HfApi calls captured instead of sent."""
 
 import io
+import re
 import shutil
 from types import SimpleNamespace
 
@@ -226,3 +227,24 @@ def test_save_pretrained_with_push_to_hub(hub, tmp_path):
     make_config().save_pretrained(tmp_path / "wan-map", push_to_hub=True, private=False)
     assert hub["create_repo"]["repo_id"] == "wan-map" and hub["create_repo"]["private"] is False  # the folder's name
     assert SparseVDiTConfig.from_pretrained(hub["uploaded"]) == SparseVDiTConfig.from_pretrained(tmp_path / "wan-map")
+
+
+@pytest.mark.parametrize("path", ["./wan-mapp", "../maps/wan-mapp", "/no/such/wan-map", "maps/wan/v2", "wan-mapp/"])
+def test_a_mistyped_folder_is_not_taken_for_a_repo(path, monkeypatch):
+    def download(*args, **kwargs):
+        raise AssertionError(f"{path!r} went to the Hub")
+
+    monkeypatch.setattr(hub_module, "hf_hub_download", download)
+    with pytest.raises(FileNotFoundError, match=f"folder {re.escape(path)} does not exist"):
+        SparseVDiTConfig.from_pretrained(path)
+
+
+def test_a_file_is_not_a_map_folder(tmp_path):
+    (tmp_path / "map.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="is a file, not a map folder"):
+        SparseVDiTConfig.from_pretrained(tmp_path / "map.json")
+
+
+def test_repo_ids_still_go_to_the_hub():
+    assert not hub_module.looks_local("user/wan-map") and not hub_module.looks_local("wan-map")
+    assert hub_module.looks_local("./wan-map") and hub_module.looks_local("~/maps/wan") and hub_module.looks_local("a/b/c")
