@@ -232,6 +232,8 @@ class Evaluation:
         """Write ``dense`` and ``sparse`` videos (:func:`save_video`) and ``report.json`` into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        for name in ("dense", "sparse"):
+            _remove_video(directory / name)  # an earlier run's longer video would leave frames behind
         paths = {name: save_video(getattr(self, name), directory / name, fps=fps) for name in ("dense", "sparse")}
         paths["report"] = directory / "report.json"
         paths["report"].write_text(json.dumps(_jsonable(self.to_dict()), indent=2) + "\n")
@@ -336,6 +338,16 @@ def save_video(video, path: str | Path, *, fps: int = 16) -> Path:
     for i, frame in enumerate(frames):
         Image.fromarray((frame * 255).round().astype(np.uint8)).save(path / f"frame_{i:04d}.png")
     return path
+
+
+def _remove_video(path: Path) -> None:
+    """Remove what :func:`save_video` wrote at ``path``: ``path``.mp4, or ``path``/frame_*.png (the folder if then empty)."""
+    path.with_suffix(".mp4").unlink(missing_ok=True)
+    if path.is_dir():
+        for frame in path.glob("frame_*.png"):
+            frame.unlink()
+        if not any(path.iterdir()):
+            path.rmdir()
 
 
 def _can_write_mp4() -> bool:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from diffusers_sparse_vdit import ModeSpec
 from diffusers_sparse_vdit import evaluate as evaluate_module
-from diffusers_sparse_vdit.evaluate import as_video, compare_videos, evaluate_map, save_video
+from diffusers_sparse_vdit.evaluate import Evaluation, as_video, compare_videos, evaluate_map, save_video
 from diffusers_sparse_vdit.loading import call_defaults
 from diffusers_sparse_vdit.processors import apply_sparse_vdit, get_sparse_vdit_hook
 from diffusers_sparse_vdit.testing import tiny_mode_map, tiny_pipeline
@@ -208,3 +208,17 @@ def test_report_is_strict_json(tmp_path, pipe, monkeypatch):
     assert data["metrics"]["psnr"] == "inf"  # identical videos
     assert set(data) == {"settings", "metrics", "timings", "speedup", "versions"}
     assert paths["dense"].is_dir() and len(list(paths["sparse"].glob("*.png"))) == 9
+
+
+def test_save_into_an_earlier_runs_folder_leaves_no_stale_frames(tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate_module, "_can_write_mp4", lambda: False)
+    metrics = {"psnr": math.inf, "ssim": 1.0, "lpips": None, "unavailable": {"lpips": "off"}}
+    timings = {"dense": {"total_s": 1.0, "transformer_s": 0.5}, "sparse": {"total_s": 1.0, "transformer_s": 0.5}}
+    long, short = video(frames=5), video(frames=3)
+    Evaluation(long, long, metrics, timings).save(tmp_path)
+    (tmp_path / "dense.mp4").write_bytes(b"an older run's mp4")  # written where imageio was installed
+    (tmp_path / "dense" / "notes.txt").write_text("mine")
+    Evaluation(short, short, metrics, timings).save(tmp_path)
+    for name in ("dense", "sparse"):
+        assert sorted(p.name for p in (tmp_path / name).glob("*.png")) == [f"frame_{i:04d}.png" for i in range(3)]
+    assert not (tmp_path / "dense.mp4").exists() and (tmp_path / "dense" / "notes.txt").exists()

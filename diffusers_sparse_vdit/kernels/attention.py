@@ -59,13 +59,17 @@ def _check(q, k, v, plan, text_lengths, backend):
         raise ValueError(
             f"the plan is for {plan.layout} but q has N={n_tokens} tokens: build the plan for this call's layout"
         )
-    if head_dim > 256:
-        raise ValueError(f"head_dim up to 256 is supported, got {head_dim}")
+    if not 1 <= head_dim <= 256:
+        raise ValueError(f"head_dim from 1 to 256 is supported, got {head_dim} (q, k, v are (B, H, N, head_dim))")
     if text_lengths is not None:
-        if plan.layout.text_tokens == 0:
+        text = plan.layout.text_tokens
+        if text == 0:
             raise ValueError("text_lengths given but the plan's layout has no text tokens")
         if text_lengths.shape != (q.shape[0],):
             raise ValueError(f"text_lengths must have shape (batch,) = ({q.shape[0]},), got {tuple(text_lengths.shape)}")
+        # one host sync per call; under torch.compile the check is left to eager runs
+        if not torch.compiler.is_compiling() and bool(((text_lengths < 0) | (text_lengths > text)).any()):
+            raise ValueError(f"text_lengths must be in 0..{text} (the layout's text tokens), got {text_lengths.tolist()}")
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
         raise RuntimeError(
             "sparse_attention computes the forward pass only (inference): run it under torch.no_grad() or "
@@ -109,7 +113,10 @@ def sparse_attention(
     """
     requested, backend = backend, resolve_backend(backend, q.device)
     if text_lengths is not None:
-        text_lengths = torch.as_tensor(text_lengths, device=q.device).to(torch.int32).reshape(-1)
+        text_lengths = torch.as_tensor(text_lengths, device=q.device)
+        if text_lengths.is_floating_point() or text_lengths.is_complex():
+            raise TypeError(f"text_lengths must be whole numbers of text tokens, got {text_lengths.dtype}")
+        text_lengths = text_lengths.to(torch.int32).reshape(-1)
     _check(q, k, v, plan, text_lengths, backend)
     if backend == "gluon" and not gluon_supported(q, k, v, plan, out):
         raise ValueError(

@@ -138,6 +138,22 @@ class TestBadInput:
         with pytest.raises(ValueError, match="no text tokens"):
             sparse_attention(self.q, self.q, self.q, self.plan, text_lengths=torch.tensor([1], device=DEVICE))
 
+    def test_head_dim_zero(self):
+        q = randn(1, 2, self.layout.num_tokens, 0)
+        with pytest.raises(ValueError, match="head_dim from 1 to 256 is supported, got 0"):
+            sparse_attention(q, q, q, self.plan)
+
+    def test_text_lengths_outside_the_text(self):
+        layout = TokenLayout(2, 3, 4, text_tokens=5, text_position="after")
+        plan = build_plan(["full", "diagonal"], layout, 16)
+        q = randn(2, 2, layout.num_tokens, 16)
+        for lengths in ([6, 5], [-1, 3]):
+            with pytest.raises(ValueError, match=r"text_lengths must be in 0\.\.5"):
+                sparse_attention(q, q, q, plan, text_lengths=torch.tensor(lengths, device=DEVICE))
+        with pytest.raises(TypeError, match="whole numbers"):
+            sparse_attention(q, q, q, plan, text_lengths=torch.tensor([2.5, 5.0]))
+        sparse_attention(q, q, q, plan, text_lengths=[0, 5])  # the ends are valid
+
     def test_forward_only(self):
         q = self.q.clone().requires_grad_()
         with pytest.raises(RuntimeError, match="no_grad"):
