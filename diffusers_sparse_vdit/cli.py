@@ -26,16 +26,14 @@ from huggingface_hub.errors import HFValidationError
 
 from . import __version__
 from .kernels.attention import BACKENDS
-from .loading import DTYPES, calibrate_arguments, call_arguments, call_defaults, default_fps, load_pipeline
+from .loading import DTYPES, TINY_TILE_SIZE, calibrate_arguments, call_arguments, call_defaults, default_fps, load_pipeline
 from .testing import VARIANTS
 
 __all__ = ["main", "build_parser"]
 
 PROG = "sparse-vdit"
 DEFAULT_STEPS, TINY_STEPS = 50, 4  # diffusers' default for all three families; a tiny model needs few
-# the GPU kernels' tile; a tiny model's 18-token grid needs the smallest tile the kernels take,
-# else it is one tile and every mask but SKIP is FULL
-DEFAULT_TILE, TINY_TILE = 128, 16
+DEFAULT_TILE = 128  # what the GPU kernels run best at; --tiny: TINY_TILE_SIZE
 VIDEO_MULTIPLE = 16  # VAE 8x, then 2x2 patches: every family needs height and width in multiples of 16
 
 DESCRIPTION = """\
@@ -439,7 +437,7 @@ def _cmd_search(args, parser) -> None:
         num_inference_steps=_steps(args),
         seed=args.seed,
         sample_tiles=args.sample_tiles,
-        tile_size=args.tile_size or (TINY_TILE if args.tiny else DEFAULT_TILE),
+        tile_size=args.tile_size or (TINY_TILE_SIZE if args.tiny else DEFAULT_TILE),
         propagate=args.propagate,
         dense_warmup_steps=args.dense_warmup_steps,
         backend=args.backend,
@@ -654,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_tile_size,
         metavar="N",
         help=f"tokens per mask tile, a power of two >= 16 (default: {DEFAULT_TILE}, what the GPU kernels run best at; "
-        f"{TINY_TILE} with --tiny, whose grid is smaller than one {DEFAULT_TILE}-token tile)",
+        f"{TINY_TILE_SIZE} with --tiny, whose grid is smaller than one {DEFAULT_TILE}-token tile)",
     )
     group.add_argument(
         "--sample-tiles",

@@ -96,8 +96,9 @@ def search_demo() -> None:
     extra = {"negative_prompt": call["negative_prompt"], "max_sequence_length": call["max_sequence_length"]}
     prompts = ["a cat walks on a sunny beach", "a city street at night"]
     print(f"\n[2/2] search on a tiny random-weight Wan pipeline ({size}), 2 prompts x 4 steps:")
-    # 16-token tiles: the toy latent grid (3 x 4 x 6) is smaller than one 128-token tile
-    result = search(pipe, prompts, target_speedup=2.0, num_inference_steps=4, tile_size=16, sample_tiles=4,
+    # 16-token tiles: the toy latent grid (3 x 2 x 3) is smaller than one 128-token tile; in two
+    # tiles the sparsest mask but SKIP keeps 0.80 of the pairs, so 1.2x is about what it can reach
+    result = search(pipe, prompts, target_speedup=1.2, num_inference_steps=4, tile_size=16, sample_tiles=4,
                     backend="torch", progress=False, pipeline_kwargs=extra, **size)
     print("      " + result.summary().replace("\n", "\n      "))
 

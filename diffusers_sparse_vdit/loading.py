@@ -20,6 +20,7 @@ import torch
 
 __all__ = [
     "DTYPES",
+    "TINY_TILE_SIZE",
     "default_device",
     "default_dtype",
     "load_pipeline",
@@ -30,6 +31,12 @@ __all__ = [
 ]
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+# A tiny pipeline's video (9 frames of 32x48) is an 18-token grid: one 128-token tile, where
+# every mask is FULL or SKIP. Tile 16 (the smallest the kernels take) makes it two tiles; even
+# then the sparsest mask but SKIP keeps 0.80 of the pairs (1.0 for the tiny CogVideoX), too few
+# for a FLOP target: tiny runs pick modes by the paper's rule instead.
+TINY_TILE_SIZE = 16
 
 
 def default_device() -> str:
@@ -56,6 +63,7 @@ def load_pipeline(
     (``from_pretrained_kwargs`` go there: ``revision``, ``variant``, ...). ``dtype`` may be a dict
     per component, as ``torch_dtype`` in diffusers (``{"vae": torch.float32, "default": torch.bfloat16}``).
     ``tiny`` (one of :data:`~diffusers_sparse_vdit.testing.VARIANTS`) builds a tiny random pipeline instead.
+    A ``model`` that is a path (``./x``, ``/x``, ``a/b/c``...) but no folder raises ``FileNotFoundError`` at once.
     """
     if (model is None) == (tiny is None):
         raise ValueError("pass either a model (Hub id or local folder) or tiny=<variant>, not both or neither")
