@@ -81,9 +81,27 @@ def train_vae(pipe, family: str, *, seconds: float, batch: int, lr: float, rng: 
                 reconstruction_psnr_db=round(psnr, 2))
 
 
+@torch.no_grad()
+def encode_dataset(pipe, family: str, count: int, rng: random.Random, device, chunk: int = 32):
+    """``count`` fresh scenes, rendered and encoded once: ``(latents, captions)``.
+
+    Encoding through the VAE costs more than a transformer step, so the transformer trains
+    on a fixed set of encoded scenes (many epochs of a few thousand unique videos).
+    """
+    latents, captions = [], []
+    for start in range(0, count, chunk):
+        scenes, video = _batch(rng, pipe, family, min(chunk, count - start), device)
+        latents.append(encode_video(pipe, video).float())
+        captions += [s.caption for s in scenes]
+    return torch.cat(latents), captions
+
+
 def train_transformer(pipe, family: str, *, seconds: float, batch: int, lr: float, ema_decay: float,
-                      rng: random.Random, device, generator: torch.Generator) -> dict:
+                      rng: random.Random, device, generator: torch.Generator, dataset_size: int) -> dict:
     recipe = RECIPES[family]
+    t0 = time.time()
+    data, data_captions = encode_dataset(pipe, family, dataset_size, rng, device)
+    _log(f"encoded {dataset_size} scenes in {time.time() - t0:.0f} s")
     transformer = pipe.transformer
     transformer.train().requires_grad_(True)
     ema = copy.deepcopy(transformer).eval().requires_grad_(False)
@@ -95,11 +113,10 @@ def train_transformer(pipe, family: str, *, seconds: float, batch: int, lr: floa
         scale = min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         for group in opt.param_groups:
             group["lr"] = lr * scale
-        scenes, video = _batch(rng, pipe, family, batch, device)
-        captions = ["" if rng.random() < recipe.caption_dropout else s.caption for s in scenes]
-        with torch.no_grad():
-            latents = encode_video(pipe, video).float()
-            text = text_conditioning(pipe, captions, device)
+        index = torch.randint(len(data), (batch,), generator=generator, device=device)
+        latents = data[index]
+        captions = ["" if rng.random() < recipe.caption_dropout else data_captions[i] for i in index.tolist()]
+        text = text_conditioning(pipe, captions, device)
         kwargs, target = training_step_inputs(pipe, latents, generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             pred = transformer(**kwargs, **text, return_dict=False)[0]
@@ -121,6 +138,7 @@ def train_transformer(pipe, family: str, *, seconds: float, batch: int, lr: floa
     pipe.transformer = ema  # the averaged weights are the ones saved
     pipe.register_modules(transformer=ema)
     return dict(steps=step, seconds=round(time.time() - start, 1), batch=batch, lr=lr, ema_decay=ema_decay,
+                dataset_size=dataset_size,
                 final_loss=round(sum(losses[-100:]) / max(1, len(losses[-100:])), 4), loss_log=log)
 
 
@@ -188,6 +206,9 @@ def main(argv=None) -> None:
     parser.add_argument("--vae-batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--ema", type=float, default=0.995)
+    parser.add_argument("--dataset-size", type=int, default=8192, help="encoded scenes the transformer trains on")
+    parser.add_argument("--vae-lr", type=float, default=2e-3)
+    parser.add_argument("--resume", type=Path, help="continue from a saved reference pipeline (both stages)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
@@ -196,16 +217,24 @@ def main(argv=None) -> None:
     rng = random.Random(args.seed)
     generator = torch.Generator(device).manual_seed(args.seed)
     t0 = time.time()
-    pipe = build_pipeline(args.family, seed=args.seed).to(device)
+    if args.resume:
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(args.resume, torch_dtype=torch.float32).to(device)
+        previous = json.loads((args.resume / REFERENCE_FILE).read_text())["training"]
+    else:
+        pipe = build_pipeline(args.family, seed=args.seed).to(device)
+        previous = None
     for name in ("text_encoder", "text_encoder_2"):
         if getattr(pipe, name, None) is not None:
             getattr(pipe, name).eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
     _log(f"{args.family}: transformer {sum(p.numel() for p in pipe.transformer.parameters()) / 1e6:.2f} M params")
-    vae_log = train_vae(pipe, args.family, seconds=args.vae_seconds, batch=args.vae_batch, lr=2e-3, rng=rng,
-                        device=device)
+    vae_log = train_vae(pipe, args.family, seconds=args.vae_seconds, batch=args.vae_batch, lr=args.vae_lr,
+                        rng=rng, device=device)
     tr_log = train_transformer(pipe, args.family, seconds=args.seconds, batch=args.batch, lr=args.lr,
-                               ema_decay=args.ema, rng=rng, device=device, generator=generator)
+                               ema_decay=args.ema, rng=rng, device=device, generator=generator,
+                               dataset_size=args.dataset_size)
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         save_preview(pipe, args.family, heldout_captions()[:3], args.out / "preview.png", args.seed)
@@ -223,7 +252,7 @@ def main(argv=None) -> None:
         latent_grid=list(grid), video_tokens=grid[0] * grid[1] * grid[2],
         transformer_parameters=sum(p.numel() for p in pipe.transformer.parameters()),
         vocabulary_size=len(vocabulary()), total_minutes=(time.time() - t0) / 60,
-        training=dict(vae=vae_log, transformer=tr_log, device=torch.cuda.get_device_name() if device.type == "cuda"
+        training=dict(vae=vae_log, transformer=tr_log, previous=previous, device=torch.cuda.get_device_name() if device.type == "cuda"
                       else "cpu", torch=torch.__version__),
     )
     write_card(args.out, args.family, {**info, "_pipe": pipe})
