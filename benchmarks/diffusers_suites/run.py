@@ -157,6 +157,8 @@ def compare(runs: dict, files: list[str], missing: list[str]) -> dict:
                  for name, run in runs.items()},
         "regressions": regressions,
         "unexplained": [r for r in regressions if r["class"] == "unexplained"],
+        # passed under a map, but built no transformer in its own phases (a shared fixture's model, or none)
+        "no_map_built": sorted(t for t, by_run in tests.items() if any(by_run.get(k, {}).get("maps") == 0 for k in MAPS)),
         "tests": tests,
     }
 
@@ -181,7 +183,8 @@ def table(result: dict) -> str:
     for name, run in result["runs"].items():
         lines.append(f"| {name} | {run['seconds']} | {', '.join(f'{k} {v}' for k, v in run['counts'].items())} |")
     lines += ["", f"Passing stock, not under a map: {len(result['regressions'])} "
-              f"({len(result['unexplained'])} unexplained)", ""]
+              f"({len(result['unexplained'])} unexplained). "
+              f"Tests that built no transformer under a map: {len(result['no_map_built'])}.", ""]
     if result["regressions"]:
         lines += ["| test | map | outcome | class | error |", "| --- | --- | --- | --- | --- |"]
         for r in result["regressions"]:
