@@ -12,8 +12,10 @@ transformer; :func:`~diffusers_sparse_vdit.remove_sparse_vdit` takes it off agai
   with the smaller error. The sampled rows' extra FLOPs are not counted (about
   ``3 * sample_rows / N``).
 * ``"radial"``: a static token-level mask in the manner of Radial Attention: a key at frame
-  distance ``d`` is kept when its spatial (Chebyshev) distance is at most ``window / 2**d``,
-  so the window halves with each frame of distance; ``window`` is solved for the density.
+  distance ``d`` is kept when it lies in the square spatial window of side ``window / 2**d``
+  tokens centred on the query (``2 * chebyshev + 1 <= window / 2**d``), so the window halves
+  with each frame of distance and frames where it falls under one token are skipped (the
+  query always keeps itself); ``window`` is solved for the density.
 * ``"sliding_tile"``: a 3D window (sliding tile attention): queries are grouped in cubes of
   ``frames x rows x cols`` tokens and keep the keys within ``round(extent * axis)`` tokens of
   their cube along every axis; ``extent`` is solved for the density.
@@ -130,11 +132,14 @@ def _video_coords(layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor, torc
 
 
 def radial_video_mask(layout: TokenLayout, window: float) -> torch.Tensor:
-    """``(V, V)`` bool, frame-major: keys within Chebyshev distance ``window / 2**frame_distance``."""
+    """``(V, V)`` bool, frame-major: keys in the square of side ``window / 2**frame_distance`` around the query."""
     f, r, c = _video_coords(layout)
     frames = (f[:, None] - f[None, :]).abs()
     spatial = torch.maximum((r[:, None] - r[None, :]).abs(), (c[:, None] - c[None, :]).abs())
-    return spatial <= window * torch.exp2(-frames.double())
+    # a window under one token keeps nothing, or every frame would keep its key at the query's
+    # position and touch every key tile
+    keep = 2 * spatial + 1 <= window * torch.exp2(-frames.double())
+    return keep | torch.eye(layout.video_tokens, dtype=torch.bool)
 
 
 def _cube_reach(extent: float, layout: TokenLayout) -> tuple[int, int, int]:
@@ -173,7 +178,8 @@ class _MaskFamily:
 
 _MASK_FAMILIES = {
     # the window needed to keep every key at the largest frame distance
-    "radial": _MaskFamily(radial_video_mask, lambda lay: (0.0, float(max(lay.height, lay.width) * 2 ** (lay.frames - 1)))),
+    "radial": _MaskFamily(radial_video_mask,
+                          lambda lay: (0.0, float((2 * max(lay.height, lay.width) - 1) * 2 ** (lay.frames - 1)))),
     "sliding_tile": _MaskFamily(sliding_tile_video_mask, lambda lay: (0.0, 1.0)),
 }
 
