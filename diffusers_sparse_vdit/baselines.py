@@ -138,7 +138,7 @@ def radial_video_mask(layout: TokenLayout, window: float) -> torch.Tensor:
     spatial = torch.maximum((r[:, None] - r[None, :]).abs(), (c[:, None] - c[None, :]).abs())
     # a window under one token keeps nothing, or every frame would keep its key at the query's
     # position and touch every key tile
-    keep = 2 * spatial + 1 <= window * torch.exp2(-frames.double())
+    keep = (2 * spatial + 1) << frames <= window
     return keep | torch.eye(layout.video_tokens, dtype=torch.bool)
 
 
@@ -163,24 +163,34 @@ def mask_densities(video_mask: torch.Tensor, layout: TokenLayout, tile_size: int
     """
     n, v = layout.num_tokens, layout.video_tokens
     text_pairs = n * n - v * v  # text rows see every key, video rows every text key
-    tiles = torch.nn.functional.one_hot(torch.arange(v) // tile_size).double()  # (V, video tiles)
-    kept_tiles = (tiles.T @ video_mask.double() @ tiles) > 0
-    lengths = tiles.sum(0)
-    tile_pairs = float(lengths @ kept_tiles.double() @ lengths)
+    tiles = layout.video_tiles(tile_size)
+    padded = F.pad(video_mask, (0, tiles * tile_size - v, 0, tiles * tile_size - v))
+    kept_tiles = padded.view(tiles, tile_size, tiles, tile_size).any(3).any(1).double()
+    lengths = layout.tile_lengths(tile_size)[:tiles].double()
+    tile_pairs = float(lengths @ kept_tiles @ lengths)
     return (float(video_mask.sum()) + text_pairs) / n**2, (tile_pairs + text_pairs) / n**2
+
+
+def _radial_windows(layout: TokenLayout) -> list[float]:
+    """Every window at which the radial mask changes: a side ``2s + 1`` at frame distance ``d``."""
+    sides = range(1, 2 * max(layout.height, layout.width), 2)
+    return sorted({0.0} | {float(side << d) for side in sides for d in range(layout.frames)})
+
+
+def _sliding_extents(layout: TokenLayout) -> list[float]:
+    """Every extent at which the sliding-tile reach changes on some axis."""
+    return sorted({k / n for n in (layout.frames, layout.height, layout.width) for k in range(n + 1)})
 
 
 @dataclass(frozen=True)
 class _MaskFamily:
     video_mask: Callable[[TokenLayout, float], torch.Tensor]
-    knob_range: Callable[[TokenLayout], tuple[float, float]]  # density rises with the knob over this range
+    knobs: Callable[[TokenLayout], list[float]]  # ascending; the density never falls along them
 
 
 _MASK_FAMILIES = {
-    # the window needed to keep every key at the largest frame distance
-    "radial": _MaskFamily(radial_video_mask,
-                          lambda lay: (0.0, float((2 * max(lay.height, lay.width) - 1) * 2 ** (lay.frames - 1)))),
-    "sliding_tile": _MaskFamily(sliding_tile_video_mask, lambda lay: (0.0, 1.0)),
+    "radial": _MaskFamily(radial_video_mask, _radial_windows),
+    "sliding_tile": _MaskFamily(sliding_tile_video_mask, _sliding_extents),
 }
 
 
@@ -198,22 +208,22 @@ class SolvedMask:
 def solved_mask(name: str, layout: TokenLayout, density: float, tile_size: int = DENSITY_TILE) -> SolvedMask:
     """The ``name`` mask ("radial" or "sliding_tile") whose tile-level density is closest to ``density``.
 
-    Bisection on the knob (the density never falls as it grows); cached per layout.
+    Bisection over the knob values where the mask changes (the density never falls as the
+    knob grows); cached per layout.
     """
     family = _MASK_FAMILIES[name]
+    knobs = family.knobs(layout)
 
-    def tile_density(knob):
-        return mask_densities(family.video_mask(layout, knob), layout, tile_size)[1]
+    @functools.cache
+    def tile_density(i: int) -> float:
+        return mask_densities(family.video_mask(layout, knobs[i]), layout, tile_size)[1]
 
-    lo, hi = family.knob_range(layout)
-    if tile_density(lo) >= density:
-        hi = lo
-    for _ in range(40):  # invariant: tile_density(lo) < density <= tile_density(hi)
-        if hi - lo <= 1e-9 * max(1.0, hi):
-            break
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if tile_density(mid) < density else (lo, mid)
-    knob = min((lo, hi), key=lambda k: abs(tile_density(k) - density))
+    lo, hi = 0, len(knobs) - 1  # bisection for the first knob reaching the density
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if tile_density(mid) < density else (lo, mid)
+    best = min({max(lo - 1, 0), lo}, key=lambda i: abs(tile_density(i) - density))
+    knob = knobs[best]
     video = family.video_mask(layout, knob)
     token, tile = mask_densities(video, layout, tile_size)
     mask = torch.ones(layout.num_tokens, layout.num_tokens, dtype=torch.bool)
