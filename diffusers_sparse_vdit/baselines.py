@@ -17,8 +17,9 @@ transformer; :func:`~diffusers_sparse_vdit.remove_sparse_vdit` takes it off agai
   with each frame of distance and frames where it falls under one token are skipped (the
   query always keeps itself); ``window`` is solved for the density.
 * ``"sliding_tile"``: a 3D window (sliding tile attention): queries are grouped in cubes of
-  ``frames x rows x cols`` tokens and keep the keys within ``round(extent * axis)`` tokens of
-  their cube along every axis; ``extent`` is solved for the density.
+  ``frames x rows x cols`` tokens and keep the keys within ``reach`` tokens of their cube
+  along each axis; the reach grows one axis at a time, the one with the least relative reach
+  first, until the density is met.
 
 Text rows attend everything and video rows attend all text, as in every mode of ours.
 
@@ -142,14 +143,11 @@ def radial_video_mask(layout: TokenLayout, window: float) -> torch.Tensor:
     return keep | torch.eye(layout.video_tokens, dtype=torch.bool)
 
 
-def _cube_reach(extent: float, layout: TokenLayout) -> tuple[int, int, int]:
-    return tuple(round(extent * n) for n in (layout.frames, layout.height, layout.width))
-
-
-def sliding_tile_video_mask(layout: TokenLayout, extent: float, cube: tuple[int, int, int] = SLIDING_TILE_CUBE) -> torch.Tensor:
-    """``(V, V)`` bool, frame-major: keys within ``round(extent * axis)`` tokens of the query's cube on every axis."""
+def sliding_tile_video_mask(layout: TokenLayout, reach: tuple[int, int, int],
+                            cube: tuple[int, int, int] = SLIDING_TILE_CUBE) -> torch.Tensor:
+    """``(V, V)`` bool, frame-major: keys within ``reach[axis]`` tokens of the query's cube on every axis."""
     keep = torch.ones(layout.video_tokens, layout.video_tokens, dtype=torch.bool)
-    for coord, size, reach in zip(_video_coords(layout), cube, _cube_reach(extent, layout), strict=True):
+    for coord, size, reach in zip(_video_coords(layout), cube, reach, strict=True):
         start = coord // size * size  # the query's cube spans [start, start + size)
         keep &= (coord[None, :] >= start[:, None] - reach) & (coord[None, :] < start[:, None] + size + reach)
     return keep
@@ -177,20 +175,26 @@ def _radial_windows(layout: TokenLayout) -> list[float]:
     return sorted({0.0} | {float(side << d) for side in sides for d in range(layout.frames)})
 
 
-def _sliding_extents(layout: TokenLayout) -> list[float]:
-    """Every extent at which the sliding-tile reach changes on some axis."""
-    return sorted({k / n for n in (layout.frames, layout.height, layout.width) for k in range(n + 1)})
+def _sliding_reaches(layout: TokenLayout) -> list[tuple[int, int, int]]:
+    """Reaches from none to all: one axis grows a token at a time, the least reached (relative to its size) first."""
+    sizes = (layout.frames, layout.height, layout.width)
+    reach, chain = [0, 0, 0], [(0, 0, 0)]
+    while any(r < n for r, n in zip(reach, sizes)):
+        axis = min((a for a in range(3) if reach[a] < sizes[a]), key=lambda a: (reach[a] + 1) / sizes[a])
+        reach[axis] += 1
+        chain.append(tuple(reach))
+    return chain
 
 
 @dataclass(frozen=True)
 class _MaskFamily:
-    video_mask: Callable[[TokenLayout, float], torch.Tensor]
-    knobs: Callable[[TokenLayout], list[float]]  # ascending; the density never falls along them
+    video_mask: Callable[[TokenLayout, Any], torch.Tensor]
+    knobs: Callable[[TokenLayout], list]  # the density never falls along them
 
 
 _MASK_FAMILIES = {
     "radial": _MaskFamily(radial_video_mask, _radial_windows),
-    "sliding_tile": _MaskFamily(sliding_tile_video_mask, _sliding_extents),
+    "sliding_tile": _MaskFamily(sliding_tile_video_mask, _sliding_reaches),
 }
 
 
@@ -198,7 +202,7 @@ _MASK_FAMILIES = {
 class SolvedMask:
     """A token mask solved for a density at one layout."""
 
-    knob: float
+    knob: Any  # radial: the window (tokens); sliding_tile: the reach per axis (tokens)
     token_density: float
     tile_density: float  # what the methods are matched on
     mask: torch.Tensor = field(repr=False)  # (N, N) bool, caller order: True = attend
@@ -320,9 +324,10 @@ def apply_baseline(pipe, method: str, target_density: float, *, layout: TokenLay
     solved = solved_mask(method, layout, density, tile_size)
     apply_sparse_vdit(pipe, full, backend="auto", processor_cls=_masked_processor(base, method, density, tile_size))
     info.attention_density, info.token_density = total(solved.tile_density), total(solved.token_density)
-    info.knob = {"window" if method == "radial" else "extent": solved.knob}
-    if method == "sliding_tile":
-        info.knob.update(cube=list(SLIDING_TILE_CUBE), reach=list(_cube_reach(solved.knob, layout)))
+    if method == "radial":
+        info.knob = {"window": solved.knob}
+    else:
+        info.knob = {"cube": list(SLIDING_TILE_CUBE), "reach": list(solved.knob)}
     return info
 
 
