@@ -251,6 +251,7 @@ def plot(rows, path: Path) -> Path | None:
         done = [r for r in rows if r["pipeline"] == name and "skipped" not in r]
         for ax, metric, label in ((axes[0, col], "rel_l2", "relative L2 of final latents"),
                                   (axes[1, col], "psnr", "PSNR of decoded frames (dB)")):
+            shown = []
             for method in dict.fromkeys(r["method"] for r in done):
                 points = sorted((r["attention_density"], r[metric]) for r in done if r["method"] == method
                                 and r[metric] is not None and math.isfinite(r[metric]))
@@ -258,13 +259,16 @@ def plot(rows, path: Path) -> Path | None:
                     continue
                 if method in FLOORS:
                     ax.axhline(points[0][1], linestyle=":", color="grey" if method == "floor_dtype" else "black",
-                               label=method)
+                               label=f"{method} ({points[0][1]:.3g})")
                     continue
+                shown += [y for _, y in points]
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, marker="*" if method == "paper" else "o", markersize=10 if method == "paper" else 4,
                         linestyle="none" if len(xs) == 1 else "-", label=method)
             ax.set_xlabel("total attention density (tile-level, warm-up counted)")
             ax.set_ylabel(label)
+            if metric == "psnr" and shown:  # a near-identical floor (150 dB) would flatten the methods
+                ax.set_ylim(min(shown) - 3, max(shown) + 3)
             if metric == "rel_l2":
                 ax.set_yscale("log")
                 ax.set_title(f"{name} ({done[0]['family']})" if done else name)

@@ -5,6 +5,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -15,6 +17,20 @@ def load_script():
     return module
 
 
+def test_a_few_methods_on_tiny_hunyuan_video(tmp_path):
+    bench = load_script()
+    args = ["--tiny", "hunyuan_video", "--max-prompts", "1", "--densities", "0.5", "--methods", "diagonal", "radial_warmup",
+            "--floors", "floor_backend", "--warmup-steps", "1", "--name", "few", "--out", str(tmp_path)]
+    assert bench.main(args) == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "quality_few.json").read_text())["rows"]}
+    assert set(rows) == {"diagonal", "radial_warmup", "floor_backend"}
+    assert rows["radial_warmup"]["dense_warmup_steps"] == 1
+    assert rows["radial_warmup"]["details"]["in_map_density"] == pytest.approx((0.5 * 3 - 1) / 2)
+    assert all(r["rel_l2"] > 0 for m, r in rows.items() if m != "floor_backend")
+    assert not (tmp_path / "quality_few_scores").exists()  # no calibration without our methods
+
+
+@pytest.mark.slow  # about 40 s of CPU
 def test_tiny_wan_end_to_end(tmp_path, capsys):
     bench = load_script()
     assert bench.main(["--tiny", "wan", "--max-prompts", "1", "--densities", "0.5", "--out", str(tmp_path)]) == 0
