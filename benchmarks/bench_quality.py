@@ -125,16 +125,18 @@ def calibrated_scores(pipe, info: dict, cache: Path, args, step_ranges=None) -> 
     """``calibrate`` on the calibration captions, or its cached result for the same settings."""
     gen = info["generate"]
     settings = {"prompts": info["calibration_prompts"], "generate": gen, "tile_size": info["tile_size"],
-                "step_ranges": step_ranges, "seed": args.seed, "dtype": args.dtype}
+                "step_ranges": step_ranges, "seed": args.seed, "dtype": args.dtype, "device": args.device,
+                "backend": args.backend}
     stamp = cache / "settings.json"
     if stamp.exists() and json.loads(stamp.read_text()) == _jsonable(settings):
         return ScoreSet.load(cache)
+    stamp.unlink(missing_ok=True)  # the scores below replace the cached ones
     kwargs = {k: gen[k] for k in _CALIBRATE_KEYS if k in gen}
     scores = calibrate(pipe, info["calibration_prompts"], seed=args.seed, tile_size=info["tile_size"],
                        step_ranges=step_ranges, backend=args.backend,
                        pipeline_kwargs={k: v for k, v in gen.items() if k not in _CALIBRATE_KEYS}, **kwargs)
     scores.save(cache)
-    stamp.write_text(json.dumps(_jsonable(settings), indent=2) + "\n")
+    write_atomic(stamp, json.dumps(_jsonable(settings), indent=2) + "\n")  # last: a half-written cache has none
     return scores
 
 

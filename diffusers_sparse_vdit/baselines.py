@@ -57,6 +57,7 @@ __all__ = [
     "BASELINES",
     "DENSITY_TILE",
     "BaselineInfo",
+    "SolvedMask",
     "apply_baseline",
     "band_width_for",
     "generation_layout",
@@ -65,6 +66,7 @@ __all__ = [
     "radial_video_mask",
     "sliding_tile_video_mask",
     "solved_mask",
+    "svg_choice",
     "total_density",
     "uniform_map",
 ]
@@ -215,6 +217,8 @@ def solved_mask(name: str, layout: TokenLayout, density: float, tile_size: int =
     Bisection over the knob values where the mask changes (the density never falls as the
     knob grows); cached per layout.
     """
+    if name not in _MASK_FAMILIES:
+        raise ValueError(f"unknown token mask {name!r}; choose one of {sorted(_MASK_FAMILIES)}")
     family = _MASK_FAMILIES[name]
     knobs = family.knobs(layout)
 
