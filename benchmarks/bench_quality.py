@@ -22,7 +22,7 @@ backend (``floor_backend``), and the pipeline in the other of float32 / bfloat16
 (``floor_dtype``). Token-mask baselines are placed at the tile-level density a block-sparse
 kernel would compute (their token-level density is in the JSON too).
 
-    python benchmarks/bench_quality.py --pipeline refs/wan refs/cogvideox refs/hunyuan_video --device cuda
+    python benchmarks/bench_quality.py --pipeline wan cogvideox hunyuan_video --device cuda   # reference_models/
     python benchmarks/bench_quality.py --tiny wan --max-prompts 1 --densities 0.5   # seconds, CPU
 
 Writes ``--out``/quality_<name>.json (every number, the settings, timings) and
@@ -85,12 +85,10 @@ def tiny_reference(variant: str):
 def load_pipelines(args):
     if args.tiny:
         return [(f"tiny_{v}", *tiny_reference(v)) for v in args.tiny]
-    try:
-        from diffusers_sparse_vdit.reference import load_reference
-    except ImportError:
-        sys.exit("--pipeline needs diffusers_sparse_vdit.reference.load_reference, which this checkout lacks; "
-                 "use --tiny FAMILY meanwhile")
-    return [(Path(folder).name, *load_reference(folder)) for folder in args.pipeline]
+    from diffusers_sparse_vdit.reference import load_reference
+
+    dtype = getattr(torch, args.dtype)
+    return [(Path(folder).name, *load_reference(folder, torch_dtype=dtype)) for folder in args.pipeline]
 
 
 # One generation -------------------------------------------------------------------------------
@@ -290,7 +288,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--pipeline", nargs="+", metavar="FOLDER", help="reference pipeline folders")
+    source.add_argument("--pipeline", nargs="+", metavar="FOLDER",
+                        help="reference pipeline folders, or family names under reference_models/")
     source.add_argument("--tiny", nargs="+", metavar="FAMILY", choices=("wan", "cogvideox", "hunyuan_video"),
                         help="tiny random pipelines instead (for testing the benchmark)")
     parser.add_argument("--densities", nargs="+", type=float, default=list(DENSITIES))
@@ -309,6 +308,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args(argv)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if args.max_prompts is not None and args.max_prompts < 1:
+        parser.error(f"--max-prompts must be at least 1, got {args.max_prompts}")
+    if not all(0 < d <= 1 for d in args.densities):
+        parser.error(f"--densities are fractions of dense attention in (0, 1], got {args.densities}")
     name = args.name or ("tiny" if args.tiny else "_".join(Path(p).name for p in args.pipeline))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
