@@ -23,6 +23,11 @@ def _seed():
 
 
 def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("SPARSE_VDIT_SLOW"):
+        slow = pytest.mark.skip(reason="slow: set SPARSE_VDIT_SLOW=1 to run")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(slow)
     if HAS_CUDA:
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

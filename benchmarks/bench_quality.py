@@ -1,0 +1,347 @@
+"""The quality frontier: error against attention density, our search against the baselines.
+
+For each reference pipeline (``--pipeline FOLDER``, loaded with
+``diffusers_sparse_vdit.reference.load_reference``) or tiny random one (``--tiny FAMILY``),
+every held-out caption is generated dense once, then with each method at each total
+attention density (dense warm-up steps counted), from the same seed. Reported per method and
+density: relative L2 of the final latents (``||x - x_dense|| / ||x_dense||``) and PSNR/SSIM of
+the decoded frames, averaged over the captions.
+
+Methods (``--methods``):
+
+* ``ours``: ``search.calibrate`` on the calibration captions (once per pipeline; the scores
+  are cached in ``--out``), then ``solve_budget`` at each density; ``ours_warmup`` the same
+  with ``--warmup-steps`` dense steps; ``ours_ranges`` with scores per step range (the
+  steps cut in two halves);
+* ``paper``: ``solve_paper`` at its defaults (one point, at the density it lands on);
+* the baselines of :mod:`diffusers_sparse_vdit.baselines` (``diagonal``, ``multi_diagonal``,
+  ``svg``, ``radial``, ``sliding_tile``), and each with ``_warmup`` appended.
+
+The noise floor is dense against dense with another correct computation: SDPA's math
+backend (``floor_backend``), and the pipeline in the other of float32 / bfloat16
+(``floor_dtype``). Token-mask baselines are placed at the tile-level density a block-sparse
+kernel would compute (their token-level density is in the JSON too).
+
+    python benchmarks/bench_quality.py --pipeline wan cogvideox hunyuan_video --device cuda   # reference_models/
+    python benchmarks/bench_quality.py --tiny wan --max-prompts 1 --densities 0.5   # seconds, CPU
+
+Writes ``--out``/quality_<name>.json (every number, the settings, timings) and
+``quality_<name>.png`` (a column per pipeline: relative L2 above, PSNR below).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffusers.utils import logging  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from diffusers_sparse_vdit import remove_sparse_vdit  # noqa: E402
+from diffusers_sparse_vdit.baselines import BASELINES, apply_baseline, generation_layout  # noqa: E402
+from diffusers_sparse_vdit.evaluate import _jsonable, as_video, compare_videos  # noqa: E402
+from diffusers_sparse_vdit.processors import apply_sparse_vdit  # noqa: E402
+from diffusers_sparse_vdit.search import ScoreSet, calibrate, solve_budget, solve_paper  # noqa: E402
+
+logger = logging.get_logger("diffusers_sparse_vdit.bench_quality")
+
+DENSITIES = (0.6, 0.45, 0.35, 0.25, 0.15)
+OURS = ("ours", "ours_warmup", "ours_ranges", "paper")
+METHODS = OURS + BASELINES + tuple(f"{b}_warmup" for b in BASELINES)
+DEFAULT_METHODS = OURS + BASELINES
+FLOORS = ("floor_backend", "floor_dtype")
+_CALIBRATE_KEYS = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale")
+
+
+# Pipelines ----------------------------------------------------------------------------------
+def tiny_reference(variant: str):
+    """A tiny random pipeline with the info dict a reference folder holds (tile 16, 3 steps)."""
+    from diffusers_sparse_vdit.testing import tiny_pipeline, tiny_pipeline_inputs
+
+    generate = tiny_pipeline_inputs(variant, num_inference_steps=3)
+    for key in ("prompt", "generator", "output_type"):
+        generate.pop(key)
+    generate.update(height=64, width=96)  # 4 x 6 tokens a frame, 3 latent frames: 5 tiles of 16
+    info = {
+        "family": variant,
+        "generate": generate,
+        "tile_size": 16,
+        "calibration_prompts": ["a dog runs on the beach at sunset"],
+        "heldout_prompts": ["a cat walks in the city at night", "a blue river in the forest"],
+    }
+    return tiny_pipeline(variant), info
+
+
+def load_pipelines(args):
+    if args.tiny:
+        return [(f"tiny_{v}", *tiny_reference(v)) for v in args.tiny]
+    from diffusers_sparse_vdit.reference import load_reference
+
+    dtype = getattr(torch, args.dtype)
+    return [(Path(folder).name, *load_reference(folder, torch_dtype=dtype)) for folder in args.pipeline]
+
+
+# One generation -------------------------------------------------------------------------------
+def generate(pipe, prompt: str, seed: int, call: dict) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Final latents (float32, CPU), decoded frames (``as_video``) and wall seconds of one generation."""
+    final = {}
+
+    def keep_latents(pipeline, step, timestep, callback_kwargs):
+        final["latents"] = callback_kwargs["latents"]
+        return callback_kwargs
+
+    cuda = pipe._execution_device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = pipe(prompt=prompt, generator=torch.Generator("cpu").manual_seed(seed), output_type="pt",
+               callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"], **call)
+    if cuda:
+        torch.cuda.synchronize()
+    return final["latents"].float().cpu(), as_video(out.frames[0]), time.perf_counter() - start
+
+
+def compare(dense, run) -> dict:
+    (x_dense, video_dense, _), (x, video, seconds) = dense, run
+    metrics = compare_videos(video_dense, video, lpips=False)
+    return {"rel_l2": float((x - x_dense).norm() / x_dense.norm()), "psnr": metrics["psnr"], "ssim": metrics["ssim"],
+            "seconds": seconds}
+
+
+# Methods ----------------------------------------------------------------------------------------
+def calibrated_scores(pipe, info: dict, cache: Path, args, step_ranges=None) -> ScoreSet:
+    """``calibrate`` on the calibration captions, or its cached result for the same settings."""
+    gen = info["generate"]
+    settings = {"prompts": info["calibration_prompts"], "generate": gen, "tile_size": info["tile_size"],
+                "step_ranges": step_ranges, "seed": args.seed, "dtype": args.dtype, "device": args.device,
+                "backend": args.backend}
+    stamp = cache / "settings.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == _jsonable(settings):
+        return ScoreSet.load(cache)
+    stamp.unlink(missing_ok=True)  # the scores below replace the cached ones
+    kwargs = {k: gen[k] for k in _CALIBRATE_KEYS if k in gen}
+    scores = calibrate(pipe, info["calibration_prompts"], seed=args.seed, tile_size=info["tile_size"],
+                       step_ranges=step_ranges, backend=args.backend,
+                       pipeline_kwargs={k: v for k, v in gen.items() if k not in _CALIBRATE_KEYS}, **kwargs)
+    scores.save(cache)
+    write_atomic(stamp, json.dumps(_jsonable(settings), indent=2) + "\n")  # last: a half-written cache has none
+    return scores
+
+
+def install(pipe, method: str, density: float | None, ctx: dict) -> dict:
+    """Install ``method`` at total ``density``; returns what it computes (raises ValueError when out of reach)."""
+    steps, warmup = ctx["steps"], ctx["warmup"]
+    if method in OURS:
+        scores = ctx["scores_ranges"] if method == "ours_ranges" else ctx["scores"]
+        w = warmup if method == "ours_warmup" else 0
+        result = (solve_paper(scores) if method == "paper"
+                  else solve_budget(scores, target_density=density, dense_warmup_steps=w))
+        apply_sparse_vdit(pipe, result.config, backend=ctx["backend"])
+        return {"attention_density": result.attention_density, "dense_warmup_steps": w,
+                "mode_counts": result.config.mode_counts(), "predicted_error": result.error}
+    base, w = (method.removesuffix("_warmup"), warmup) if method.endswith("_warmup") else (method, 0)
+    info = apply_baseline(pipe, base, density, layout=ctx["layout"], num_inference_steps=steps, dense_warmup_steps=w,
+                          tile_size=ctx["tile_size"], backend=ctx["backend"], seed=ctx["seed"])
+    return info.to_dict()
+
+
+def floor_run(pipe, floor: str, prompts, ctx):
+    """Dense generations computed another correct way, and how."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if floor == "floor_backend":
+        with sdpa_kernel([SDPBackend.MATH]):
+            return [ctx["generate"](pipe, p, i) for i, p in enumerate(prompts)], {"sdpa_backend": "math"}
+    other = torch.bfloat16 if pipe.transformer.dtype == torch.float32 else torch.float32
+    twin = copy.deepcopy(pipe).to(dtype=other)  # a copy: casting the pipeline there and back could round its weights
+    return [ctx["generate"](twin, p, i) for i, p in enumerate(prompts)], {"dtype": str(other).removeprefix("torch.")}
+
+
+def run_pipeline(name: str, pipe, info: dict, args, bar) -> list[dict]:
+    gen = dict(info["generate"])
+    steps = int(gen["num_inference_steps"])
+    warmup = args.warmup_steps if args.warmup_steps is not None else max(1, round(0.2 * steps))
+    prompts = info["heldout_prompts"][: args.max_prompts]
+
+    def run(p, prompt, i):
+        out = generate(p, prompt, args.seed + i, gen)
+        bar.update(1)
+        return out
+
+    layout = generation_layout(pipe, prompt=prompts[0], generator=torch.Generator("cpu").manual_seed(0), **gen)
+    ctx = {"steps": steps, "warmup": warmup, "layout": layout, "tile_size": int(info["tile_size"]),
+           "backend": args.backend, "seed": args.seed, "generate": run}
+    cache = Path(args.out) / f"quality_{name}_scores"
+    if any(m in OURS for m in args.methods):
+        ctx["scores"] = calibrated_scores(pipe, info, cache / "single", args)
+    if "ours_ranges" in args.methods:
+        half = steps // 2
+        ctx["scores_ranges"] = calibrated_scores(pipe, info, cache / "halves", args, [[0, half], [half, -1]])
+
+    dense = [run(pipe, p, i) for i, p in enumerate(prompts)]
+    rows = []
+
+    def row(method, density, runs, details):
+        per_prompt = [{"prompt": p, **compare(d, r)} for p, d, r in zip(prompts, dense, runs, strict=True)]
+        means = {k: _mean([r[k] for r in per_prompt]) for k in ("rel_l2", "psnr", "ssim", "seconds")}
+        rows.append({"pipeline": name, "family": info["family"], "method": method, "target_density": density,
+                     **{k: details.get(k) for k in ("attention_density", "token_density", "dense_warmup_steps")},
+                     **means, "per_prompt": per_prompt, "details": details})
+
+    for floor in args.floors:
+        runs, details = floor_run(pipe, floor, prompts, ctx)
+        row(floor, 1.0, runs, {"attention_density": 1.0, "dense_warmup_steps": 0, **details})
+    for method in args.methods:
+        for density in ([None] if method == "paper" else args.densities):
+            try:
+                details = install(pipe, method, density, ctx)
+            except ValueError as e:  # e.g. the warm-up alone costs more than the target
+                logger.warning(f"{name}: {method} at density {density} skipped: {e}")
+                rows.append({"pipeline": name, "family": info["family"], "method": method, "target_density": density,
+                             "skipped": str(e)})
+                bar.update(len(prompts))
+                continue
+            try:
+                runs = [run(pipe, p, i) for i, p in enumerate(prompts)]
+            finally:
+                remove_sparse_vdit(pipe)
+            row(method, density, runs, details)
+    return rows
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+# Report ------------------------------------------------------------------------------------------
+def print_table(rows) -> None:
+    print(f"{'pipeline':<18} {'method':<22} {'target':>7} {'density':>8} {'rel-L2':>9} {'PSNR':>7} {'SSIM':>7}")
+    for r in rows:
+        target = "-" if r["target_density"] is None else f"{r['target_density']:.2f}"
+        if "skipped" in r:
+            print(f"{r['pipeline']:<18} {r['method']:<22} {target:>7} {'skipped: ' + r['skipped'][:60]}")
+            continue
+        psnr = f"{r['psnr']:.2f}" if math.isfinite(r["psnr"]) else "inf"
+        ssim = f"{r['ssim']:.4f}" if r["ssim"] is not None else "-"
+        print(f"{r['pipeline']:<18} {r['method']:<22} {target:>7} {r['attention_density']:>8.3f} {r['rel_l2']:>9.2e} "
+              f"{psnr:>7} {ssim:>7}")
+
+
+def plot(rows, path: Path) -> Path | None:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.warning("no plot: matplotlib is not installed (pip install matplotlib)")
+        return None
+    pipelines = list(dict.fromkeys(r["pipeline"] for r in rows))
+    fig = Figure(figsize=(4.5 * len(pipelines), 7), layout="constrained")
+    axes = fig.subplots(2, len(pipelines), squeeze=False)
+    for col, name in enumerate(pipelines):
+        done = [r for r in rows if r["pipeline"] == name and "skipped" not in r]
+        for ax, metric, label in ((axes[0, col], "rel_l2", "relative L2 of final latents"),
+                                  (axes[1, col], "psnr", "PSNR of decoded frames (dB)")):
+            shown = []
+            for method in dict.fromkeys(r["method"] for r in done):
+                points = sorted((r["attention_density"], r[metric]) for r in done if r["method"] == method
+                                and r[metric] is not None and math.isfinite(r[metric]))
+                if not points:
+                    continue
+                if method in FLOORS:
+                    ax.axhline(points[0][1], linestyle=":", color="grey" if method == "floor_dtype" else "black",
+                               label=f"{method} ({points[0][1]:.3g})")
+                    continue
+                shown += [y for _, y in points]
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker="*" if method == "paper" else "o", markersize=10 if method == "paper" else 4,
+                        linestyle="none" if len(xs) == 1 else "-", label=method)
+            ax.set_xlabel("total attention density (tile-level, warm-up counted)")
+            ax.set_ylabel(label)
+            if metric == "psnr" and shown:  # a near-identical floor (150 dB) would flatten the methods
+                ax.set_ylim(min(shown) - 3, max(shown) + 3)
+            if metric == "rel_l2":
+                ax.set_yscale("log")
+                ax.set_title(f"{name} ({done[0]['family']})" if done else name)
+            ax.grid(alpha=0.3)
+        axes[0, col].legend(fontsize=7)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    aside = path.with_name(path.name + ".tmp")
+    aside.write_text(text)
+    os.replace(aside, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pipeline", nargs="+", metavar="FOLDER",
+                        help="reference pipeline folders, or family names under reference_models/")
+    source.add_argument("--tiny", nargs="+", metavar="FAMILY", choices=("wan", "cogvideox", "hunyuan_video"),
+                        help="tiny random pipelines instead (for testing the benchmark)")
+    parser.add_argument("--densities", nargs="+", type=float, default=list(DENSITIES))
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS, metavar="METHOD",
+                        help=f"any of {', '.join(METHODS)} (default: {' '.join(DEFAULT_METHODS)})")
+    parser.add_argument("--floors", nargs="*", default=list(FLOORS), choices=FLOORS)
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="dense warm-up steps of the *_warmup methods (default: a fifth of the steps, at least 1)")
+    parser.add_argument("--max-prompts", type=int, default=None, help="use only the first N held-out captions")
+    parser.add_argument("--seed", type=int, default=0, help="caption i is generated from seed + i")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                        help="default: bfloat16 on CUDA, float32 on the CPU")
+    parser.add_argument("--backend", default="auto", help="sparse kernel backend (see apply_sparse_vdit)")
+    parser.add_argument("--name", default=None, help="output name (default: tiny, or the folders' names)")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = parser.parse_args(argv)
+    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if args.max_prompts is not None and args.max_prompts < 1:
+        parser.error(f"--max-prompts must be at least 1, got {args.max_prompts}")
+    if not all(0 < d <= 1 for d in args.densities):
+        parser.error(f"--densities are fractions of dense attention in (0, 1], got {args.densities}")
+    name = args.name or ("tiny" if args.tiny else "_".join(Path(p).name for p in args.pipeline))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    pipelines = load_pipelines(args)
+    per_pipeline = len(args.floors) + 1 + sum(1 if m == "paper" else len(args.densities) for m in args.methods)
+    rows, started = [], time.perf_counter()
+    with tqdm(total=0, desc="Sparse-vDiT quality", unit="video") as bar:
+        for pipe_name, pipe, info in pipelines:
+            prompts = info["heldout_prompts"][: args.max_prompts]
+            bar.total += per_pipeline * len(prompts)
+            bar.refresh()
+            pipe.to(args.device, dtype=getattr(torch, args.dtype))
+            pipe.set_progress_bar_config(disable=True)
+            rows += run_pipeline(pipe_name, pipe, info, args, bar)
+    report = {
+        "settings": {k: v for k, v in vars(args).items()},
+        "pipelines": {n: {"family": i["family"], "generate": i["generate"], "tile_size": i["tile_size"]}
+                      for n, _, i in pipelines},
+        "seconds": time.perf_counter() - started,
+        "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__},
+        "rows": rows,
+    }
+    json_path = out / f"quality_{name}.json"
+    write_atomic(json_path, json.dumps(_jsonable(report), indent=2) + "\n")
+    png = plot(rows, out / f"quality_{name}.png")
+    print_table(rows)
+    print(f"wrote {json_path}" + (f" and {png}" if png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

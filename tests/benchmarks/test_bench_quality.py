@@ -1,0 +1,50 @@
+"""The quality benchmark runs end to end on a tiny pipeline and reports every method."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "bench_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_few_methods_on_tiny_hunyuan_video(tmp_path):
+    bench = load_script()
+    args = ["--tiny", "hunyuan_video", "--max-prompts", "1", "--densities", "0.5", "--methods", "diagonal", "radial_warmup",
+            "--floors", "floor_backend", "--warmup-steps", "1", "--name", "few", "--out", str(tmp_path)]
+    assert bench.main(args) == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "quality_few.json").read_text())["rows"]}
+    assert set(rows) == {"diagonal", "radial_warmup", "floor_backend"}
+    assert rows["radial_warmup"]["dense_warmup_steps"] == 1
+    assert rows["radial_warmup"]["details"]["in_map_density"] == pytest.approx((0.5 * 3 - 1) / 2)
+    assert all(r["rel_l2"] > 0 for m, r in rows.items() if m != "floor_backend")
+    assert not (tmp_path / "quality_few_scores").exists()  # no calibration without our methods
+
+
+@pytest.mark.slow  # about 40 s of CPU
+def test_tiny_wan_end_to_end(tmp_path, capsys):
+    bench = load_script()
+    assert bench.main(["--tiny", "wan", "--max-prompts", "1", "--densities", "0.5", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "quality_tiny.json").read_text())
+    assert (tmp_path / "quality_tiny.png").stat().st_size > 0
+    rows = {r["method"]: r for r in report["rows"]}
+    assert set(rows) == {*bench.DEFAULT_METHODS, *bench.FLOORS}
+    for method, r in rows.items():
+        assert "skipped" not in r, (method, r.get("skipped"))
+        assert 0 < r["attention_density"] <= 1 and r["ssim"] is not None
+        assert r["rel_l2"] >= 0 and len(r["per_prompt"]) == 1
+    assert rows["floor_backend"]["rel_l2"] < 1e-3  # another SDPA backend: rounding only
+    assert math.isclose(rows["diagonal"]["attention_density"], 0.5, abs_tol=0.1)
+    assert rows["radial"]["token_density"] < rows["radial"]["attention_density"]
+    assert rows["ours_warmup"]["dense_warmup_steps"] == 1
+    assert (tmp_path / "quality_tiny_wan_scores" / "single" / "settings.json").exists()  # cached for the next run
+    assert "ours_ranges" in capsys.readouterr().out  # the table
