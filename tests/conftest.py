@@ -22,6 +22,17 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _logs_reach_caplog():
+    # the package logs under diffusers' library logger, which does not propagate to the root
+    # logger where pytest's caplog listens
+    from diffusers.utils import logging
+
+    logging.enable_propagation()
+    yield
+    logging.disable_propagation()
+
+
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
         return
