@@ -22,15 +22,14 @@ def _seed():
     yield
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _logs_reach_caplog():
     # the package logs under diffusers' library logger, which does not propagate to the root
-    # logger where pytest's caplog listens
+    # logger where pytest's caplog listens (per test: a test may switch it back off)
     from diffusers.utils import logging
 
     logging.enable_propagation()
     yield
-    logging.disable_propagation()
 
 
 def pytest_collection_modifyitems(config, items):
