@@ -711,10 +711,9 @@ def _read_config_json(config_file: Path) -> dict[str, Any]:
 
 
 def _logger():
-    # diffusers' logger (rank-zero filter, verbosity conventions), imported lazily: diffusers.utils takes seconds
-    from diffusers.utils import logging
+    from .logs import get_logger  # diffusers' logger tree, imported lazily: diffusers.utils takes seconds
 
-    return logging.get_logger(__name__)
+    return get_logger(__name__)
 
 
 def _as(value, shape, dtype, fill) -> torch.Tensor:

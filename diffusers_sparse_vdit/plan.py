@@ -11,6 +11,10 @@ live in one int32 pool per (layout, tile size) shared by every plan, so a map of
 that reuses a handful of specs stores each spec's lists once; the "all tiles" list that
 FULL heads and every text row use is stored a single time.
 
+Building. A spec's lists are built once per (layout, tile size), however many layers and
+plans use it, from the mode's padded per-row key lists (:mod:`.masks`) with whole-tensor ops:
+no per-tile Python loop and no ``num_tiles x num_tiles`` mask, so the first call of a
+60-layer map at a new resolution takes well under a second (``benchmarks/bench_plan.py``).
 Plans are cached: every layer of every step with the same specs reuses the same object.
 """
 
@@ -21,12 +25,12 @@ import itertools
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
 from .layout import FRAME_MAJOR, TOKEN_MAJOR, TokenLayout
-from .masks import video_tile_mask
+from .masks import video_key_tiles, video_tile_mask
 from .modes import Mode, ModeSpec
 
 __all__ = ["SparsePlan", "build_plan", "spec_density", "spec_tile_mask", "MIN_TILE_SIZE"]
@@ -46,15 +50,31 @@ def plan_by_uid(uid: int) -> "SparsePlan":
 _ALL = "all tiles"
 
 
-class _TilePool:
-    """Append-only int32 storage of key-tile lists for one (layout, tile size)."""
+class _SpecRows(NamedTuple):
+    """One spec's key lists at one (layout, tile size): per query tile, and its cost."""
 
-    def __init__(self):
+    starts: torch.Tensor  # int32 (num_tiles,): where the tile's list starts in the pool
+    n_full: torch.Tensor  # int32 (num_tiles,): leading full video tiles of the list
+    n_total: torch.Tensor  # int32 (num_tiles,): length of the list
+    token_pairs: int  # (query, key) token pairs one head computes
+    tile_pairs: int  # (query tile, key tile) pairs
+
+
+class _TilePool:
+    """Append-only int32 storage of key-tile lists for one (layout, tile size), and each spec's rows in it.
+
+    Every spec's rows are built once per layout (however many layers and plans use the spec)
+    and kept as long as the pool, like the lists they point into.
+    """
+
+    def __init__(self, layout: TokenLayout, tile_size: int):
+        self.layout, self.tile_size = layout, tile_size
         self._chunks: list[torch.Tensor] = []
         self._size = 0
         self._offsets: dict[object, int] = {}
+        self._rows: dict[ModeSpec, _SpecRows] = {}
         self._device_cache: dict[torch.device, torch.Tensor] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def offset(self, key: object, make) -> int:
         with self._lock:
@@ -65,6 +85,13 @@ class _TilePool:
                 self._size += values.numel()
                 self._device_cache.clear()
             return self._offsets[key]
+
+    def spec_rows(self, spec: ModeSpec) -> _SpecRows:
+        with self._lock:
+            rows = self._rows.get(spec)
+            if rows is None:
+                rows = self._rows[spec] = _build_spec_rows(spec, self)
+            return rows
 
     def tensor(self, device: torch.device) -> torch.Tensor:
         # Plans fetch the pool at call time: a pool that grew since the plan was built is a
@@ -79,19 +106,7 @@ class _TilePool:
 
 @functools.lru_cache(maxsize=None)
 def _pool(layout: TokenLayout, tile_size: int) -> _TilePool:
-    return _TilePool()
-
-
-@functools.lru_cache(maxsize=None)
-def _visit_order(layout: TokenLayout, tile_size: int) -> tuple[torch.Tensor, int]:
-    """Order in which a row visits its key tiles: full video tiles, then the partial video tile, then text tiles.
-
-    Returns the tile order and how many full video tiles lead it.
-    """
-    nvt, nt = layout.video_tiles(tile_size), layout.num_tiles(tile_size)
-    partial_video = layout.video_tokens % tile_size != 0
-    n_full = nvt - partial_video
-    return torch.cat([torch.arange(n_full), torch.arange(n_full, nt)]), n_full
+    return _TilePool(layout, tile_size)
 
 
 def spec_tile_mask(spec: ModeSpec, layout: TokenLayout, tile_size: int) -> torch.Tensor:
@@ -106,37 +121,51 @@ def spec_tile_mask(spec: ModeSpec, layout: TokenLayout, tile_size: int) -> torch
     return mask
 
 
-@functools.lru_cache(maxsize=1024)
 def spec_density(spec: ModeSpec, layout: TokenLayout, tile_size: int) -> tuple[float, float]:
     """(fraction of query-key token pairs, fraction of tile pairs) one head of this spec computes."""
-    mask = spec_tile_mask(spec, layout, tile_size)
-    lengths = layout.tile_lengths(tile_size).double()
-    pairs = (lengths[:, None] * mask.double() * lengths[None, :]).sum()
-    return float(pairs) / layout.num_tokens**2, float(mask.double().mean())
+    rows = _pool(layout, tile_size).spec_rows(spec)
+    return rows.token_pairs / layout.num_tokens**2, rows.tile_pairs / layout.num_tiles(tile_size) ** 2
 
 
-@functools.lru_cache(maxsize=256)
-def _spec_rows(spec: ModeSpec, layout: TokenLayout, tile_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per query tile of one spec: (pool start, n_full, n_total), each int32 ``(num_tiles,)``."""
-    nt = layout.num_tiles(tile_size)
-    order, full_cols = _visit_order(layout, tile_size)
-    visit = spec_tile_mask(spec, layout, tile_size)[:, order]  # columns in visiting order
-    n_total = visit.sum(1, dtype=torch.int32)
-    n_full = visit[:, :full_cols].sum(1, dtype=torch.int32)
-    starts = torch.zeros(nt, dtype=torch.int32)
+def _build_spec_rows(spec: ModeSpec, pool: _TilePool) -> _SpecRows:
+    """Pool one spec's key lists: each query tile's keys in ascending kernel-order tile index.
+
+    Ascending is the visiting order the kernel needs: the full video tiles, then the partly
+    filled last video tile, then the text tiles.
+    """
+    layout, tile_size = pool.layout, pool.tile_size
+    nvt, nt = layout.video_tiles(tile_size), layout.num_tiles(tile_size)
+    zeros = torch.zeros(nt, dtype=torch.int32)
     if spec.mode is Mode.SKIP:
-        return starts, n_full, n_total
-    pool = _pool(layout, tile_size)
-    # rows that visit every tile (FULL heads, text rows) share one pooled list
-    dense = n_total == nt
-    starts[dense] = pool.offset(_ALL, lambda: order)
-    own = (~dense).nonzero().flatten()
+        return _SpecRows(zeros, zeros, zeros, 0, 0)
+    ntt, partial = nt - nvt, layout.video_tokens % tile_size
+    full_cols = nvt - (partial != 0)  # every video tile but a partly filled last one
+    keys, valid = video_key_tiles(spec, layout, tile_size)
+    n_video = valid.sum(1)
+    n_full_video = (valid & (keys < full_cols)).sum(1) if partial else n_video
+    # video rows: their video keys plus every text tile; text rows: every tile
+    n_total = torch.cat([n_video + ntt, torch.full((ntt,), nt)]).to(torch.int32)
+    n_full = torch.cat([n_full_video, torch.full((ntt,), full_cols)]).to(torch.int32)
+    video_row_keys = n_full_video * tile_size + (n_video - n_full_video) * partial + layout.text_tokens
+    row_keys = torch.cat([video_row_keys, torch.full((ntt,), layout.num_tokens)])
+    lengths = layout.tile_lengths(tile_size).long()
+    token_pairs, tile_pairs = int((lengths * row_keys).sum()), int(n_total.sum())
+
+    starts = zeros.clone()
+    dense = n_total == nt  # FULL heads and every text row share one pooled list
+    starts[dense] = pool.offset(_ALL, lambda: torch.arange(nt))
+    own = (~dense).nonzero().flatten()  # video rows only: text rows are always dense
     if own.numel():
-        cols = visit[own].nonzero()[:, 1]  # row-major, so each row's tiles come out in visiting order
-        base = pool.offset((spec, "rows"), lambda: order[cols])
-        lengths = n_total[own].to(torch.int64)
-        starts[own] = (base + torch.cumsum(lengths, 0) - lengths).to(torch.int32)
-    return starts, n_full, n_total
+
+        def lists():
+            text = torch.arange(nvt, nt).expand(len(own), ntt)
+            keep = torch.cat([valid.index_select(0, own), torch.ones_like(text, dtype=torch.bool)], dim=1)
+            return torch.masked_select(torch.cat([keys.index_select(0, own), text], dim=1), keep)  # row-major: rows in order
+
+        base = pool.offset((spec, "rows"), lists)
+        counts = n_total[own].to(torch.int64)
+        starts[own] = (base + torch.cumsum(counts, 0) - counts).to(torch.int32)
+    return _SpecRows(starts, n_full, n_total, token_pairs, tile_pairs)
 
 
 @functools.lru_cache(maxsize=None)
@@ -206,10 +235,10 @@ class SparsePlan:
 
     def key_tiles(self, head: int, query_tile: int) -> torch.Tensor:
         """Key tiles (kernel order, in the kernel's visiting order) of one query tile of one head."""
-        start, n_full, n_total = _spec_rows(self.specs[head], self.layout, self.tile_size)
-        pool = _pool(self.layout, self.tile_size).tensor(torch.device("cpu"))
-        s = int(start[query_tile])
-        return pool[s : s + int(n_total[query_tile])]
+        pool = _pool(self.layout, self.tile_size)
+        rows = pool.spec_rows(self.specs[head])
+        start = int(rows.starts[query_tile])
+        return pool.tensor(torch.device("cpu"))[start : start + int(rows.n_total[query_tile])]
 
     def tile_mask(self, head: int) -> torch.Tensor:
         """Boolean ``(num_tiles, num_tiles)``: query tile -> key tile, in the head's kernel order."""
@@ -350,13 +379,19 @@ def _as_spec(spec) -> ModeSpec:
 
 @functools.lru_cache(maxsize=1024)
 def _build_plan(specs: tuple[ModeSpec, ...], layout: TokenLayout, tile_size: int) -> SparsePlan:
-    nt = layout.num_tiles(tile_size)
-    rows = []
-    for h, spec in enumerate(specs):
-        start, n_full, n_total = _spec_rows(spec, layout, tile_size)
-        heads = torch.full((nt,), h, dtype=torch.int32)
-        rows.append(torch.stack([heads, torch.arange(nt, dtype=torch.int32), start, n_full, n_total], dim=1))
-    work = torch.cat(rows)
+    pool = _pool(layout, tile_size)
+    rows = [pool.spec_rows(s) for s in specs]  # built once per distinct spec, whatever the layer
+    heads, nt = len(specs), layout.num_tiles(tile_size)
+    work = torch.stack(
+        [
+            torch.arange(heads, dtype=torch.int32).repeat_interleave(nt),
+            torch.arange(nt, dtype=torch.int32).repeat(heads),
+            torch.cat([r.starts for r in rows]),
+            torch.cat([r.n_full for r in rows]),
+            torch.cat([r.n_total for r in rows]),
+        ],
+        dim=1,
+    )
     # Heavy query tiles first (dense text rows, FULL heads) so they form no tail at the end of
     # the launch, but only by coarse weight class: within a class the order stays head-major,
     # so the programs in flight read one head's K/V and share it in L2. (A strict

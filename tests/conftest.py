@@ -22,6 +22,16 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _logs_reach_caplog():
+    # the package logs under diffusers' library logger, which does not propagate to the root
+    # logger where pytest's caplog listens (per test: a test may switch it back off)
+    from diffusers.utils import logging
+
+    logging.enable_propagation()
+    yield
+
+
 def pytest_collection_modifyitems(config, items):
     if not os.environ.get("SPARSE_VDIT_SLOW"):
         slow = pytest.mark.skip(reason="slow: set SPARSE_VDIT_SLOW=1 to run")

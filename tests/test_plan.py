@@ -1,4 +1,5 @@
 import math
+import random
 
 import pytest
 import torch
@@ -98,6 +99,79 @@ def test_density_and_flops_match_the_mask(layout):
     assert plan.flops(64, batch=2) == int(mask.sum()) * 4 * 64 * 2
     assert plan.dense_flops(64) == len(SPECS) * layout.num_tokens**2 * 4 * 64
     assert 0 < plan.density < 1
+
+
+def reference_key_lists(spec: ModeSpec, layout: TokenLayout, tile: int) -> list[list[int]]:
+    """Each query tile's key tiles in visiting order, one Python loop per tile: the naive builder."""
+    nvt, nt = math.ceil(layout.video_tokens / tile), layout.num_tiles(tile)
+    text = list(range(nvt, nt))
+    if spec.mode is Mode.SKIP:
+        return [[] for _ in range(nt)]
+    rows = []
+    for q in range(nvt):
+        if spec.mode is Mode.FULL:
+            video = range(nvt)
+        elif spec.mode in (Mode.DIAGONAL, Mode.MULTI_DIAGONAL):
+            half = math.ceil(spec.width * layout.frame_tokens / tile - 1e-9)
+            video = [k for k in range(nvt) if abs(q - k) <= half]
+        else:
+            sink = math.ceil(min(spec.sink_frames, layout.frames) * layout.frame_tokens / tile)
+            video = sorted({*range(sink), *(min(int(x * nvt), nvt - 1) for x in spec.stripes), q})
+        rows.append([*video, *text])
+    return rows + [list(range(nt)) for _ in text]
+
+
+def random_spec(rng: random.Random) -> ModeSpec:
+    mode = rng.choice(list(Mode))
+    if mode in (Mode.DIAGONAL, Mode.MULTI_DIAGONAL):
+        return ModeSpec(mode, width=rng.choice([0.0, 0.1, 0.5, 1.0, 2.5, 100.0]))
+    if mode is Mode.VERTICAL_STRIPE:
+        stripes = tuple(rng.random() for _ in range(rng.randrange(0, 12)))
+        return ModeSpec.vertical_stripe(stripes, sink_frames=rng.randrange(0, 3))
+    return ModeSpec(mode)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_key_lists_match_a_naive_builder_on_random_layouts(seed):
+    rng = random.Random(seed)
+    position = rng.choice(["none", "before", "after"])
+    text = 0 if position == "none" else rng.randrange(1, 40)
+    layout = TokenLayout(rng.randrange(1, 8), rng.randrange(1, 11), rng.randrange(1, 11), text, position)
+    tile = rng.choice([16, 32])
+    specs = [random_spec(rng) for _ in range(8)] + [ModeSpec.vertical_stripe((), sink_frames=0)]
+    plan = build_plan(specs, layout, tile)
+    lengths = layout.tile_lengths(tile).long()
+    full_video = [k for k in range(plan.video_tiles) if lengths[k] == tile]
+    assert plan.work.shape[0] == len(specs) * plan.num_tiles
+    for head, q_tile, _, n_full, n_total in plan.work.tolist():
+        expected = reference_key_lists(specs[head], layout, tile)[q_tile]
+        assert plan.key_tiles(head, q_tile).tolist() == expected, (specs[head], q_tile)
+        assert (n_full, n_total) == (len([k for k in expected if k in full_video]), len(expected))
+    for head, spec in enumerate(specs):
+        lists = reference_key_lists(spec, layout, tile)
+        pairs = sum(int(lengths[q]) * int(lengths[keys].sum()) for q, keys in enumerate(lists) if keys)
+        assert plan.head_density()[head].item() == pairs / layout.num_tokens**2, spec
+        assert plan.head_tile_density()[head].item() == sum(map(len, lists)) / plan.num_tiles**2, spec
+        assert torch.equal(plan.tile_mask(head).nonzero()[:, 1], torch.tensor([k for keys in lists for k in keys]))
+
+
+def test_each_spec_is_built_once_per_layout_and_never_as_a_dense_tile_mask(monkeypatch):
+    import diffusers_sparse_vdit.plan as plan_module
+
+    plan_module._pool.cache_clear()
+    plan_module._build_plan.cache_clear()
+    layout = TokenLayout(6, 7, 9, text_tokens=5, text_position="after")
+    nvt = layout.video_tiles(16)
+    # more distinct specs than any small cache holds, shared across "layers" in another order
+    specs = [ModeSpec.vertical_stripe(((i + 0.5) / 400,)) for i in range(300)]
+    layers = [specs[i : i + 12] for i in range(0, 300, 12)] + [specs[::-1][i : i + 12] for i in range(0, 300, 12)]
+    built = []
+    real = plan_module.video_key_tiles
+    monkeypatch.setattr(plan_module, "video_key_tiles", lambda spec, *a: built.append(spec) or real(spec, *a))
+    monkeypatch.setattr(plan_module, "spec_tile_mask", lambda *a: pytest.fail("a dense tile mask was built"))
+    plans = [build_plan(heads, layout, 16) for heads in layers]
+    assert [p.density for p in plans] and plans[-1].key_tiles(0, nvt - 1).numel() > 0
+    assert sorted(built, key=specs.index) == specs  # once each
 
 
 def test_text_lengths_mask_padded_text_keys():

@@ -14,17 +14,17 @@ import functools
 from pathlib import Path
 
 from diffusers.hooks import HookRegistry
-from diffusers.utils import logging
 
 from ..config import FAMILIES, SparseVDiTConfig
 from ..kernels.attention import BACKENDS
+from ..logs import get_logger
 from .base import Family, SparseAttnProcessor
 from .cogvideox import COGVIDEOX
 from .hook import HOOK_NAME, SparseVDiTHook, get_sparse_vdit_hook
 from .hunyuan_video import HUNYUAN_VIDEO
 from .wan import WAN
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 __all__ = [
     "apply_sparse_vdit",

@@ -33,14 +33,14 @@ import weakref
 from pathlib import Path
 
 from diffusers.models.attention import AttentionMixin
-from diffusers.utils import logging
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
 from ..config import SparseVDiTConfig
 from ..kernels.attention import BACKENDS
+from ..logs import get_logger
 from .apply import install, load_config
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["SparseVDiTProcessor"]
 

@@ -44,11 +44,11 @@ import weakref
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState
-from diffusers.utils import logging
 
 from ..layout import TokenLayout
+from ..logs import get_logger
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["HOOK_NAME", "SparseVDiTHook", "SparseVDiTState", "get_sparse_vdit_hook"]
 

@@ -7,8 +7,10 @@ known), which scores every candidate for every head and returns the output to ca
 (dense, or the paper's greedy choice). Dense warm-up steps are not scored. Afterwards the
 pipeline's processors are restored exactly. :func:`search` then solves the scores.
 
-One progress bar runs over prompts x steps (the pipeline's own bar is silenced meanwhile,
-with diffusers' ``set_progress_bar_config``); messages go through diffusers' logger.
+One progress bar runs over prompts x steps in place of the pipeline's own (silenced meanwhile
+with diffusers' ``set_progress_bar_config``), following the pipeline's bar settings and
+diffusers' ``disable_progress_bar()`` unless ``progress`` says otherwise; messages go through
+diffusers' logger tree (``diffusers.sparse_vdit.*``).
 
 Several processes (``accelerate launch``): prompts are split between them, each scores its
 share with per-prompt seeds (so the split does not change what a prompt contributes), and
@@ -26,6 +28,7 @@ from diffusers.utils import logging
 from tqdm.auto import tqdm
 
 from ..layout import TokenLayout
+from ..logs import get_logger
 from ..modes import ModeSpec
 from .scores import ScoreSet
 from .scoring import HeadScorer, OutProj
@@ -33,7 +36,7 @@ from .solver import SearchResult, solve_budget, solve_paper
 
 __all__ = ["DEFAULT_PROMPTS", "load_prompts", "calibrate", "search"]
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 # Diverse on purpose: people, animals, landscapes, a city at night, a close-up, fast motion,
 # slow camera moves, abstract motion. Attention patterns are largely prompt-invariant (the
@@ -156,7 +159,7 @@ def calibrate(
     backend: str = "auto",
     pipeline_kwargs: dict | None = None,
     accelerator=None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> ScoreSet:
     """Run ``pipe`` on ``prompts`` (default: :data:`DEFAULT_PROMPTS`) and score every candidate mode.
 
@@ -175,7 +178,9 @@ def calibrate(
             (the VAE adds nothing to the scores).
         accelerator: an ``accelerate.Accelerator`` to split the prompts across processes, or
             ``"auto"`` (one is made when ``torch.distributed`` is initialized).
-        progress: one bar over prompts x steps.
+        progress: one bar over prompts x steps; None follows diffusers: hidden after
+            ``pipe.set_progress_bar_config(disable=True)`` or ``diffusers.utils.logging.disable_progress_bar()``
+            (the pipeline's other bar settings apply to it too).
 
     Returns the averaged :class:`ScoreSet` (on every process), with the set-up in its metadata.
     """
@@ -212,8 +217,12 @@ def calibrate(
     if accelerator is not None and accelerator.num_processes > 1:
         with accelerator.split_between_processes(indices) as share:
             mine = list(share)
+    bar_config = dict(getattr(pipe, "_progress_bar_config", {}))
+    if progress is None:
+        progress = logging.is_progress_bar_enabled() and not bar_config.get("disable", False)
     show = progress and (accelerator is None or accelerator.is_local_main_process)
-    bar = tqdm(total=len(mine) * num_inference_steps, desc="Sparse-vDiT calibration", unit="step", disable=not show)
+    bar = tqdm(total=len(mine) * num_inference_steps,
+               **{"desc": "Sparse-vDiT calibration", "unit": "step", **bar_config, "disable": not show})
 
     def on_step_end(pipeline, step, timestep, callback_kwargs):
         bar.update(1)
@@ -223,7 +232,6 @@ def calibrate(
     for name, value in (("height", height), ("width", width), ("num_frames", num_frames), ("guidance_scale", guidance_scale)):
         if value is not None:
             call[name] = value
-    bar_config = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)
     apply_sparse_vdit(pipe, full_map, backend="auto", processor_cls=_calibration_processor(family.processor_cls, calibration))
     try:

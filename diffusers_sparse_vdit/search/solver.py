@@ -31,9 +31,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from diffusers.utils import logging
 
 from ..config import FAMILIES, SparseVDiTConfig
+from ..logs import get_logger
 from ..modes import Mode
 from .candidates import Candidate
 from .stripes import tile_positions
@@ -51,7 +51,7 @@ __all__ = [
     "SearchResult",
 ]
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 DEFAULT_LAMBDA = 0.5
 

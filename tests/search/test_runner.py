@@ -96,6 +96,46 @@ def test_progress_bar_counts_prompts_times_steps(monkeypatch):
     assert totals == [6] and sum(updates) == 6
 
 
+@pytest.mark.parametrize(
+    "progress, pipe_config, diffusers_bars, shown",
+    [
+        (None, {}, True, True),
+        (None, {"disable": True}, True, False),  # pipe.set_progress_bar_config(disable=True)
+        (None, {}, False, False),  # diffusers.utils.logging.disable_progress_bar()
+        (True, {"disable": True}, False, True),  # an explicit argument wins
+        (False, {}, True, False),
+    ],
+)
+def test_progress_bar_follows_diffusers_settings(monkeypatch, progress, pipe_config, diffusers_bars, shown):
+    import diffusers_sparse_vdit.search.runner as runner
+    from diffusers.utils import logging
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, **kwargs):
+            bars.append(kwargs)
+
+        def update(self, n):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(runner, "tqdm", Bar)
+    pipe = tiny_pipeline("wan")
+    pipe.set_progress_bar_config(**pipe_config, leave=False)
+    try:
+        if not diffusers_bars:
+            logging.disable_progress_bar()
+        calibrate(pipe, PROMPTS[:1], **run(pipe, "wan", num_inference_steps=1, progress=progress))
+    finally:
+        logging.enable_progress_bar()
+    assert len(bars) == 1 and bars[0]["disable"] is not shown
+    assert bars[0]["leave"] is False  # the pipeline's other bar settings carry over
+    assert pipe._progress_bar_config == {**pipe_config, "leave": False}  # restored
+
+
 def test_prompts_files(tmp_path):
     assert load_prompts(None) == list(DEFAULT_PROMPTS) and len(DEFAULT_PROMPTS) == 8
     path = tmp_path / "prompts.txt"
