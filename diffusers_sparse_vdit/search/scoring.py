@@ -64,10 +64,11 @@ from ..layout import FRAME_MAJOR, TOKEN_MAJOR, TokenLayout
 from ..modes import Mode, ModeSpec
 from ..plan import build_plan, spec_tile_mask
 from .candidates import Candidate, candidate_densities, default_candidates
-from .partials import combine, tile_partials
+from .partials import combine, tile_mass, tile_partials
 from .scores import METRICS, ScoreSet, as_step_ranges
 from .solver import DEFAULT_LAMBDA, default_epsilon, paper_choice, rule_units
-from .stripes import StripePermutation, key_tile_mass, selectable_tiles, tile_positions, top_stripe_tiles
+from .stripes import (StripePermutation, frame_major_tile_of_token, key_tile_mass, selectable_tiles, tile_positions,
+                      top_stripe_tiles, weighted_row_mass)
 
 __all__ = ["HeadScorer", "OutProj"]
 
@@ -201,13 +202,14 @@ class HeadScorer:
         orders = {self._order(c) for c in self.candidates} | {FRAME_MAJOR}
         samples = {o: self._sample(o, batch, q.device, text_lengths) for o in sorted(orders)}
         energy = {o: self._energy(dense, s, proj) for o, s in samples.items()}
-        self._measure_stripes(r, layer, q, k, samples[FRAME_MAJOR], scale, text_lengths)
         outputs = striped = buffer = None
-        if self._shared_partials(q.device):  # every candidate from one pass over the keys per order
+        if self._shared_partials(q.device):  # every candidate (and the stripe mass) from one pass over the keys
             outputs = self._outputs_from_partials(r, layer, q, k, v, samples, scale, text_lengths)
         else:  # one kernel call per candidate
+            self._measure_stripes(r, layer, q, k, samples[FRAME_MAJOR], scale, text_lengths)
             striped = self._striped_inputs(r, layer, q, k, v)
             buffer = torch.empty_like(q)
+        dense_rows = {o: dense[:, :, s.rows].float() for o, s in samples.items()}
 
         errors = torch.zeros(batch, heads, len(self.candidates), dtype=torch.float64, device=q.device)
         for c, cand in enumerate(self.candidates):
@@ -216,12 +218,12 @@ class HeadScorer:
             order = self._order(cand)
             s = samples[order]
             if cand.mode is Mode.SKIP:  # zero on every row, text rows included
-                delta = -dense[:, :, s.rows].float()
+                delta = -dense_rows[order]
             else:  # text rows attend densely in every other mode: only video rows can differ
                 rows = s.rows[: s.n_video]
                 got = outputs[c] if outputs is not None else self._sampled_rows(c, q, k, v, rows, s.tiles, striped,
                                                                                 scale, text_lengths, buffer)
-                delta = got.float() - dense[:, :, rows].float()
+                delta = got.float() - dense_rows[order][:, :, : s.n_video]
             errors[..., c] = self._error(delta, s, proj) / energy[order][:, None]
 
         errors = errors.cpu()
@@ -357,8 +359,9 @@ class HeadScorer:
         for p, gram in enumerate(proj.grams):
             sel = (which == p).nonzero().flatten()
             if len(sel):
-                d = delta[:, :, sel] * w[:, None, sel, None].sqrt().float()
-                total += torch.einsum("bhrd,hde,bhre->bh", d, gram, d).double()
+                d = delta if len(sel) == n else delta[:, :, sel]
+                per_row = (torch.matmul(d, gram) * d).sum(-1)  # (B, H, r): d_r^T W_h^T W_h d_r
+                total += (per_row.double() * w[:, None, sel]).sum(-1)
         return total
 
     def _measure_stripes(self, r, layer, q, k, fm: _Sample, scale, text_lengths) -> None:
@@ -392,30 +395,53 @@ class HeadScorer:
 
     def _outputs_from_partials(self, r, layer, q, k, v, samples, scale, text_lengths) -> dict[int, torch.Tensor]:
         """Every sparse candidate's output on its sample's video rows, ``(B, H, R, D)`` float32 by candidate,
-        combined from one set of tile partials per order (:mod:`.partials`), rows in bounded chunks."""
+        combined from one set of tile partials per order (:mod:`.partials`), rows in bounded chunks.
+
+        The frame-major partials also give this call's stripe mass, added to the running total
+        before VERTICAL_STRIPE is combined (it scores the tiles the total ranks first).
+        """
         batch, heads, _, head_dim = q.shape
         key_valid = self._key_valid(batch, q.device, text_lengths)
         outputs = {}
         for order, s in samples.items():
             cands = [c for c, cand in enumerate(self.candidates)
                      if cand.mode not in (Mode.FULL, Mode.SKIP) and self._order(cand) == order]
-            if not cands:
+            measure = order == FRAME_MAJOR and self._max_stripes > 0
+            if not cands and not measure:
                 continue
             key_rows, key_ok = (x.to(q.device) for x in self._key_rows[order])
             key_ok = key_ok[None] if key_valid is None else key_ok & key_valid[:, key_rows]
             k_tiles, v_tiles = k[:, :, key_rows], v[:, :, key_rows]
-            masks = {c: self._candidate_tile_mask(c, r, layer).to(q.device) for c in cands}
             rows = s.rows[: s.n_video]
             query_tiles = self._tile_of[order].to(q.device)[rows]
+            per_row = batch * heads * max(len(key_rows), len(self._tile_lengths) * head_dim)
+            chunks = torch.arange(len(rows), device=q.device).split(max(1, self.max_chunk_elements // per_row))
+            if measure and len(chunks) > 1:  # the whole sample's partials would not fit: a pass of its own
+                self._measure_stripes(r, layer, q, k, s, scale, text_lengths)
+                measure = False
+            keep = None
             for c in cands:
                 outputs[c] = torch.empty(batch, heads, len(rows), head_dim, device=q.device)
-            per_row = batch * heads * max(len(key_rows), masks[cands[0]].shape[-1] * head_dim)
-            for chunk in torch.arange(len(rows), device=q.device).split(max(1, self.max_chunk_elements // per_row)):
-                partials = tile_partials(q[:, :, rows[chunk]], k_tiles, v_tiles, key_ok, tile_size=self.tile_size,
-                                         scale=scale)
-                for c in cands:
-                    outputs[c][:, :, chunk] = combine(partials, masks[c][:, query_tiles[chunk]])
+            for chunk in chunks:
+                partials = tile_partials(q[:, :, rows[chunk]], k_tiles, v_tiles, None if key_ok.all() else key_ok,
+                                         tile_size=self.tile_size, scale=scale)
+                if measure:  # one chunk: the whole sample
+                    self._add_stripe_mass(r, layer, partials, rows, s.weights[0, : s.n_video])
+                if not cands:
+                    continue
+                if keep is None:  # after the mass: VERTICAL_STRIPE's tiles depend on it
+                    keep = torch.stack([self._candidate_tile_mask(c, r, layer).expand(heads, -1, -1) for c in cands])
+                    keep = keep.to(q.device)
+                for c, out in zip(cands, combine(partials, keep[:, :, query_tiles[chunk]])):
+                    outputs[c][:, :, chunk] = out
         return outputs
+
+    def _add_stripe_mass(self, r, layer, partials, rows, weights) -> None:
+        """:func:`.key_tile_mass` of the sampled rows, from their tile partials."""
+        per_tile = tile_mass(partials)[..., : self.layout.video_tiles(self.tile_size)]
+        own = frame_major_tile_of_token(self.layout, self.tile_size).to(rows.device)[rows]
+        mass = weighted_row_mass(per_tile, own, weights) / weights.sum()
+        self._mass_sum[r, layer] += mass.sum(0).cpu()
 
     def _sampled_rows(self, c, q, k, v, rows, tiles, striped, scale, text_lengths, buffer) -> torch.Tensor:
         """Candidate ``c``'s output on the sampled caller ``rows``, all heads: ``(B, H, R, D)``."""

@@ -91,15 +91,16 @@ def test_triton_backend_scores_like_torch():
     torch.testing.assert_close(got["triton"], got["torch"], rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("metric", ["projected", "mse"])
+@pytest.mark.parametrize("metric,chunk", [("projected", 1 << 28), ("mse", 1 << 28), ("projected", 4000)])
 @pytest.mark.parametrize("layout,text_lengths", CASES[:2], ids=lambda x: str(x))
-def test_shared_partials_give_the_kernel_path_scores(layout, text_lengths, metric, monkeypatch):
+def test_shared_partials_give_the_kernel_path_scores(layout, text_lengths, metric, chunk, monkeypatch):
     """The torch backend's one-pass scoring and one reference-kernel call per candidate: the same
-    ScoreSet over several calls (same seed: same samples, stripes chosen from the same mass)."""
+    ScoreSet over several calls (same seed: same samples, stripes chosen from the same mass),
+    also when the sampled rows take several chunks (the stripe mass then has a pass of its own)."""
     heads, d = 2, 16
     candidates = default_candidates(layout, 16) + (Candidate.vertical_stripe(3),)  # two stripe counts
     shared, kernels = (HeadScorer(layout, 1, heads, candidates=candidates, tile_size=16, backend="torch", sample_tiles=3,
-                                  seed=3, metric=metric) for _ in range(2))
+                                  seed=3, metric=metric, max_chunk_elements=chunk) for _ in range(2))
     monkeypatch.setattr(kernels, "_shared_partials", lambda device: False)
     assert {c.mode for c in shared.candidates} == set(Mode)
     g = torch.Generator().manual_seed(0)
