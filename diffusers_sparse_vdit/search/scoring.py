@@ -358,10 +358,14 @@ class HeadScorer:
         which = proj.pair_of_token[s.rows[:n]]
         for p, gram in enumerate(proj.grams):
             sel = (which == p).nonzero().flatten()
-            if len(sel):
-                d = delta if len(sel) == n else delta[:, :, sel]
-                per_row = (torch.matmul(d, gram) * d).sum(-1)  # (B, H, r): d_r^T W_h^T W_h d_r
-                total += (per_row.double() * w[:, None, sel]).sum(-1)
+            if len(sel) == n:  # one projection for every row (Wan, CogVideoX): no gather
+                d, ws = delta, w
+            elif len(sel):
+                d, ws = delta[:, :, sel], w[:, sel]
+            else:
+                continue
+            per_row = (torch.matmul(d, gram) * d).sum(-1)  # (B, H, r): d_r^T W_h^T W_h d_r
+            total += torch.einsum("bhr,br->bh", per_row.double(), ws)
         return total
 
     def _measure_stripes(self, r, layer, q, k, fm: _Sample, scale, text_lengths) -> None:
@@ -411,11 +415,13 @@ class HeadScorer:
                 continue
             key_rows, key_ok = (x.to(q.device) for x in self._key_rows[order])
             key_ok = key_ok[None] if key_valid is None else key_ok & key_valid[:, key_rows]
+            key_ok = None if key_ok.all() else key_ok
             k_tiles, v_tiles = k[:, :, key_rows], v[:, :, key_rows]
             rows = s.rows[: s.n_video]
             query_tiles = self._tile_of[order].to(q.device)[rows]
             per_row = batch * heads * max(len(key_rows), len(self._tile_lengths) * head_dim)
-            chunks = torch.arange(len(rows), device=q.device).split(max(1, self.max_chunk_elements // per_row))
+            step = max(1, self.max_chunk_elements // per_row)
+            chunks = [slice(i, i + step) for i in range(0, len(rows), step)]
             if measure and len(chunks) > 1:  # the whole sample's partials would not fit: a pass of its own
                 self._measure_stripes(r, layer, q, k, s, scale, text_lengths)
                 measure = False
@@ -423,7 +429,7 @@ class HeadScorer:
             for c in cands:
                 outputs[c] = torch.empty(batch, heads, len(rows), head_dim, device=q.device)
             for chunk in chunks:
-                partials = tile_partials(q[:, :, rows[chunk]], k_tiles, v_tiles, None if key_ok.all() else key_ok,
+                partials = tile_partials(q[:, :, rows[chunk]], k_tiles, v_tiles, key_ok,
                                          tile_size=self.tile_size, scale=scale)
                 if measure:  # one chunk: the whole sample
                     self._add_stripe_mass(r, layer, partials, rows, s.weights[0, : s.n_video])
