@@ -38,17 +38,20 @@ def tile_partials(q_rows: torch.Tensor, k_tiles: torch.Tensor, v_tiles: torch.Te
     to ``tile_size`` rows; ``key_ok``: bool ``(B or 1, T * tile_size)``, False for padding rows
     and masked keys (None: every key counts).
     """
-    batch, heads, _, head_dim = q_rows.shape
-    keys = k_tiles.float().view(batch, heads, -1, tile_size, head_dim)
-    # (B, H, T, R, tile): tile-major, so P V below is one batched matmul without a copy of P
-    logits = torch.matmul((q_rows.float() * scale).unsqueeze(2), keys.transpose(-1, -2))
+    batch, heads, rows, head_dim = q_rows.shape
+    logits = torch.matmul(q_rows.float() * scale, k_tiles.float().transpose(-1, -2))  # (B, H, R, T * tile)
     if key_ok is not None:
-        logits.masked_fill_(~key_ok.view(key_ok.shape[0], 1, -1, 1, tile_size), -math.inf)
+        logits.masked_fill_(~key_ok[:, None, None, :], -math.inf)
+    logits = logits.view(batch, heads, rows, -1, tile_size)
     peak = logits.amax(-1)
     probs = logits.sub_(torch.where(peak.isneginf(), 0.0, peak)[..., None]).exp_()  # in place: logits are spent
-    out = torch.matmul(probs, v_tiles.float().view(batch, heads, -1, tile_size, head_dim))
-    # rows outermost: combine() then reads it in order (8x faster than through a strided view)
-    return TilePartials(peak.transpose(2, 3), probs.sum(-1).transpose(2, 3), out.transpose(2, 3).contiguous())
+    # P V tile by tile, one batched matmul per (batch item, head) on strided views: rows stay
+    # outermost in the result (combine() reads it in order) and nothing is copied
+    values = v_tiles.float().view(batch * heads, -1, tile_size, head_dim)
+    out = probs.new_empty(batch, heads, rows, peak.shape[-1], head_dim)
+    for p, v, o in zip(probs.flatten(0, 1), values, out.flatten(0, 1)):
+        torch.bmm(p.transpose(0, 1), v, out=o.transpose(0, 1))
+    return TilePartials(peak, probs.sum(-1), out)
 
 
 def combine(partials: TilePartials, keep: torch.Tensor) -> torch.Tensor:
