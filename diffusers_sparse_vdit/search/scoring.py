@@ -41,6 +41,13 @@ spread over many tiles, so they get their own stratified sample of token-major t
 the layer energy measured on those rows). The dense output on all rows is computed once per
 call (or passed in as ``dense``) and sampled rows are read from it.
 
+On the ``torch`` backend (the CPU), one reference-kernel call per candidate would walk the
+tiles in Python nine times a call. Instead each order's sampled rows make one pass over the
+keys that keeps every key tile's softmax partials (:mod:`.partials`), and every candidate's
+output, and the stripe mass, are combined from them: the same numbers (the tests compare the
+two paths' ScoreSets), at about the cost of one dense attention over the sampled rows per
+order. The dense output is then PyTorch's fused attention.
+
 VERTICAL_STRIPE stripes are per head (:mod:`.stripes`): the mass each key tile receives
 from the sampled frame-major rows is accumulated per (step range, layer, head), and each
 call scores its stripe candidates with the heaviest tiles of the mass accumulated so far,
