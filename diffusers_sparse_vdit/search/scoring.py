@@ -41,6 +41,13 @@ spread over many tiles, so they get their own stratified sample of token-major t
 the layer energy measured on those rows). The dense output on all rows is computed once per
 call (or passed in as ``dense``) and sampled rows are read from it.
 
+On the ``torch`` backend (the CPU), one reference-kernel call per candidate would walk the
+tiles in Python nine times a call. Instead each order's sampled rows make one pass over the
+keys that keeps every key tile's softmax partials (:mod:`.partials`), and every candidate's
+output, and the stripe mass, are combined from them: the same numbers (the tests compare the
+two paths' ScoreSets), at about the cost of one dense attention over the sampled rows per
+order. The dense output is then PyTorch's fused attention.
+
 VERTICAL_STRIPE stripes are per head (:mod:`.stripes`): the mass each key tile receives
 from the sampled frame-major rows is accumulated per (step range, layer, head), and each
 call scores its stripe candidates with the heaviest tiles of the mass accumulated so far,
@@ -56,15 +63,19 @@ from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 
 from ..kernels import sparse_attention
+from ..kernels.attention import resolve_backend
 from ..layout import FRAME_MAJOR, TOKEN_MAJOR, TokenLayout
 from ..modes import Mode, ModeSpec
-from ..plan import build_plan
+from ..plan import build_plan, spec_tile_mask
 from .candidates import Candidate, candidate_densities, default_candidates
+from .partials import combine, tile_mass, tile_partials
 from .scores import METRICS, ScoreSet, as_step_ranges
 from .solver import DEFAULT_LAMBDA, default_epsilon, paper_choice, rule_units
-from .stripes import StripePermutation, key_tile_mass, selectable_tiles, top_stripe_tiles
+from .stripes import (StripePermutation, frame_major_tile_of_token, key_tile_mass, selectable_tiles, tile_positions,
+                      top_stripe_tiles, weighted_row_mass)
 
 __all__ = ["HeadScorer", "OutProj"]
 
@@ -156,6 +167,12 @@ class HeadScorer:
         self._text_rows = torch.arange(layout.text_tokens) + layout.text_start
         self._plans = [build_plan([cand.scoring_spec(layout, tile_size)] * self.num_heads, layout, tile_size)
                        for cand in self.candidates]
+        # for the torch backend's shared-partials path (:mod:`.partials`)
+        self._tile_masks = [spec_tile_mask(cand.scoring_spec(layout, tile_size), layout, tile_size)[None]
+                            for cand in self.candidates]
+        self._tile_of = {o: layout.tile_of_token(o, tile_size) for o in (FRAME_MAJOR, TOKEN_MAJOR)}
+        padded = torch.arange(tile_size)[None, :] < self._tile_lengths[:, None]
+        self._key_rows = {o: (rows.flatten(), padded.flatten()) for o, rows in self._tile_rows.items()}
 
     # Public -------------------------------------------------------------------------------
     def reseed(self, seed: int) -> None:
@@ -189,24 +206,31 @@ class HeadScorer:
         if dense is None:
             dense = self._dense(q, k, v, scale, text_lengths)
         proj = self._projection(out_proj, heads, head_dim, q.device)
-        orders = {TOKEN_MAJOR if c.mode is Mode.MULTI_DIAGONAL else FRAME_MAJOR for c in self.candidates} | {FRAME_MAJOR}
+        orders = {self._order(c) for c in self.candidates} | {FRAME_MAJOR}
         samples = {o: self._sample(o, batch, q.device, text_lengths) for o in sorted(orders)}
         energy = {o: self._energy(dense, s, proj) for o, s in samples.items()}
-        striped = self._striped_inputs(r, layer, q, k, v, samples[FRAME_MAJOR], scale, text_lengths)
+        outputs = striped = buffer = None
+        if self._shared_partials(q.device):  # every candidate (and the stripe mass) from one pass over the keys
+            outputs = self._outputs_from_partials(r, layer, q, k, v, samples, scale, text_lengths)
+        else:  # one kernel call per candidate
+            self._measure_stripes(r, layer, q, k, samples[FRAME_MAJOR], scale, text_lengths)
+            striped = self._striped_inputs(r, layer, q, k, v)
+            buffer = torch.empty_like(q)
+        dense_rows = {o: dense[:, :, s.rows].float() for o, s in samples.items()}
 
         errors = torch.zeros(batch, heads, len(self.candidates), dtype=torch.float64, device=q.device)
-        buffer = torch.empty_like(q)
         for c, cand in enumerate(self.candidates):
             if cand.mode is Mode.FULL:  # exact by definition
                 continue
-            order = TOKEN_MAJOR if cand.mode is Mode.MULTI_DIAGONAL else FRAME_MAJOR
+            order = self._order(cand)
             s = samples[order]
             if cand.mode is Mode.SKIP:  # zero on every row, text rows included
-                delta = -dense[:, :, s.rows].float()
+                delta = -dense_rows[order]
             else:  # text rows attend densely in every other mode: only video rows can differ
                 rows = s.rows[: s.n_video]
-                got = self._sampled_rows(c, q, k, v, rows, s.tiles, striped, scale, text_lengths, buffer)
-                delta = got.float() - dense[:, :, rows].float()
+                got = outputs[c] if outputs is not None else self._sampled_rows(c, q, k, v, rows, s.tiles, striped,
+                                                                                scale, text_lengths, buffer)
+                delta = got.float() - dense_rows[order][:, :, : s.n_video]
             errors[..., c] = self._error(delta, s, proj) / energy[order][:, None]
 
         errors = errors.cpu()
@@ -251,7 +275,21 @@ class HeadScorer:
                 return i
         raise ValueError(f"step {step} is in no step range of {self.step_ranges}")
 
+    @staticmethod
+    def _order(cand: Candidate) -> int:
+        """The kernel order a candidate runs in."""
+        return TOKEN_MAJOR if cand.mode is Mode.MULTI_DIAGONAL else FRAME_MAJOR
+
+    def _shared_partials(self, device) -> bool:
+        # The torch reference walks tiles in Python, one kernel call per candidate; sharing tile
+        # partials computes the same outputs for all candidates at about the cost of one.
+        return resolve_backend(self.backend, device) == "torch"
+
     def _dense(self, q, k, v, scale, text_lengths):
+        if self._shared_partials(q.device):  # FULL is plain attention: PyTorch's fused kernel
+            valid = self._key_valid(q.shape[0], q.device, text_lengths)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=None if valid is None else valid[:, None, None, :],
+                                                  scale=scale)
         full = build_plan([ModeSpec.full()] * self.num_heads, self.layout, self.tile_size)
         return sparse_attention(q, k, v, full, scale=scale, backend=self.backend, text_lengths=text_lengths)
 
@@ -327,23 +365,96 @@ class HeadScorer:
         which = proj.pair_of_token[s.rows[:n]]
         for p, gram in enumerate(proj.grams):
             sel = (which == p).nonzero().flatten()
-            if len(sel):
-                d = delta[:, :, sel] * w[:, None, sel, None].sqrt().float()
-                total += torch.einsum("bhrd,hde,bhre->bh", d, gram, d).double()
+            if len(sel) == n:  # one projection for every row (Wan, CogVideoX): no gather
+                d, ws = delta, w
+            elif len(sel):
+                d, ws = delta[:, :, sel], w[:, sel]
+            else:
+                continue
+            per_row = (torch.matmul(d, gram) * d).sum(-1)  # (B, H, r): d_r^T W_h^T W_h d_r
+            total += torch.einsum("bhr,br->bh", per_row.double(), ws)
         return total
 
-    def _striped_inputs(self, r, layer, q, k, v, fm: _Sample, scale, text_lengths):
-        """Measure stripe mass on the frame-major sample, then permute q, k, v so every head's
-        heaviest tiles sit at the canonical stripe positions (:class:`StripePermutation`)."""
+    def _measure_stripes(self, r, layer, q, k, fm: _Sample, scale, text_lengths) -> None:
+        """Add this call's stripe mass, measured on the frame-major sample, to the running total."""
         if not self._max_stripes:
-            return None
+            return
         video = fm.rows[: fm.n_video]
         mass = key_tile_mass(q, k, video, fm.weights[0, : fm.n_video], self.layout, self.tile_size, scale=scale,
                              key_valid=self._key_valid(q.shape[0], q.device, text_lengths),
                              max_elements=self.max_chunk_elements)
         self._mass_sum[r, layer] += mass.sum(0).cpu()
+
+    def _striped_inputs(self, r, layer, q, k, v):
+        """q, k, v permuted so every head's heaviest tiles sit at the canonical stripe positions
+        (:class:`StripePermutation`): one shared plan then scores every head's own stripes."""
+        if not self._max_stripes:
+            return None
         perm = StripePermutation(self._stripe_tiles(r, layer), self.layout, self.tile_size, self._sink_frames)
         return perm, *(perm.apply(x) for x in (q, k, v))
+
+    def _candidate_tile_mask(self, c: int, r: int, layer: int) -> torch.Tensor:
+        """Bool ``(H or 1, num_tiles, num_tiles)``: candidate ``c``'s tile mask, per head for VERTICAL_STRIPE
+        (each head's own stripes, as :meth:`_striped_inputs` scores them)."""
+        cand = self.candidates[c]
+        if cand.mode is not Mode.VERTICAL_STRIPE:
+            return self._tile_masks[c]
+        nvt = self.layout.video_tiles(self.tile_size)
+        tiles = self._stripe_tiles(r, layer, cand.stripes).tolist()
+        return torch.stack([spec_tile_mask(cand.spec(tile_positions(sorted(t), nvt)), self.layout, self.tile_size)
+                            for t in tiles])
+
+    def _outputs_from_partials(self, r, layer, q, k, v, samples, scale, text_lengths) -> dict[int, torch.Tensor]:
+        """Every sparse candidate's output on its sample's video rows, ``(B, H, R, D)`` float32 by candidate,
+        combined from one set of tile partials per order (:mod:`.partials`), rows in bounded chunks.
+
+        The frame-major partials also give this call's stripe mass, added to the running total
+        before VERTICAL_STRIPE is combined (it scores the tiles the total ranks first).
+        """
+        batch, heads, _, head_dim = q.shape
+        key_valid = self._key_valid(batch, q.device, text_lengths)
+        outputs = {}
+        for order, s in samples.items():
+            cands = [c for c, cand in enumerate(self.candidates)
+                     if cand.mode not in (Mode.FULL, Mode.SKIP) and self._order(cand) == order]
+            measure = order == FRAME_MAJOR and self._max_stripes > 0
+            if not cands and not measure:
+                continue
+            key_rows, key_ok = (x.to(q.device) for x in self._key_rows[order])
+            key_ok = key_ok[None] if key_valid is None else key_ok & key_valid[:, key_rows]
+            key_ok = None if key_ok.all() else key_ok
+            k_tiles, v_tiles = k[:, :, key_rows], v[:, :, key_rows]
+            rows = s.rows[: s.n_video]
+            query_tiles = self._tile_of[order].to(q.device)[rows]
+            per_row = batch * heads * max(len(key_rows), len(self._tile_lengths) * head_dim)
+            step = max(1, self.max_chunk_elements // per_row)
+            chunks = [slice(i, i + step) for i in range(0, len(rows), step)]
+            if measure and len(chunks) > 1:  # the whole sample's partials would not fit: a pass of its own
+                self._measure_stripes(r, layer, q, k, s, scale, text_lengths)
+                measure = False
+            keep = None
+            for c in cands:
+                outputs[c] = torch.empty(batch, heads, len(rows), head_dim, device=q.device)
+            for chunk in chunks:
+                partials = tile_partials(q[:, :, rows[chunk]], k_tiles, v_tiles, key_ok,
+                                         tile_size=self.tile_size, scale=scale)
+                if measure:  # one chunk: the whole sample
+                    self._add_stripe_mass(r, layer, partials, rows, s.weights[0, : s.n_video])
+                if not cands:
+                    continue
+                if keep is None:  # after the mass: VERTICAL_STRIPE's tiles depend on it
+                    keep = torch.stack([self._candidate_tile_mask(c, r, layer).expand(heads, -1, -1) for c in cands])
+                    keep = keep.to(q.device)
+                for c, out in zip(cands, combine(partials, keep[:, :, query_tiles[chunk]])):
+                    outputs[c][:, :, chunk] = out
+        return outputs
+
+    def _add_stripe_mass(self, r, layer, partials, rows, weights) -> None:
+        """:func:`.key_tile_mass` of the sampled rows, from their tile partials."""
+        per_tile = tile_mass(partials)[..., : self.layout.video_tiles(self.tile_size)]
+        own = frame_major_tile_of_token(self.layout, self.tile_size).to(rows.device)[rows]
+        mass = weighted_row_mass(per_tile, own, weights) / weights.sum()
+        self._mass_sum[r, layer] += mass.sum(0).cpu()
 
     def _sampled_rows(self, c, q, k, v, rows, tiles, striped, scale, text_lengths, buffer) -> torch.Tensor:
         """Candidate ``c``'s output on the sampled caller ``rows``, all heads: ``(B, H, R, D)``."""

@@ -36,6 +36,7 @@ __all__ = [
     "canonical_stripes",
     "top_stripe_tiles",
     "key_tile_mass",
+    "weighted_row_mass",
     "StripePermutation",
 ]
 
@@ -138,10 +139,15 @@ def key_tile_mass(
             per_tile[..., :whole] = probs[..., : whole * tile_size].reshape(*probs.shape[:3], whole, tile_size).sum(-1)
             if whole < nvt:
                 per_tile[..., whole] = probs[..., whole * tile_size :].sum(-1)
-            own_idx = own[r0 : r0 + row_step].view(1, 1, -1, 1).expand(*per_tile.shape[:3], 1)
-            per_tile.scatter_(3, own_idx, 0.0)
-            mass[:, hs] += torch.einsum("bhrt,r->bht", per_tile.double(), weights[r0 : r0 + row_step])
+            mass[:, hs] += weighted_row_mass(per_tile, own[r0 : r0 + row_step], weights[r0 : r0 + row_step])
     return mass / weights.sum()
+
+
+def weighted_row_mass(per_tile: torch.Tensor, own: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-row key-tile mass ``(B, H, R, T)`` summed over rows by ``weights``, each row's ``own`` tile
+    left out: float64 ``(B, H, T)``. ``per_tile`` is overwritten."""
+    per_tile.scatter_(3, own.view(1, 1, -1, 1).expand(*per_tile.shape[:3], 1), 0.0)
+    return torch.einsum("bhrt,r->bht", per_tile.double(), weights.double())
 
 
 class StripePermutation:

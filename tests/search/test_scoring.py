@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from diffusers_sparse_vdit import ModeSpec, TokenLayout, build_plan
 from diffusers_sparse_vdit.modes import Mode
-from diffusers_sparse_vdit.search import HeadScorer, default_candidates, solve_budget, solve_paper
+from diffusers_sparse_vdit.search import Candidate, HeadScorer, default_candidates, solve_budget, solve_paper
 from diffusers_sparse_vdit.search.stripes import tile_positions
 
 from .planted import DIM, EXPECTED, HEADS, LAYOUTS, STRIPE_TILES, TILE, planted_call
@@ -89,6 +89,29 @@ def test_triton_backend_scores_like_torch():
     got = {b: HeadScorer(layout, 1, heads, tile_size=16, backend=b, sample_tiles=3, seed=1).score(0, q, k, v, out_proj=w)
            for b in ("torch", "triton")}
     torch.testing.assert_close(got["triton"], got["torch"], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("metric,chunk", [("projected", 1 << 28), ("mse", 1 << 28), ("projected", 4000)])
+@pytest.mark.parametrize("layout,text_lengths", CASES[:2], ids=lambda x: str(x))
+def test_shared_partials_give_the_kernel_path_scores(layout, text_lengths, metric, chunk, monkeypatch):
+    """The torch backend's one-pass scoring and one reference-kernel call per candidate: the same
+    ScoreSet over several calls (same seed: same samples, stripes chosen from the same mass),
+    also when the sampled rows take several chunks (the stripe mass then has a pass of its own)."""
+    heads, d = 2, 16
+    candidates = default_candidates(layout, 16) + (Candidate.vertical_stripe(3),)  # two stripe counts
+    shared, kernels = (HeadScorer(layout, 1, heads, candidates=candidates, tile_size=16, backend="torch", sample_tiles=3,
+                                  seed=3, metric=metric, max_chunk_elements=chunk) for _ in range(2))
+    monkeypatch.setattr(kernels, "_shared_partials", lambda device: False)
+    assert {c.mode for c in shared.candidates} == set(Mode)
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(32, heads * d, generator=g)
+    for _ in range(3):
+        q, k, v = (torch.randn(2, heads, layout.num_tokens, d, generator=g) for _ in range(3))
+        for scorer in (shared, kernels):
+            scorer.score(0, q, k, v, out_proj=None if metric == "mse" else w, text_lengths=text_lengths)
+    got, expected = shared.scores(), kernels.scores()
+    torch.testing.assert_close(got.errors, expected.errors, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(got.stripe_mass, expected.stripe_mass)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=str)
