@@ -167,7 +167,8 @@ def floor_run(pipe, floor: str, prompts, ctx):
     return [ctx["generate"](twin, p, i) for i, p in enumerate(prompts)], {"dtype": str(other).removeprefix("torch.")}
 
 
-def run_pipeline(name: str, pipe, info: dict, args, bar) -> list[dict]:
+def run_pipeline(name: str, pipe, info: dict, args, bar, on_row=lambda rows: None) -> list[dict]:
+    """Every method on one pipeline; ``on_row(rows)`` after each result (the caller saves progress)."""
     gen = dict(info["generate"])
     steps = int(gen["num_inference_steps"])
     warmup = args.warmup_steps if args.warmup_steps is not None else max(1, round(0.2 * steps))
@@ -197,6 +198,7 @@ def run_pipeline(name: str, pipe, info: dict, args, bar) -> list[dict]:
         rows.append({"pipeline": name, "family": info["family"], "method": method, "target_density": density,
                      **{k: details.get(k) for k in ("attention_density", "token_density", "dense_warmup_steps")},
                      **means, "per_prompt": per_prompt, "details": details})
+        on_row(rows)
 
     for floor in args.floors:
         runs, details = floor_run(pipe, floor, prompts, ctx)
@@ -298,6 +300,8 @@ def main(argv=None) -> int:
     parser.add_argument("--floors", nargs="*", default=list(FLOORS), choices=FLOORS)
     parser.add_argument("--warmup-steps", type=int, default=None,
                         help="dense warm-up steps of the *_warmup methods (default: a fifth of the steps, at least 1)")
+    parser.add_argument("--calibration-prompts", type=int, default=None,
+                        help="calibrate on only the first N calibration captions")
     parser.add_argument("--max-prompts", type=int, default=None, help="use only the first N held-out captions")
     parser.add_argument("--seed", type=int, default=0, help="caption i is generated from seed + i")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -317,6 +321,10 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     pipelines = load_pipelines(args)
+
+    def save(rows, partial):
+        report = _report(args, pipelines, rows, started, partial)
+        write_atomic(out / f"quality_{name}.json", json.dumps(_jsonable(report), indent=2) + "\n")
     per_pipeline = len(args.floors) + 1 + sum(1 if m == "paper" else len(args.densities) for m in args.methods)
     rows, started = [], time.perf_counter()
     with tqdm(total=0, desc="Sparse-vDiT quality", unit="video") as bar:
@@ -324,23 +332,30 @@ def main(argv=None) -> int:
             prompts = info["heldout_prompts"][: args.max_prompts]
             bar.total += per_pipeline * len(prompts)
             bar.refresh()
+            if args.calibration_prompts is not None:
+                info["calibration_prompts"] = info["calibration_prompts"][: args.calibration_prompts]
             pipe.to(args.device, dtype=getattr(torch, args.dtype))
             pipe.set_progress_bar_config(disable=True)
-            rows += run_pipeline(pipe_name, pipe, info, args, bar)
-    report = {
+            done = list(rows)
+            rows += run_pipeline(pipe_name, pipe, info, args, bar,
+                                 on_row=lambda new: save(done + new, partial=True))
+    save(rows, partial=False)
+    png = plot(rows, out / f"quality_{name}.png")
+    print_table(rows)
+    print(f"wrote {out / f'quality_{name}.json'}" + (f" and {png}" if png else ""))
+    return 0
+
+
+def _report(args, pipelines, rows, started, partial: bool) -> dict:
+    return {
         "settings": {k: v for k, v in vars(args).items()},
         "pipelines": {n: {"family": i["family"], "generate": i["generate"], "tile_size": i["tile_size"]}
                       for n, _, i in pipelines},
         "seconds": time.perf_counter() - started,
         "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__},
+        "partial": partial,  # True while the run is still going (or was cut short)
         "rows": rows,
     }
-    json_path = out / f"quality_{name}.json"
-    write_atomic(json_path, json.dumps(_jsonable(report), indent=2) + "\n")
-    png = plot(rows, out / f"quality_{name}.png")
-    print_table(rows)
-    print(f"wrote {json_path}" + (f" and {png}" if png else ""))
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 1. Sparse attention on a realistic layout: a paper-like mixed layer (FULL, SKIP, DIAGONAL,
    MULTI_DIAGONAL, VERTICAL_STRIPE heads) on Wan2.1-1.3B's 480p grid (fewer frames on a CPU),
    checked against dense-mask SDPA on sampled query tiles, then timed against dense SDPA.
-2. The search on a tiny random-weight Wan pipeline: calibrate on two prompts, solve for a
-   speed target, save the map, load it back, generate with it, and report the map's density
-   and how close the sparse video is to the dense one from the same seed.
+2. The search on the trained Wan reference pipeline (``reference_models/wan``): calibrate on
+   two captions, solve for an attention-FLOP target, save and reload the map, draw it, and
+   generate a held-out caption dense and sparse from one seed: a side-by-side PNG of the
+   decoded frames, PSNR and SSIM, and the predicted speedup (``out/demo/``).
 
     python -m diffusers_sparse_vdit.demo [--skip-search]
 """
@@ -80,51 +81,57 @@ def attention_demo() -> None:
         raise SystemExit("sparse attention disagrees with the reference")
 
 
-def search_demo() -> None:
+def search_demo(out: str = "out/demo", target_density: float = 0.35) -> None:
+    """Search the trained Wan reference pipeline, then compare dense and sparse frames of a held-out caption."""
     import numpy as np
+    from PIL import Image
 
     from .config import SparseVDiTConfig
+    from .evaluate import as_video, compare_videos
+    from .plots import plot_mode_map
     from .processors import apply_sparse_vdit, remove_sparse_vdit
+    from .reference import load_reference
     from .search import search
-    from .testing import tiny_pipeline, tiny_pipeline_inputs
 
     device = _device()
-    pipe = tiny_pipeline("wan").to(device)
-    pipe.set_progress_bar_config(disable=True)
-    call = tiny_pipeline_inputs("wan")  # 9 frames of 32x48, CFG; the tiny text encoder's short prompts
-    size = {k: call[k] for k in ("height", "width", "num_frames", "guidance_scale")}
-    extra = {"negative_prompt": call["negative_prompt"], "max_sequence_length": call["max_sequence_length"]}
-    prompts = ["a cat walks on a sunny beach", "a city street at night"]
-    print(f"\n[2/2] search on a tiny random-weight Wan pipeline ({size}), 2 prompts x 4 steps:")
-    # 16-token tiles: the toy latent grid (3 x 2 x 3) is smaller than one 128-token tile; in two
-    # tiles the sparsest mask but SKIP keeps 0.80 of the pairs, so 1.2x is about what it can reach
-    result = search(pipe, prompts, target_speedup=1.2, num_inference_steps=4, tile_size=16, sample_tiles=4,
-                    backend="torch", progress=False, pipeline_kwargs=extra, **size)
+    pipe, info = load_reference("wan", device=device)
+    call = dict(info["generate"])
+    size = {k: call.pop(k) for k in ("height", "width", "num_frames", "num_inference_steps", "guidance_scale")}
+    prompts = info["calibration_prompts"][:2]
+    print(f"\n[2/2] search on the trained Wan reference pipeline (reference_models/wan: 6 layers x 6 heads, "
+          f"{info['video_tokens']} video tokens), {len(prompts)} calibration captions x {size['num_inference_steps']} steps:")
+    result = search(pipe, prompts, target_density=target_density, tile_size=info["tile_size"], sample_tiles=16,
+                    backend="torch" if device.type == "cpu" else "auto", pipeline_kwargs=call, **size)
     print("      " + result.summary().replace("\n", "\n      "))
 
-    with tempfile.TemporaryDirectory() as folder:
-        result.config.save_pretrained(folder)
-        files = sorted(os.listdir(folder))
-        config = SparseVDiTConfig.from_pretrained(folder)
-    print(f"      saved and reloaded: {files}")
+    folder = os.path.abspath(out)
+    os.makedirs(folder, exist_ok=True)
+    result.config.save_pretrained(os.path.join(folder, "wan-map"))
+    config = SparseVDiTConfig.from_pretrained(os.path.join(folder, "wan-map"))  # what a user would load
+    plot_mode_map(config, os.path.join(folder, "mode_map.png"))
 
-    prompt = "a dog runs in a green forest"
+    prompt = info["heldout_prompts"][0]  # a colour-shape pair neither training nor calibration saw
 
     def generate():
-        frames = pipe(prompt, generator=torch.Generator().manual_seed(7), output_type="np", num_inference_steps=4,
-                      **size, **extra).frames[0]
-        return np.asarray(frames, dtype=np.float64)
+        frames = pipe(prompt, generator=torch.Generator().manual_seed(7), output_type="np", **size, **call).frames[0]
+        return as_video(frames)
 
     dense = generate()
     apply_sparse_vdit(pipe, config)
     sparse = generate()
     remove_sparse_vdit(pipe)
-    mse = float(((dense - sparse) ** 2).mean())
-    psnr = 10 * np.log10(1.0 / max(mse, 1e-12))
-    print(f"      map: {config.mode_counts()}; attention FLOPs at the calibration size: "
-          f"{result.attention_density:.2f} of dense ({result.attention_speedup:.2f}x fewer)")
-    print(f"      sparse vs dense video, same seed: PSNR {psnr:.1f} dB over {dense.shape[0]} frames "
-          "(random weights: the number shows agreement, not quality)")
+    metrics = compare_videos(dense, sparse, lpips=False)
+    rows = [torch.cat(list(v), dim=2) for v in (dense, sparse)]  # (3, H, frames * W) each
+    strip = (torch.cat(rows, dim=1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    picture = os.path.join(folder, "dense_vs_sparse.png")
+    Image.fromarray(strip).resize((strip.shape[1] * 2, strip.shape[0] * 2), Image.NEAREST).save(picture)
+    print(f"      held-out caption: {prompt!r}")
+    print(f"      map: {config.mode_counts()}; attention FLOPs {result.attention_density:.2f} of dense "
+          f"({result.attention_speedup:.2f}x fewer; predicted end to end {result.end_to_end_speedup:.2f}x at "
+          "the family's measured attention share)")
+    print(f"      sparse vs dense, same seed: PSNR {metrics['psnr']:.1f} dB, SSIM {metrics['ssim']:.3f}")
+    print(f"      wrote {picture} (top: dense, bottom: sparse), {os.path.join(folder, 'mode_map.png')} "
+          f"and the map in {os.path.join(folder, 'wan-map')}")
 
 
 def main(argv=None) -> None:
