@@ -273,11 +273,17 @@ def plot(rows, path: Path) -> Path | None:
                 ax.set_ylim(min(shown) - 3, max(shown) + 3)
             if metric == "rel_l2":
                 ax.set_yscale("log")
+                if shown:  # the backend floor (~1e-6) would squash the methods into one line
+                    ax.set_ylim(min(min(shown) / 2, _floor(done, "floor_dtype") or 1), max(shown) * 1.5)
                 ax.set_title(f"{name} ({done[0]['family']})" if done else name)
             ax.grid(alpha=0.3)
         axes[0, col].legend(fontsize=7)
     fig.savefig(path, dpi=120)
     return path
+
+
+def _floor(rows, name: str):
+    return next((r["rel_l2"] for r in rows if r["method"] == name), None)
 
 
 def write_atomic(path: Path, text: str) -> None:
