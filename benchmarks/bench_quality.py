@@ -44,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusers.utils import logging  # noqa: E402
+from diffusers_sparse_vdit.logs import get_logger  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from diffusers_sparse_vdit import remove_sparse_vdit  # noqa: E402
@@ -53,7 +53,7 @@ from diffusers_sparse_vdit.evaluate import _jsonable, as_video, compare_videos  
 from diffusers_sparse_vdit.processors import apply_sparse_vdit  # noqa: E402
 from diffusers_sparse_vdit.search import ScoreSet, calibrate, solve_budget, solve_paper  # noqa: E402
 
-logger = logging.get_logger("diffusers_sparse_vdit.bench_quality")
+logger = get_logger("diffusers_sparse_vdit.bench_quality")  # diffusers.sparse_vdit.bench_quality
 
 DENSITIES = (0.6, 0.45, 0.35, 0.25, 0.15)
 OURS = ("ours", "ours_warmup", "ours_ranges", "paper")

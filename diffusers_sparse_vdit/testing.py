@@ -158,12 +158,12 @@ _WORDS = (
 ).split()
 
 
-def tiny_tokenizer(model_max_length: int = 512):
-    """A word-level tokenizer over a few dozen words (pad 0, eos 1, unk 2, bos 3), built in memory."""
+def tiny_tokenizer(model_max_length: int = 512, words: Sequence[str] = _WORDS):
+    """A word-level tokenizer over ``words`` (pad 0, eos 1, unk 2, bos 3), built in memory."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", "<s>", *_WORDS])}
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", "<s>", *words])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(

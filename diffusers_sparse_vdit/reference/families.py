@@ -68,14 +68,9 @@ RECIPES = {
 
 def caption_tokenizer(model_max_length: int):
     """A word-level tokenizer over the caption vocabulary (pad 0, eos 1, unk 2, bos 3)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from ..testing import tiny_tokenizer
 
-    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", "<s>", *vocabulary()])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   bos_token="<s>", model_max_length=model_max_length)
+    return tiny_tokenizer(model_max_length, words=vocabulary())
 
 
 def build_pipeline(family: str, *, seed: int = 0):
