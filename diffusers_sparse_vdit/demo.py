@@ -100,7 +100,7 @@ def search_demo(out: str = "out/demo", target_density: float = 0.35) -> None:
     prompts = info["calibration_prompts"][:2]
     print(f"\n[2/2] search on the trained Wan reference pipeline (reference_models/wan: 6 layers x 6 heads, "
           f"{info['video_tokens']} video tokens), {len(prompts)} calibration captions x {size['num_inference_steps']} steps:")
-    result = search(pipe, prompts, target_density=target_density, tile_size=info["tile_size"], sample_tiles=16,
+    result = search(pipe, prompts, target_density=target_density, tile_size=info["tile_size"], sample_tiles=16, progress=True,
                     backend="torch" if device.type == "cpu" else "auto", pipeline_kwargs=call, **size)
     print("      " + result.summary().replace("\n", "\n      "))
 
