@@ -102,7 +102,7 @@ class SparseVDiTProcessor:
             getattr(m, "processor", None) is self for m in module.modules()
         ):
             return
-        hook = install(module, self.config, backend=self.backend)  # validates; raises on a mismatch
+        install(module, self.config, backend=self.backend)  # validates; raises on a mismatch
         self.disarm()
         self._bound_to = type(module).__name__
         _rerun_at_end_of_call(module)

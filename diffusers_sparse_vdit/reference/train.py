@@ -36,7 +36,8 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _batch(rng: random.Random, pipe, family: str, size: int, device) -> torch.Tensor:
+def _batch(rng: random.Random, pipe, family: str, size: int, device):
+    """``size`` fresh scenes and their videos ``(size, 3, frames, height, width)`` in [-1, 1]."""
     recipe = RECIPES[family]
     scenes = [sample_scene(rng) for _ in range(size)]
     height, width = recipe.generate["height"], recipe.generate["width"]
