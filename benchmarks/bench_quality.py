@@ -12,7 +12,7 @@ Methods (``--methods``):
 * ``ours``: ``search.calibrate`` on the calibration captions (once per pipeline; the scores
   are cached in ``--out``), then ``solve_budget`` at each density; ``ours_warmup`` the same
   with ``--warmup-steps`` dense steps; ``ours_ranges`` with scores per step range (the
-  steps cut in two halves);
+  steps cut in ``--ranges`` equal ranges, two by default);
 * ``paper``: ``solve_paper`` at its defaults (one point, at the density it lands on);
 * the baselines of :mod:`diffusers_sparse_vdit.baselines` (``diagonal``, ``multi_diagonal``,
   ``svg``, ``radial``, ``sliding_tile``), and each with ``_warmup`` appended.
@@ -186,8 +186,9 @@ def run_pipeline(name: str, pipe, info: dict, args, bar, on_row=lambda rows: Non
     if any(m in OURS for m in args.methods):
         ctx["scores"] = calibrated_scores(pipe, info, cache / "single", args)
     if "ours_ranges" in args.methods:
-        half = steps // 2
-        ctx["scores_ranges"] = calibrated_scores(pipe, info, cache / "halves", args, [[0, half], [half, -1]])
+        cuts = [round(i * steps / args.ranges) for i in range(args.ranges)] + [-1]
+        ranges = [[a, b] for a, b in zip(cuts[:-1], cuts[1:])]
+        ctx["scores_ranges"] = calibrated_scores(pipe, info, cache / f"ranges{args.ranges}", args, ranges)
 
     dense = [run(pipe, p, i) for i, p in enumerate(prompts)]
     rows = []
@@ -306,6 +307,7 @@ def main(argv=None) -> int:
     parser.add_argument("--floors", nargs="*", default=list(FLOORS), choices=FLOORS)
     parser.add_argument("--warmup-steps", type=int, default=None,
                         help="dense warm-up steps of the *_warmup methods (default: a fifth of the steps, at least 1)")
+    parser.add_argument("--ranges", type=int, default=2, help="step ranges of ours_ranges (equal parts of the steps)")
     parser.add_argument("--calibration-prompts", type=int, default=None,
                         help="calibrate on only the first N calibration captions")
     parser.add_argument("--max-prompts", type=int, default=None, help="use only the first N held-out captions")
