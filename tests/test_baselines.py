@@ -70,17 +70,10 @@ def naive_densities(mask: torch.Tensor, layout: TokenLayout, tile: int) -> tuple
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=str)
 @pytest.mark.parametrize("density", [0.3, 0.6])
-def test_radial_mask_matches_the_naive_rule(layout, density):
-    solved = solved_mask("radial", layout, density, TILE)
-    assert torch.equal(solved.mask, naive_mask(layout, radial_rule(solved.knob)))
-    assert (solved.token_density, solved.tile_density) == pytest.approx(naive_densities(solved.mask, layout, TILE))
-
-
-@pytest.mark.parametrize("layout", LAYOUTS, ids=str)
-@pytest.mark.parametrize("density", [0.3, 0.6])
-def test_sliding_tile_mask_matches_the_naive_rule(layout, density):
-    solved = solved_mask("sliding_tile", layout, density, TILE)
-    assert torch.equal(solved.mask, naive_mask(layout, sliding_rule(solved.knob)))
+@pytest.mark.parametrize("name, rule", [("radial", radial_rule), ("sliding_tile", sliding_rule)])
+def test_token_mask_matches_the_naive_rule(name, rule, layout, density):
+    solved = solved_mask(name, layout, density, TILE)
+    assert torch.equal(solved.mask, naive_mask(layout, rule(solved.knob)))
     assert (solved.token_density, solved.tile_density) == pytest.approx(naive_densities(solved.mask, layout, TILE))
 
 

@@ -158,7 +158,7 @@ def encode_video(pipe, video: torch.Tensor) -> torch.Tensor:
     """Pixels ``(B, 3, F, H, W)`` in [-1, 1] -> the latents the pipeline's transformer sees."""
     vae = pipe.vae
     latents = vae.encode(video.to(vae.dtype)).latent_dist.mode()
-    family = family_of(pipe)
+    family = pipeline_family(pipe)
     if family == "wan":
         mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(1, -1, 1, 1, 1)
         std = torch.tensor(vae.config.latents_std, device=latents.device).view(1, -1, 1, 1, 1)
@@ -169,7 +169,8 @@ def encode_video(pipe, video: torch.Tensor) -> torch.Tensor:
     return latents
 
 
-def family_of(pipe) -> str:
+def pipeline_family(pipe) -> str:
+    """The reference recipe (family name) of a pipeline, by its class."""
     name = type(pipe).__name__
     for family, recipe in RECIPES.items():
         if recipe.pipeline_class == name:
@@ -179,7 +180,7 @@ def family_of(pipe) -> str:
 
 def text_conditioning(pipe, prompts: list[str], device) -> dict[str, torch.Tensor]:
     """The transformer's text inputs for ``prompts``, through the pipeline's own ``encode_prompt``."""
-    family = family_of(pipe)
+    family = pipeline_family(pipe)
     call = RECIPES[family].generate
     with torch.no_grad():
         if family == "hunyuan_video":
@@ -194,7 +195,7 @@ def text_conditioning(pipe, prompts: list[str], device) -> dict[str, torch.Tenso
 
 def training_step_inputs(pipe, latents: torch.Tensor, generator: torch.Generator | None = None):
     """Noised latents and the target for one training step: ``(transformer kwargs, target)``."""
-    family = family_of(pipe)
+    family = pipeline_family(pipe)
     batch, device = latents.shape[0], latents.device
     noise = torch.randn(latents.shape, generator=generator, device=device)
     u = torch.rand(batch, generator=generator, device=device)

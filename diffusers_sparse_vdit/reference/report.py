@@ -38,6 +38,7 @@ class AttentionProbe:
         self.calls = {p: torch.zeros(num_layers, dtype=torch.float64) for p in steps}
         self.maps: dict[tuple[int, int], torch.Tensor] = {}  # (layer, head) -> one query's attention, late step
         self.masks: dict | None = None
+        self.key_tiles: torch.Tensor | None = None  # tile of every key, for the best-stripes bound
         self.layout: TokenLayout | None = None
         self.widths: dict[str, float] = {}
 
@@ -53,6 +54,7 @@ class AttentionProbe:
                 plan = build_plan([spec], layout, tile_size=self.tile_size)
                 self.widths[name] = width
                 self.masks[name] = plan.dense_mask()[0]
+            self.key_tiles = torch.arange(layout.num_tokens) // self.tile_size
         return self.masks
 
     @torch.no_grad()
@@ -68,9 +70,8 @@ class AttentionProbe:
             probs = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)  # (H, video rows, N)
             kept = [(probs * masks[m][video].to(probs.dtype)).sum(-1).mean(-1) for m in MODES[:2]]
             # best stripes: the heaviest key tiles (by mass summed over all video queries)
-            tiles = torch.arange(layout.num_tokens) // self.tile_size
-            n_tiles = int(tiles.max()) + 1
-            tile_mass = torch.zeros(probs.shape[0], n_tiles).index_add_(1, tiles, probs.sum(1))
+            n_tiles = int(self.key_tiles[-1]) + 1
+            tile_mass = torch.zeros(probs.shape[0], n_tiles).index_add_(1, self.key_tiles, probs.sum(1))
             top = tile_mass.topk(max(1, round(self.density * n_tiles)), dim=1).values.sum(1)
             kept.append(top / probs.shape[1])
             self.mass[phase][:, layer] += torch.stack(kept).double()

@@ -33,12 +33,10 @@ def test_the_searched_map_beats_uniform_bands_on_held_out_captions(wan):
     tile = info["tile_size"]
     prompt = info["heldout_prompts"][0]
     assert prompt not in info["calibration_prompts"]
+    size = {k: call[k] for k in ("height", "width", "num_frames", "num_inference_steps", "guidance_scale")}
+    rest = {k: v for k, v in call.items() if k not in size}
     scores = calibrate(pipe, info["calibration_prompts"][:1], tile_size=tile, backend="torch", progress=False,
-                       sample_tiles=16, pipeline_kwargs={k: v for k, v in call.items()
-                                                        if k not in ("height", "width", "num_frames",
-                                                                     "num_inference_steps", "guidance_scale")},
-                       **{k: call[k] for k in ("height", "width", "num_frames", "num_inference_steps",
-                                               "guidance_scale")})
+                       sample_tiles=16, pipeline_kwargs=rest, **size)
     layout = generation_layout(pipe, prompt=prompt, generator=torch.Generator().manual_seed(0), **call)
     dense = _latents(pipe, prompt, call)
 
