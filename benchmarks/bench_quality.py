@@ -12,7 +12,10 @@ Methods (``--methods``):
 * ``ours``: ``search.calibrate`` on the calibration captions (once per pipeline; the scores
   are cached in ``--out``), then ``solve_budget`` at each density; ``ours_warmup`` the same
   with ``--warmup-steps`` dense steps; ``ours_ranges`` with scores per step range (the
-  steps cut in ``--ranges`` equal ranges, two by default);
+  steps cut in ``--ranges`` equal ranges, two by default); ``ours_sens`` and
+  ``ours_ranges_sens`` the same two after ``measure_sensitivity`` on the calibration captions
+  (by layer, and by ``--sensitivity-groups``), so the solver weighs each entry's error by how much
+  it moves the final latents;
 * ``paper``: ``solve_paper`` at its defaults (one point, at the density it lands on);
 * the baselines of :mod:`diffusers_sparse_vdit.baselines` (``diagonal``, ``multi_diagonal``,
   ``svg``, ``radial``, ``sliding_tile``), and each with ``_warmup`` appended.
@@ -51,12 +54,14 @@ from diffusers_sparse_vdit import remove_sparse_vdit  # noqa: E402
 from diffusers_sparse_vdit.baselines import BASELINES, apply_baseline, generation_layout  # noqa: E402
 from diffusers_sparse_vdit.evaluate import _jsonable, as_video, compare_videos  # noqa: E402
 from diffusers_sparse_vdit.processors import apply_sparse_vdit  # noqa: E402
-from diffusers_sparse_vdit.search import ScoreSet, calibrate, solve_budget, solve_paper  # noqa: E402
+from diffusers_sparse_vdit.search import (  # noqa: E402
+    ScoreSet, calibrate, measure_sensitivity, solve_budget, solve_paper,
+)
 
 logger = get_logger("diffusers_sparse_vdit.bench_quality")  # diffusers.sparse_vdit.bench_quality
 
 DENSITIES = (0.6, 0.45, 0.35, 0.25, 0.15)
-OURS = ("ours", "ours_warmup", "ours_ranges", "paper")
+OURS = ("ours", "ours_warmup", "ours_ranges", "ours_sens", "ours_ranges_sens", "paper")
 METHODS = OURS + BASELINES + tuple(f"{b}_warmup" for b in BASELINES)
 DEFAULT_METHODS = OURS + BASELINES
 FLOORS = ("floor_backend", "floor_dtype")
@@ -138,17 +143,36 @@ def calibrated_scores(pipe, info: dict, cache: Path, args, step_ranges=None) -> 
     return scores
 
 
+def sensitive_scores(pipe, info: dict, scores: ScoreSet, cache: Path, args, groups: str) -> ScoreSet:
+    """``measure_sensitivity`` of ``scores`` on the calibration captions, or its cached result."""
+    settings = {"scores": scores.to_dict(), "groups": groups, "density": args.sensitivity_density,
+                "prompts": info["calibration_prompts"], "seed": args.seed, "backend": args.backend}
+    stamp = cache / "settings.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == _jsonable(settings):
+        return ScoreSet.load(cache)
+    stamp.unlink(missing_ok=True)
+    gen = info["generate"]
+    weighted = measure_sensitivity(pipe, scores, info["calibration_prompts"], target_density=args.sensitivity_density,
+                                   groups=groups, seed=args.seed, backend=args.backend,
+                                   pipeline_kwargs={k: v for k, v in gen.items() if k not in _CALIBRATE_KEYS})
+    weighted.save(cache)
+    write_atomic(stamp, json.dumps(_jsonable(settings), indent=2) + "\n")
+    return weighted
+
+
 def install(pipe, method: str, density: float | None, ctx: dict) -> dict:
     """Install ``method`` at total ``density``; returns what it computes (raises ValueError when out of reach)."""
     steps, warmup = ctx["steps"], ctx["warmup"]
     if method in OURS:
-        scores = ctx["scores_ranges"] if method == "ours_ranges" else ctx["scores"]
+        scores = ctx["scores_" + method.removeprefix("ours_")] if method not in ("ours", "ours_warmup", "paper") \
+            else ctx["scores"]
         w = warmup if method == "ours_warmup" else 0
         result = (solve_paper(scores) if method == "paper"
                   else solve_budget(scores, target_density=density, dense_warmup_steps=w))
         apply_sparse_vdit(pipe, result.config, backend=ctx["backend"])
         return {"attention_density": result.attention_density, "dense_warmup_steps": w,
-                "mode_counts": result.config.mode_counts(), "predicted_error": result.error}
+                "mode_counts": result.config.mode_counts(), "predicted_error": result.error,
+                "sensitivity": None if scores.sensitivity is None else scores.sensitivity.tolist()}
     base, w = (method.removesuffix("_warmup"), warmup) if method.endswith("_warmup") else (method, 0)
     info = apply_baseline(pipe, base, density, layout=ctx["layout"], num_inference_steps=steps, dense_warmup_steps=w,
                           tile_size=ctx["tile_size"], backend=ctx["backend"], seed=ctx["seed"])
@@ -185,10 +209,16 @@ def run_pipeline(name: str, pipe, info: dict, args, bar, on_row=lambda rows: Non
     cache = Path(args.out) / f"quality_{name}_scores"
     if any(m in OURS for m in args.methods):
         ctx["scores"] = calibrated_scores(pipe, info, cache / "single", args)
-    if "ours_ranges" in args.methods:
+    if {"ours_ranges", "ours_ranges_sens"} & set(args.methods):
         cuts = [round(i * steps / args.ranges) for i in range(args.ranges)] + [-1]
         ranges = [[a, b] for a, b in zip(cuts[:-1], cuts[1:])]
         ctx["scores_ranges"] = calibrated_scores(pipe, info, cache / f"ranges{args.ranges}", args, ranges)
+    if "ours_sens" in args.methods:
+        ctx["scores_sens"] = sensitive_scores(pipe, info, ctx["scores"], cache / "single_sens_layers", args, "layers")
+    if "ours_ranges_sens" in args.methods:
+        groups = args.sensitivity_groups
+        ctx["scores_ranges_sens"] = sensitive_scores(pipe, info, ctx["scores_ranges"],
+                                                     cache / f"ranges{args.ranges}_sens_{groups}", args, groups)
 
     dense = [run(pipe, p, i) for i, p in enumerate(prompts)]
     rows = []
@@ -308,6 +338,10 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=None,
                         help="dense warm-up steps of the *_warmup methods (default: a fifth of the steps, at least 1)")
     parser.add_argument("--ranges", type=int, default=2, help="step ranges of ours_ranges (equal parts of the steps)")
+    parser.add_argument("--sensitivity-groups", default="ranges", choices=("ranges", "layers"),
+                        help="what ours_ranges_sens measures a sensitivity for (ours_sens: layers)")
+    parser.add_argument("--sensitivity-density", type=float, default=0.25,
+                        help="total density of the probe map of the *_sens methods")
     parser.add_argument("--calibration-prompts", type=int, default=None,
                         help="calibrate on only the first N calibration captions")
     parser.add_argument("--max-prompts", type=int, default=None, help="use only the first N held-out captions")

@@ -18,6 +18,7 @@ from .candidates import Candidate, candidate_densities, default_candidates
 from .runner import DEFAULT_PROMPTS, calibrate, load_prompts, search
 from .scores import ScoreSet
 from .scoring import HeadScorer
+from .sensitivity import measure_sensitivity
 from .solver import (
     ATTENTION_SHARE,
     DEFAULT_LAMBDA,
@@ -28,6 +29,7 @@ from .solver import (
     rule_units,
     solve_budget,
     solve_mckp,
+    solve_choices,
     solve_paper,
 )
 
@@ -44,6 +46,8 @@ __all__ = [
     "SearchResult",
     "solve_paper",
     "solve_budget",
+    "solve_choices",
+    "measure_sensitivity",
     "solve_mckp",
     "paper_choice",
     "rule_units",

@@ -8,8 +8,9 @@ scores were taken). On disk it is two files:
 * ``scores.json``: everything but the arrays;
 * ``scores.safetensors``: ``errors`` float64 ``(ranges, layers, heads, candidates)``,
   ``counts`` int64 ``(ranges, layers)``, ``densities`` float64 ``(candidates,)`` and
-  ``stripe_mass`` float64 ``(ranges, layers, heads, video_tiles)``; its header repeats the
-  JSON so the file describes itself.
+  ``stripe_mass`` float64 ``(ranges, layers, heads, video_tiles)``, and ``sensitivity`` float64
+  ``(ranges, layers)`` once measured (:mod:`.sensitivity`); its header repeats the JSON so the
+  file describes itself.
 
 Nothing is pickled. Saves are atomic and a load refuses a pair that was not saved together
 (:mod:`..files`); it validates every field, as stored, and says what is wrong.
@@ -69,6 +70,9 @@ class ScoreSet:
     step_ranges: list[list[int]] = field(default_factory=lambda: [[0, -1]])
     sample_tiles: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
+    # float64 (R, L): how much a unit of each entry's error moves the final latents, mean 1
+    # (:func:`.sensitivity.measure_sensitivity`); None: not measured, every entry counts alike
+    sensitivity: torch.Tensor | None = None
 
     def __post_init__(self):
         self.candidates = tuple(self.candidates)
@@ -87,6 +91,23 @@ class ScoreSet:
     @property
     def num_heads(self) -> int:
         return self.errors.shape[2]
+
+    @property
+    def weighted_errors(self) -> torch.Tensor:
+        """What the budget solver minimises: ``errors`` times the measured sensitivity, if any."""
+        if self.sensitivity is None:
+            return self.errors
+        return self.errors * self.sensitivity[:, :, None, None]
+
+    def with_sensitivity(self, sensitivity: torch.Tensor | None) -> "ScoreSet":
+        """A copy with ``sensitivity`` set (None: removed)."""
+        out = copy.copy(self)
+        out.metadata = copy.deepcopy(self.metadata)
+        if sensitivity is None:
+            out.metadata.pop("sensitivity", None)
+        out.sensitivity = None if sensitivity is None else sensitivity.to(torch.float64).clone()
+        out.validate()
+        return out
 
     @property
     def full_index(self) -> int:
@@ -119,6 +140,7 @@ class ScoreSet:
         mass = sum(wi[..., None, None] * r.stripe_mass for wi, r in zip(w, runs))
         meta = copy.deepcopy(self.metadata)
         meta["merged_runs"] = len(runs)
+        meta.pop("sensitivity", None)  # measured on one run's scores: measure again on the merged ones
         return ScoreSet(self.layout, self.tile_size, self.candidates, errors, counts, self.densities.clone(), mass,
                         self.metric, self.step_ranges, self.sample_tiles, meta)
 
@@ -150,6 +172,10 @@ class ScoreSet:
         m = self.stripe_mass
         if tuple(m.shape) != (*e.shape[:3], nvt) or not torch.isfinite(m).all() or (m < 0).any():
             _fail(where, f"stripe_mass must be finite, >= 0, shaped {(*e.shape[:3], nvt)}; got {tuple(m.shape)}")
+        w = self.sensitivity
+        if w is not None and (not isinstance(w, torch.Tensor) or w.dtype != torch.float64 or tuple(w.shape) != tuple(e.shape[:2])
+                              or not torch.isfinite(w).all() or (w <= 0).any()):
+            _fail(where, f"sensitivity must be None or a float64 tensor of positive finite values shaped {tuple(e.shape[:2])}")
         if len(self.step_ranges) != e.shape[0]:
             _fail(where, f"{e.shape[0]} step ranges of errors but {len(self.step_ranges)} step_ranges")
         if not all(len(r) == 2 and all(files.is_int(x) for x in r) for r in self.step_ranges):
@@ -192,6 +218,8 @@ class ScoreSet:
         directory = Path(directory)
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
         tensors = {name: getattr(self, name).contiguous() for name in _ARRAYS}
+        if self.sensitivity is not None:
+            tensors["sensitivity"] = self.sensitivity.contiguous()
         files.write_pair(directory, SCORES_JSON, text, SCORES_TENSORS, tensors, _FORMAT_KEY)
         return directory
 
@@ -217,8 +245,11 @@ class ScoreSet:
         for key in ("tile_size", "sample_tiles", "num_layers", "num_heads"):
             files.check_int(str(json_file), key, data[key], minimum=0)
         tensors = files.read_tensors(tensor_file, json_file, data, _FORMAT_KEY, _FIX)
-        if set(tensors) != set(_ARRAYS):
-            _fail(tensor_file, f"must hold exactly the arrays {list(_ARRAYS)}, holds {sorted(tensors)}; {_FIX}")
+        if set(tensors) - {"sensitivity"} != set(_ARRAYS):
+            _fail(tensor_file, f"must hold exactly the arrays {list(_ARRAYS)} (and optionally sensitivity), "
+                  f"holds {sorted(tensors)}; {_FIX}")
+        if "sensitivity" in tensors and tensors["sensitivity"].dtype != torch.float64:
+            _fail(tensor_file, f"sensitivity must be float64, is {tensors['sensitivity'].dtype}; {_FIX}")
         try:
             layout = TokenLayout(**data["layout"])
             candidates = tuple(Candidate.from_dict(c) for c in data["candidates"])
@@ -230,6 +261,7 @@ class ScoreSet:
                 step_ranges=data["step_ranges"],
                 sample_tiles=data["sample_tiles"],
                 metadata=data["metadata"],
+                sensitivity=tensors.get("sensitivity"),
                 **{k: tensors[k] for k in _ARRAYS},
             )
         except ValueError as e:

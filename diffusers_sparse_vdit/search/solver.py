@@ -48,6 +48,8 @@ __all__ = [
     "solve_mckp",
     "solve_paper",
     "solve_budget",
+    "solve_choices",
+    "range_steps",
     "SearchResult",
 ]
 
@@ -261,6 +263,12 @@ def _step_weights(scores, num_steps: int | None, warmup: int) -> tuple[torch.Ten
     return torch.tensor(steps, dtype=torch.float64), warmup / num_steps
 
 
+def range_steps(scores, *, dense_warmup_steps: int = 0, num_inference_steps: int | None = None) -> torch.Tensor:
+    """float64 ``(R,)``: the sparse (not warm-up) steps each of the scores' step ranges covers."""
+    num_steps = num_inference_steps if num_inference_steps is not None else scores.metadata.get("num_inference_steps")
+    return _step_weights(scores, num_steps, dense_warmup_steps)[0]
+
+
 def _prepare(scores, dense_layers, warmup, num_steps):
     if (scores.counts == 0).any():
         missing = (scores.counts == 0).nonzero().tolist()
@@ -438,11 +446,29 @@ def solve_budget(scores, *, target_density: float | None = None, target_speedup:
     if budget < 0:
         raise ValueError(f"the dense warm-up alone costs density {dense_fraction:.3f} > target {target_density:.3f}")
     _check_reachable(scores, target_density, dense_fraction, item_w, allowed.reshape(-1, c))
-    choice, info = solve_mckp(scores.errors.reshape(-1, c), scores.densities, budget, item_w, allowed.reshape(-1, c))
+    # with a measured sensitivity, each entry's error counts by how much it moves the final latents
+    choice, info = solve_mckp(scores.weighted_errors.reshape(-1, c), scores.densities, budget, item_w,
+                              allowed.reshape(-1, c))
     norm = float(item_w.sum())
     settings = {"rule": "budget", "target_density": target_density, "target_speedup": target_speedup,
-                "target_end_to_end": target_end_to_end, "dense_layers": list(dense_layers)}
+                "target_end_to_end": target_end_to_end, "dense_layers": list(dense_layers),
+                "sensitivity": scores.metadata.get("sensitivity", {}).get("groups")}
     return _build(scores, choice.reshape(r, layers, heads), steps, dense_fraction, settings, warmup=dense_warmup_steps,
                   num_steps=num_steps, attention_share=attention_share, kernel_efficiency=kernel_efficiency,
                   family=family, target_modules=target_modules, transformer_class=transformer_class,
                   base_model=base_model, lower_bound=info["lower_bound"] / norm)
+
+
+def solve_choices(scores, choices: torch.Tensor, *, dense_warmup_steps: int = 0,
+                  num_inference_steps: int | None = None) -> SearchResult:
+    """The map of given candidate indices, int ``(ranges, layers, heads)``: for probes and hand-made maps."""
+    choices = torch.as_tensor(choices, dtype=torch.int64)
+    if tuple(choices.shape) != tuple(scores.errors.shape[:3]):
+        raise ValueError(f"choices must be shaped (ranges, layers, heads) = {tuple(scores.errors.shape[:3])}, "
+                         f"got {tuple(choices.shape)}")
+    if (choices < 0).any() or (choices >= len(scores.candidates)).any():
+        raise ValueError(f"choices must index the {len(scores.candidates)} candidates")
+    steps, dense_fraction, _, num_steps = _prepare(scores, (), dense_warmup_steps, num_inference_steps)
+    return _build(scores, choices, steps, dense_fraction, {"rule": "given"}, warmup=dense_warmup_steps,
+                  num_steps=num_steps, attention_share=None, kernel_efficiency=1.0, family=None, target_modules=None,
+                  transformer_class=None, base_model=None)

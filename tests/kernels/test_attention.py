@@ -317,3 +317,23 @@ def test_batches_past_int32_offsets_run_as_several_launches(monkeypatch):
     monkeypatch.setattr(attention, "_INT32_LIMIT", 100)  # not even one item fits
     with pytest.raises(ValueError, match="backend='torch'"):
         sparse_attention(q, k, v, plan, backend="triton")
+
+
+@pytest.mark.parametrize("restricted", [False, True], ids=["whole", "restricted"])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=str)
+def test_whole_head_reference_matches_the_tile_walk(layout, restricted, monkeypatch):
+    """Small calls take one masked softmax per head; it must visit exactly the tile walk's keys."""
+    from diffusers_sparse_vdit.kernels import reference
+
+    plan = build_plan(MIXED, layout, tile_size=16)
+    if restricted:
+        plan = plan.restrict_queries([0, plan.video_tiles - 1])
+    q, k, v = (randn(2, len(MIXED), layout.num_tokens, 40) for _ in range(3))
+    lengths = torch.tensor([layout.text_tokens, max(1, layout.text_tokens // 2)]) if layout.text_tokens else None
+    outs = []
+    for limit in (reference.WHOLE_HEAD_SCORES, 0):  # whole heads, then the tile walk
+        monkeypatch.setattr(reference, "WHOLE_HEAD_SCORES", limit)
+        out = torch.full_like(q, float("nan"))
+        outs.append(reference.sparse_attention_torch(q, k, v, plan, scale=40**-0.5, out=out, text_lengths=lengths))
+    torch.testing.assert_close(outs[0], outs[1], equal_nan=True, atol=2e-6, rtol=2e-5)
+    assert outs[0].isnan().any() == restricted  # rows outside the restriction stay untouched
