@@ -13,7 +13,14 @@ from diffusers import ContextParallelConfig
 from diffusers.models._modeling_parallel import ParallelConfig, TensorParallelConfig
 from safetensors.torch import load_file
 
-from diffusers_sparse_vdit import ModeSpec, TokenLayout, apply_sparse_vdit, context_parallel_plan, rank_shares
+from diffusers_sparse_vdit import (
+    ModeSpec,
+    TokenLayout,
+    apply_sparse_vdit,
+    context_parallel_plan,
+    rank_shares,
+    remove_sparse_vdit,
+)
 from diffusers_sparse_vdit.balance import balanced_head_order
 from diffusers_sparse_vdit.processors.parallel import COGVIDEOX_CP_PLAN, _JointOrder, check_parallel_config
 from diffusers_sparse_vdit.testing import tiny_transformer
@@ -112,3 +119,25 @@ def test_context_parallel_plan_per_family():
     assert context_parallel_plan(tiny_transformer("cogvideox")) is COGVIDEOX_CP_PLAN
     with pytest.raises(ValueError, match="token_replace"):
         context_parallel_plan(tiny_transformer("hunyuan_video", image_condition_type="token_replace"))
+
+
+def _ulysses_2():
+    return ParallelConfig(context_parallel_config=ContextParallelConfig(ulysses_degree=2))
+
+
+def test_a_map_applied_after_enable_parallelism_takes_its_config_and_removal_hands_it_back():
+    transformer = tiny_transformer("wan", num_attention_heads=4)
+    transformer._parallel_config = parallel_config = _ulysses_2()  # as enable_parallelism() leaves it
+    apply_sparse_vdit(transformer, case_map(transformer, {}))
+    assert transformer.blocks[0].attn1.processor._parallel_config is parallel_config
+    remove_sparse_vdit(transformer)
+    assert type(transformer.blocks[0].attn1.processor).__name__ == "WanAttnProcessor"
+    assert transformer.blocks[0].attn1.processor._parallel_config is parallel_config  # diffusers' own Ulysses
+
+
+def test_removal_under_the_text_whole_plan_warns_that_stock_processors_are_wrong(caplog):
+    transformer = tiny_transformer("hunyuan_video", num_attention_heads=4)
+    transformer._parallel_config = _ulysses_2()
+    apply_sparse_vdit(transformer, case_map(transformer, {}))
+    remove_sparse_vdit(transformer)
+    assert "give wrong results" in caplog.text
