@@ -1,5 +1,6 @@
 """diffusers-sparse-vdit: per-head sparse attention for video diffusion transformers (Sparse-vDiT)."""
 
+from .balance import RankShares, rank_shares
 from .config import SparseVDiTConfig
 from .kernels import sparse_attention
 from .layout import TokenLayout
@@ -11,7 +12,7 @@ __version__ = "0.1.0"
 
 # The processors import diffusers' model code: load them on first use, so the kernels and
 # plans stay importable without paying for it.
-_PROCESSORS = ("SparseVDiTProcessor", "apply_sparse_vdit", "remove_sparse_vdit")
+_PROCESSORS = ("SparseVDiTProcessor", "apply_sparse_vdit", "remove_sparse_vdit", "context_parallel_plan")
 
 __all__ = [
     "Mode",
@@ -22,6 +23,8 @@ __all__ = [
     "sparse_attention",
     "SparseVDiTConfig",
     "plot_mode_map",
+    "rank_shares",
+    "RankShares",
     *_PROCESSORS,
     "__version__",
 ]

@@ -17,6 +17,7 @@ from .binding import SparseVDiTProcessor
 from .cogvideox import CogVideoXSparseAttnProcessor
 from .hook import HOOK_NAME, SparseVDiTHook, SparseVDiTState, get_sparse_vdit_hook
 from .hunyuan_video import HunyuanVideoSparseAttnProcessor
+from .parallel import context_parallel_plan
 from .wan import WanSparseAttnProcessor
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "sparse_targets",
     "family_of",
     "load_config",
+    "context_parallel_plan",
     "get_sparse_vdit_hook",
     "SparseAttnProcessor",
     "WanSparseAttnProcessor",

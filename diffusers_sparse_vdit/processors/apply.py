@@ -22,6 +22,7 @@ from .base import Family, SparseAttnProcessor
 from .cogvideox import COGVIDEOX
 from .hook import HOOK_NAME, SparseVDiTHook, get_sparse_vdit_hook
 from .hunyuan_video import HUNYUAN_VIDEO
+from .parallel import check_parallel_config, ulysses_degree
 from .wan import WAN
 
 logger = get_logger(__name__)
@@ -58,6 +59,7 @@ def apply_sparse_vdit(
     *,
     backend: str = "auto",
     processor_cls: type[SparseAttnProcessor] | None = None,
+    balance_heads: bool = True,
 ) -> None:
     """Make a transformer's target attention layers sparse with a Sparse-vDiT mode map.
 
@@ -71,6 +73,8 @@ def apply_sparse_vdit(
             ``"gluon"``, ``"triton"``, ``"torch"`` or ``"flex"``.
         processor_cls: a subclass of the family processor to install instead (for code that
             overrides a step, e.g. ``attend``).
+        balance_heads: under Ulysses context parallelism, permute each layer's heads so that every rank's
+            share of the attention work is about even (exact; see :mod:`.parallel` and docs/parallel.md).
 
     Applying again replaces the previous map; :func:`remove_sparse_vdit` restores the processors
     from before the first one.
@@ -100,7 +104,7 @@ def apply_sparse_vdit(
             "apply_sparse_vdit takes a SparseVDiTConfig, a Hub repo id or local folder, or a SparseVDiTProcessor; "
             f"got {type(source).__name__}"
         )
-    install(transformer, config, backend=backend, processor_cls=processor_cls)
+    install(transformer, config, backend=backend, processor_cls=processor_cls, balance_heads=balance_heads)
 
 
 def remove_sparse_vdit(pipe_or_transformer) -> None:
@@ -111,11 +115,14 @@ def remove_sparse_vdit(pipe_or_transformer) -> None:
         logger.warning(f"remove_sparse_vdit: no Sparse-vDiT map is applied to this {type(transformer).__name__}")
         return
     transformer.set_attn_processor(dict(hook.original_processors))  # set_attn_processor pops from its dict
+    _keep_parallelism(transformer)
     transformer._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
     logger.info(f"removed the Sparse-vDiT map from {type(transformer).__name__}")
 
 
-def install(transformer, config: SparseVDiTConfig, *, backend: str = "auto", processor_cls=None) -> SparseVDiTHook:
+def install(
+    transformer, config: SparseVDiTConfig, *, backend: str = "auto", processor_cls=None, balance_heads: bool = True
+) -> SparseVDiTHook:
     """Validate ``config`` against ``transformer`` and install it (the work behind both routes)."""
     from .binding import SparseVDiTProcessor  # deferred: binding imports this module
 
@@ -127,13 +134,10 @@ def install(transformer, config: SparseVDiTConfig, *, backend: str = "auto", pro
     if not (isinstance(cls, type) and issubclass(cls, family.processor_cls)):
         raise TypeError(f"processor_cls must subclass {family.processor_cls.__name__} for a {family.name} model")
 
+    # enable_parallelism() before the map: the processors take its config (after it, it sets theirs)
+    parallel_config = getattr(transformer, "_parallel_config", None)
+    check_parallel_config(parallel_config, f"apply_sparse_vdit on {type(transformer).__name__}")
     current = transformer.attn_processors
-    for name in targets:
-        if getattr(current[f"{name}.processor"], "_parallel_config", None) is not None:
-            raise ValueError(
-                "Sparse-vDiT does not support context parallelism (each attention call needs the whole sequence); "
-                "apply the map to a transformer without enable_parallelism()"
-            )
 
     # A placeholder SparseVDiTProcessor left on a module stands for that module's stock processor.
     def settled(key, processor):
@@ -150,6 +154,7 @@ def install(transformer, config: SparseVDiTConfig, *, backend: str = "auto", pro
         originals = {key: settled(key, p) for key, p in current.items()}
 
     hook = SparseVDiTHook(family, config, backend, originals)
+    hook.state.balance_heads = balance_heads
     layer_of = {name: i for i, name in enumerate(targets)}
     processors = {}
     for key, processor in current.items():
@@ -158,6 +163,7 @@ def install(transformer, config: SparseVDiTConfig, *, backend: str = "auto", pro
             sparse = cls(config, layer_of[name], hook.state, backend=backend)
             # keep a backend chosen with set_attention_backend() for the dense path
             sparse._attention_backend = getattr(processor, "_attention_backend", None)
+            sparse._parallel_config = parallel_config if ulysses_degree(parallel_config) > 1 else None
             processors[key] = sparse
         else:
             processors[key] = settled(key, processor)
@@ -221,6 +227,22 @@ def validate(family: Family, config: SparseVDiTConfig, transformer) -> list[str]
             "a map chosen for other weights may cost more quality than measured"
         )
     return targets
+
+
+def _keep_parallelism(transformer) -> None:
+    """After removal under context parallelism: the restored stock processors take the transformer's config."""
+    parallel_config = getattr(transformer, "_parallel_config", None)
+    if ulysses_degree(parallel_config) == 1:
+        return
+    for processor in transformer.attn_processors.values():
+        if hasattr(processor, "_parallel_config"):
+            processor._parallel_config = parallel_config
+    if family_of(transformer).name != "wan":
+        logger.warning(
+            f"{type(transformer).__name__} still has context parallelism enabled with the Sparse-vDiT plan, which keeps "
+            "the text whole on every rank: its stock attention processors give wrong results under it. Apply a map "
+            "again (an all-FULL one runs dense), or load the transformer again without enable_parallelism()."
+        )
 
 
 def architecture(transformer) -> dict:

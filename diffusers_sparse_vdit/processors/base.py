@@ -32,6 +32,7 @@ from ..kernels.attention import BACKENDS
 from ..layout import TokenLayout
 from ..modes import Mode
 from ..plan import SparsePlan, build_plan
+from .parallel import ulysses_attention, ulysses_degree
 
 if TYPE_CHECKING:
     from ..config import SparseVDiTConfig
@@ -64,6 +65,9 @@ class SparseAttnProcessor:
     # Like the stock processors: ModelMixin.set_attention_backend() sets this, and the dense
     # path honours it.
     _attention_backend = None
+    # Like the stock processors: transformer.enable_parallelism() sets this under context
+    # parallelism, and the attention then runs through .parallel.ulysses_attention.
+    _parallel_config = None
 
     def __init__(self, config: SparseVDiTConfig, layer: int, state: SparseVDiTState, *, backend: str = "auto"):
         if backend not in BACKENDS:
@@ -112,7 +116,9 @@ class SparseAttnProcessor:
     # Shared machinery -------------------------------------------------------------------
     def run(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb):
         call = self.prepare(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        if torch.compiler.is_compiling():
+        if self._parallel_config is not None:
+            out = ulysses_attention(self, call)
+        elif torch.compiler.is_compiling():
             out = torch.ops.diffusers_sparse_vdit.layer_attention(
                 call.query, call.key, call.value, call.attention_mask, call.text_tokens,
                 self.state.token, self._layer_index, self.state.hook_id,
@@ -143,6 +149,10 @@ class SparseAttnProcessor:
         )
         return out.transpose(1, 2)
 
+    def whole_sequence_tokens(self, local_tokens: int, text_tokens: int) -> int:
+        """Tokens of the whole joint sequence: under Ulysses each rank holds 1/W of the video and all the text."""
+        return (local_tokens - text_tokens) * ulysses_degree(self._parallel_config) + text_tokens
+
     def layout(self, num_tokens: int, text_tokens: int) -> TokenLayout | None:
         """This call's token layout as the hook recorded it; None while the grid is unknown."""
         layout = self.state.layout
@@ -152,8 +162,9 @@ class SparseAttnProcessor:
             raise RuntimeError(
                 f"{type(self).__name__} (layer {self.layer}, {self.config.target_modules[self.layer]}): the "
                 f"transformer's input gives {layout}, but this attention call sees {num_tokens} tokens "
-                f"({text_tokens} text). Sparse-vDiT needs the whole sequence in one attention call: context "
-                "parallelism and token merging or dropping are not supported; remove them or remove_sparse_vdit()."
+                f"({text_tokens} text). Sparse-vDiT needs the whole sequence in one attention call: for context "
+                "parallelism use Ulysses with cp_plan=diffusers_sparse_vdit.context_parallel_plan(transformer); token "
+                "merging or dropping are not supported: remove them or remove_sparse_vdit()."
             )
         return layout
 

@@ -64,6 +64,8 @@ class SparseVDiTState(BaseState):
 
     def __init__(self):
         self.hook_id: int | None = None  # which SparseVDiTHook this is, for compiled graphs
+        self.balance_heads = True  # under Ulysses: balance heads across ranks (see parallel.py)
+        self.logged_shares: set = set()  # (phase, layout, ranks) whose per-rank work was logged
         self.reset()
 
     def reset(self) -> None:

@@ -84,13 +84,15 @@ class HunyuanVideoSparseAttnProcessor(SparseAttnProcessor):
             key = torch.cat([key, encoder_key], dim=1)
             value = torch.cat([value, encoder_value], dim=1)
 
+        text_tokens = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         if attention_mask is not None:
-            check_key_padding_mask(attention_mask, query.shape[1])  # its text lengths come from the hook
+            # its text lengths come from the hook; under Ulysses it covers the whole sequence
+            check_key_padding_mask(attention_mask, self.whole_sequence_tokens(query.shape[1], text_tokens))
         return AttentionCall(
             query.transpose(1, 2),
             key.transpose(1, 2),
             value.transpose(1, 2),
-            text_tokens=0 if encoder_hidden_states is None else encoder_hidden_states.shape[1],
+            text_tokens=text_tokens,
             attention_mask=attention_mask,
         )
 

@@ -119,13 +119,6 @@ def test_bad_arguments():
         apply_sparse_vdit(torch.nn.Linear(2, 2), config)
 
 
-def test_context_parallelism_is_refused():
-    transformer = tiny_transformer("wan")
-    transformer.blocks[0].attn1.processor._parallel_config = object()  # what enable_parallelism() sets
-    with pytest.raises(ValueError, match="context parallelism"):
-        apply_sparse_vdit(transformer, mode_map(transformer))
-
-
 def test_attention_backend_is_kept_for_dense_calls():
     transformer = tiny_transformer("wan")
     transformer.blocks[1].attn1.processor._attention_backend = "native"
