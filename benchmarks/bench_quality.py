@@ -55,7 +55,7 @@ from diffusers_sparse_vdit.baselines import BASELINES, apply_baseline, generatio
 from diffusers_sparse_vdit.evaluate import _jsonable, as_video, compare_videos  # noqa: E402
 from diffusers_sparse_vdit.processors import apply_sparse_vdit  # noqa: E402
 from diffusers_sparse_vdit.search import (  # noqa: E402
-    ScoreSet, calibrate, measure_sensitivity, solve_budget, solve_paper,
+    ScoreSet, calibrate, default_candidates, measure_sensitivity, solve_budget, solve_paper,
 )
 
 logger = get_logger("diffusers_sparse_vdit.bench_quality")  # diffusers.sparse_vdit.bench_quality
@@ -124,19 +124,21 @@ def compare(dense, run) -> dict:
 
 
 # Methods ----------------------------------------------------------------------------------------
-def calibrated_scores(pipe, info: dict, cache: Path, args, step_ranges=None) -> ScoreSet:
+def calibrated_scores(pipe, info: dict, cache: Path, args, layout, step_ranges=None) -> ScoreSet:
     """``calibrate`` on the calibration captions, or its cached result for the same settings."""
     gen = info["generate"]
     settings = {"prompts": info["calibration_prompts"], "generate": gen, "tile_size": info["tile_size"],
                 "step_ranges": step_ranges, "seed": args.seed, "dtype": args.dtype, "device": args.device,
-                "backend": args.backend}
+                "backend": args.backend, "band_densities": args.band_densities}
     stamp = cache / "settings.json"
     if stamp.exists() and json.loads(stamp.read_text()) == _jsonable(settings):
         return ScoreSet.load(cache)
     stamp.unlink(missing_ok=True)  # the scores below replace the cached ones
     kwargs = {k: gen[k] for k in _CALIBRATE_KEYS if k in gen}
+    candidates = None if args.band_densities is None else default_candidates(
+        layout, info["tile_size"], band_densities=args.band_densities)
     scores = calibrate(pipe, info["calibration_prompts"], seed=args.seed, tile_size=info["tile_size"],
-                       step_ranges=step_ranges, backend=args.backend,
+                       step_ranges=step_ranges, backend=args.backend, candidates=candidates,
                        pipeline_kwargs={k: v for k, v in gen.items() if k not in _CALIBRATE_KEYS}, **kwargs)
     scores.save(cache)
     write_atomic(stamp, json.dumps(_jsonable(settings), indent=2) + "\n")  # last: a half-written cache has none
@@ -146,13 +148,15 @@ def calibrated_scores(pipe, info: dict, cache: Path, args, step_ranges=None) -> 
 def sensitive_scores(pipe, info: dict, scores: ScoreSet, cache: Path, args, groups: str) -> ScoreSet:
     """``measure_sensitivity`` of ``scores`` on the calibration captions, or its cached result."""
     settings = {"scores": scores.to_dict(), "groups": groups, "density": args.sensitivity_density,
-                "prompts": info["calibration_prompts"], "seed": args.seed, "backend": args.backend}
+                "prompts": info["calibration_prompts"][: args.sensitivity_prompts], "seed": args.seed,
+                "backend": args.backend}
     stamp = cache / "settings.json"
     if stamp.exists() and json.loads(stamp.read_text()) == _jsonable(settings):
         return ScoreSet.load(cache)
     stamp.unlink(missing_ok=True)
     gen = info["generate"]
-    weighted = measure_sensitivity(pipe, scores, info["calibration_prompts"], target_density=args.sensitivity_density,
+    weighted = measure_sensitivity(pipe, scores, info["calibration_prompts"][: args.sensitivity_prompts],
+                                   target_density=args.sensitivity_density,
                                    groups=groups, seed=args.seed, backend=args.backend,
                                    pipeline_kwargs={k: v for k, v in gen.items() if k not in _CALIBRATE_KEYS})
     weighted.save(cache)
@@ -207,12 +211,12 @@ def run_pipeline(name: str, pipe, info: dict, args, bar, on_row=lambda rows: Non
     ctx = {"steps": steps, "warmup": warmup, "layout": layout, "tile_size": int(info["tile_size"]),
            "backend": args.backend, "seed": args.seed, "generate": run}
     cache = Path(args.out) / f"quality_{name}_scores"
-    if any(m in OURS for m in args.methods):
-        ctx["scores"] = calibrated_scores(pipe, info, cache / "single", args)
+    if {"ours", "ours_warmup", "ours_sens", "paper"} & set(args.methods):
+        ctx["scores"] = calibrated_scores(pipe, info, cache / "single", args, layout)
     if {"ours_ranges", "ours_ranges_sens"} & set(args.methods):
         cuts = [round(i * steps / args.ranges) for i in range(args.ranges)] + [-1]
         ranges = [[a, b] for a, b in zip(cuts[:-1], cuts[1:])]
-        ctx["scores_ranges"] = calibrated_scores(pipe, info, cache / f"ranges{args.ranges}", args, ranges)
+        ctx["scores_ranges"] = calibrated_scores(pipe, info, cache / f"ranges{args.ranges}", args, layout, ranges)
     if "ours_sens" in args.methods:
         ctx["scores_sens"] = sensitive_scores(pipe, info, ctx["scores"], cache / "single_sens_layers", args, "layers")
     if "ours_ranges_sens" in args.methods:
@@ -342,6 +346,10 @@ def main(argv=None) -> int:
                         help="what ours_ranges_sens measures a sensitivity for (ours_sens: layers)")
     parser.add_argument("--sensitivity-density", type=float, default=0.25,
                         help="total density of the probe map of the *_sens methods")
+    parser.add_argument("--sensitivity-prompts", type=int, default=None,
+                        help="measure the *_sens sensitivity on only the first N calibration captions")
+    parser.add_argument("--band-densities", nargs="+", type=float, default=None,
+                        help="tile densities of the DIAGONAL / MULTI_DIAGONAL candidates (default: the search's)")
     parser.add_argument("--calibration-prompts", type=int, default=None,
                         help="calibrate on only the first N calibration captions")
     parser.add_argument("--max-prompts", type=int, default=None, help="use only the first N held-out captions")

@@ -431,10 +431,16 @@ def _cmd_search(args, parser) -> None:
         num_frames=args.frames,
         guidance_scale=args.guidance_scale,
     )
+    steps = _steps(args)
+    try:
+        ranges = runner.equal_step_ranges(steps, args.step_ranges, args.dense_warmup_steps)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
     scores = runner.calibrate(
         pipe,
         prompts,
-        num_inference_steps=_steps(args),
+        step_ranges=ranges if len(ranges) > 1 else None,
+        num_inference_steps=steps,
         seed=args.seed,
         sample_tiles=args.sample_tiles,
         tile_size=args.tile_size or (TINY_TILE_SIZE if args.tiny else DEFAULT_TILE),
@@ -444,6 +450,15 @@ def _cmd_search(args, parser) -> None:
         progress=not args.quiet,
         **calibrate_arguments(call),
     )
+    target = 1.0 / args.target_speedup if args.target_speedup is not None else args.target_density
+    if target is not None and args.sensitivity != "none" and (args.sensitivity == "layers" or scores.num_ranges > 1):
+        try:  # the solver then weighs each range's errors by their effect on the final latents
+            scores = runner.sensitive(pipe, scores, prompts[: args.sensitivity_prompts], target,
+                                      groups=args.sensitivity, dense_warmup_steps=args.dense_warmup_steps,
+                                      seed=args.seed, backend=args.backend, progress=not args.quiet,
+                                      pipeline_kwargs=calibrate_arguments(call).get("pipeline_kwargs"))
+        except ValueError as e:
+            raise CommandError(f"cannot measure the sensitivity: {e} (or pass --sensitivity none)") from None
     stage = _new_sibling(out)
     try:
         scores.save(stage / "scores")
@@ -614,6 +629,8 @@ def _cmd_evaluate(args, parser) -> None:
 
 # The parser -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from .search import runner as runner_defaults
+
     formatter = _Formatter
     parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=formatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -653,6 +670,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"tokens per mask tile, a power of two >= 16 (default: {DEFAULT_TILE}, what the GPU kernels run best at; "
         f"{TINY_TILE_SIZE} with --tiny, whose grid is smaller than one {DEFAULT_TILE}-token tile)",
+    )
+    group.add_argument(
+        "--step-ranges",
+        type=_positive_int,
+        default=runner_defaults.DEFAULT_STEP_RANGES,
+        metavar="N",
+        help="one map per range of steps: the steps after the warm-up cut into N equal ranges "
+        f"(default: {runner_defaults.DEFAULT_STEP_RANGES}; 1: one map for every step)",
+    )
+    group.add_argument(
+        "--sensitivity",
+        choices=("ranges", "layers", "none"),
+        default="ranges",
+        help="with a target: before solving, generate the first prompts with a probe map sparse in one step range "
+        "(or range and layer) at a time, so each range's errors count by their effect on the final video "
+        "(default: ranges; costs (ranges + 2) generations a prompt)",
+    )
+    group.add_argument(
+        "--sensitivity-prompts",
+        type=_positive_int,
+        default=runner_defaults.DEFAULT_SENSITIVITY_PROMPTS,
+        metavar="N",
+        help=f"prompts the sensitivity is measured on (default: {runner_defaults.DEFAULT_SENSITIVITY_PROMPTS})",
     )
     group.add_argument(
         "--sample-tiles",

@@ -171,6 +171,9 @@ def test_search_writes_the_map_and_its_scores_then_solve_re_solves(capsys, tmp_p
     assert (scores.num_layers, scores.num_heads) == (2, 3)
     # --tiny defaults to tile 16, so the grid has two tiles and sparse masks besides FULL and SKIP
     assert config.tile_size == scores.tile_size == 16 and len(scores.candidates) > 2
+    # by default one map a step range (8, capped at the 2 steps), weighed by a measured sensitivity
+    assert scores.step_ranges == [[0, 1], [1, -1]] and config.step_ranges == scores.step_ranges
+    assert scores.sensitivity is not None and scores.metadata["sensitivity"]["groups"] == "ranges"
 
     # from OUT/scores or from OUT itself, by budget or by the paper's rule
     for source, rule in ((out / "scores", ["--target-density", 0.9]), (out, ["--lambda", 0.5, "--epsilon", 0.5])):

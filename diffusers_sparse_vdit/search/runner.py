@@ -34,7 +34,7 @@ from .scores import ScoreSet
 from .scoring import HeadScorer, OutProj
 from .solver import SearchResult, solve_budget, solve_paper
 
-__all__ = ["DEFAULT_PROMPTS", "load_prompts", "calibrate", "search"]
+__all__ = ["DEFAULT_PROMPTS", "DEFAULT_STEP_RANGES", "equal_step_ranges", "load_prompts", "calibrate", "search"]
 
 logger = get_logger(__name__)
 
@@ -51,6 +51,29 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
     "Time-lapse of clouds rolling over snowy mountain peaks under a blue sky.",
     "Colorful ink drops swirling and blooming in clear water, slow motion, black background.",
 )
+
+
+# What the reference pipelines' frontier chose (docs/search.md): maps per step range, each range's
+# errors weighed by how much they move the final latents, measured on a few calibration prompts.
+DEFAULT_STEP_RANGES = 8
+DEFAULT_SENSITIVITY_PROMPTS = 4
+SENSITIVITY_PROBE_DENSITY = 0.25
+
+
+def equal_step_ranges(num_inference_steps: int, count: int, dense_warmup_steps: int = 0) -> list[list[int]]:
+    """``count`` step ranges of (nearly) equal length over the steps after the warm-up.
+
+    The warm-up steps join the first range (they run dense whatever it holds); ``count`` is capped
+    at the number of sparse steps.
+    """
+    sparse = num_inference_steps - dense_warmup_steps
+    if sparse < 1:
+        raise ValueError(f"num_inference_steps={num_inference_steps} leaves no step after {dense_warmup_steps} warm-up steps")
+    if count < 1:
+        raise ValueError(f"the number of step ranges must be at least 1, got {count}")
+    count = min(count, sparse)
+    cuts = [dense_warmup_steps + round(i * sparse / count) for i in range(1, count)]
+    return [[a, b] for a, b in zip([0, *cuts], [*cuts, -1])]
 
 
 def load_prompts(path: str | Path | None) -> list[str]:
@@ -287,20 +310,58 @@ def search(
     lam: float | None = None,
     epsilon: float | None = None,
     dense_warmup_steps: int = 0,
+    step_ranges: int | Sequence[Sequence[int]] | None = DEFAULT_STEP_RANGES,
+    sensitivity: str | None = "ranges",
+    sensitivity_prompts: int = DEFAULT_SENSITIVITY_PROMPTS,
     **calibrate_kwargs: Any,
 ) -> SearchResult:
     """Calibrate, then solve: for an attention-FLOP target when one is given, else by the paper's rule.
 
     ``search(pipe, target_speedup=2.0)`` returns a :class:`~.solver.SearchResult` whose
     ``.config`` is the mode map (``result.config.save_pretrained(dir)`` / ``.push_to_hub(repo)``).
+
+    ``step_ranges``: an int cuts the steps after the warm-up into that many equal ranges, each
+    with its own map; a list gives them (see :class:`~.scoring.HeadScorer`); None is one map for
+    every step. ``sensitivity`` (``"ranges"``, ``"layers"`` or None; with a target only): before
+    solving, :func:`~.sensitivity.measure_sensitivity` on the first ``sensitivity_prompts``
+    prompts, so each range's errors count by their effect on the final latents. Both defaults
+    come from the reference pipelines' frontier (docs/search.md); the measurement costs
+    ``(ranges + 2) x sensitivity_prompts`` generations.
     """
     if target_speedup is not None and target_density is not None:
         raise ValueError("give target_speedup or target_density, not both")
-    if (target_speedup is not None or target_density is not None) and (lam is not None or epsilon is not None):
+    target = 1.0 / target_speedup if target_speedup is not None else target_density
+    if target is not None and (lam is not None or epsilon is not None):
         raise ValueError("lam and epsilon belong to the paper's rule; a target uses the budget solver instead")
-    scores = calibrate(pipe, prompts, dense_warmup_steps=dense_warmup_steps, lam=lam, epsilon=epsilon, **calibrate_kwargs)
-    if target_speedup is not None or target_density is not None:
-        return solve_budget(scores, target_speedup=target_speedup, target_density=target_density,
-                            dense_warmup_steps=dense_warmup_steps)
-    kwargs = {} if lam is None else {"lam": lam}
-    return solve_paper(scores, epsilon=epsilon, dense_warmup_steps=dense_warmup_steps, **kwargs)
+    if isinstance(step_ranges, int) and not isinstance(step_ranges, bool):
+        steps = calibrate_kwargs.get("num_inference_steps", 50)
+        step_ranges = equal_step_ranges(steps, step_ranges, dense_warmup_steps) if step_ranges > 1 else None
+    scores = calibrate(pipe, prompts, dense_warmup_steps=dense_warmup_steps, lam=lam, epsilon=epsilon,
+                       step_ranges=step_ranges, **calibrate_kwargs)
+    if target is None:
+        kwargs = {} if lam is None else {"lam": lam}
+        return solve_paper(scores, epsilon=epsilon, dense_warmup_steps=dense_warmup_steps, **kwargs)
+    if sensitivity is not None and (sensitivity == "layers" or scores.num_ranges > 1):
+        scores = sensitive(pipe, scores, list(DEFAULT_PROMPTS if prompts is None else prompts)[:sensitivity_prompts],
+                           target, groups=sensitivity, dense_warmup_steps=dense_warmup_steps,
+                           seed=calibrate_kwargs.get("seed", 0), backend=calibrate_kwargs.get("backend", "auto"),
+                           pipeline_kwargs=calibrate_kwargs.get("pipeline_kwargs"),
+                           progress=calibrate_kwargs.get("progress"))
+    return solve_budget(scores, target_density=target, dense_warmup_steps=dense_warmup_steps)
+
+
+def sensitive(pipe, scores: ScoreSet, prompts: Sequence[str], target_density: float, **kwargs) -> ScoreSet:
+    """:func:`measure_sensitivity` with its probe at the target or at 0.25, whichever is sparser.
+
+    A probe sparser than the target measures more clearly (fewer of its entries are FULL);
+    when the scores cannot reach it (e.g. a long warm-up), the probe is the target itself.
+    """
+    from .sensitivity import measure_sensitivity
+
+    probe = min(target_density, SENSITIVITY_PROBE_DENSITY)
+    try:
+        return measure_sensitivity(pipe, scores, prompts, target_density=probe, **kwargs)
+    except ValueError:
+        if probe == target_density:
+            raise
+        return measure_sensitivity(pipe, scores, prompts, target_density=target_density, **kwargs)

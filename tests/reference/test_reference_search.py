@@ -3,16 +3,18 @@
 The Wan reference pipeline's attention was learned (spatial and temporal heads), so this can
 fail: a search that picks modes badly loses to one band everywhere. Held-out captions only
 (colour-shape pairs neither training nor calibration saw); dense and sparse from one seed.
-Shortened to 6 steps so it stays a couple of minutes on two CPU cores.
+Shortened to 6 steps so it stays a couple of minutes on two CPU cores. The search runs as
+``search()`` does by default: a map per step range, weighed by a measured sensitivity.
 """
 
 import pytest
 import torch
 
 from diffusers_sparse_vdit import apply_sparse_vdit, remove_sparse_vdit
-from diffusers_sparse_vdit.baselines import generation_layout, uniform_map
+from diffusers_sparse_vdit.baselines import apply_baseline, generation_layout, uniform_map
 from diffusers_sparse_vdit.reference import load_reference
-from diffusers_sparse_vdit.search import calibrate, solve_budget
+from diffusers_sparse_vdit.search import calibrate, measure_sensitivity, solve_budget
+from diffusers_sparse_vdit.search.runner import DEFAULT_STEP_RANGES, equal_step_ranges
 
 STEPS = 6
 
@@ -35,13 +37,20 @@ def test_the_searched_map_beats_uniform_bands_on_held_out_captions(wan):
     assert prompt not in info["calibration_prompts"]
     size = {k: call[k] for k in ("height", "width", "num_frames", "num_inference_steps", "guidance_scale")}
     rest = {k: v for k, v in call.items() if k not in size}
-    scores = calibrate(pipe, info["calibration_prompts"][:1], tile_size=tile, backend="torch", progress=False,
-                       sample_tiles=16, pipeline_kwargs=rest, **size)
+    calibration = info["calibration_prompts"][:1]
+    scores = calibrate(pipe, calibration, tile_size=tile, backend="torch", progress=False, sample_tiles=16,
+                       step_ranges=equal_step_ranges(STEPS, DEFAULT_STEP_RANGES), pipeline_kwargs=rest, **size)
+    scores = measure_sensitivity(pipe, scores, calibration, target_density=0.25, backend="torch", pipeline_kwargs=rest,
+                                 progress=False)
     layout = generation_layout(pipe, prompt=prompt, generator=torch.Generator().manual_seed(0), **call)
     dense = _latents(pipe, prompt, call)
 
     def error(config):
-        apply_sparse_vdit(pipe, config, backend="torch")
+        if isinstance(config, str):  # an online baseline
+            apply_baseline(pipe, config, density, layout=layout, num_inference_steps=STEPS, tile_size=tile,
+                           backend="torch")
+        else:
+            apply_sparse_vdit(pipe, config, backend="torch")
         try:
             sparse = _latents(pipe, prompt, call)
         finally:
@@ -56,4 +65,5 @@ def test_the_searched_map_beats_uniform_bands_on_held_out_captions(wan):
             # equal FLOPs: the searched map may not spend more than the band it is compared with
             assert ours.attention_density <= band.density(layout) + 0.01, (mode, density, ours.attention_density)
             errors[mode] = error(band)
-        assert errors["ours"] < min(errors["DIAGONAL"], errors["MULTI_DIAGONAL"]), (density, errors)
+        errors["svg"] = error("svg")  # the online spatial/temporal choice per head and step
+        assert errors["ours"] < min(errors["DIAGONAL"], errors["MULTI_DIAGONAL"], errors["svg"]), (density, errors)

@@ -175,3 +175,14 @@ def test_two_processes_merge_to_the_single_process_scores(tmp_path):
                        height=32, width=48, num_frames=9)  # as the worker calibrates
     assert torch.equal(merged.counts, single.counts)
     torch.testing.assert_close(merged.errors, single.errors, rtol=1e-5, atol=1e-9)
+
+
+def test_equal_step_ranges_start_after_the_warm_up_and_are_capped():
+    from diffusers_sparse_vdit.search.runner import equal_step_ranges
+
+    assert equal_step_ranges(12, 4) == [[0, 3], [3, 6], [6, 9], [9, -1]]
+    assert equal_step_ranges(50, 4, dense_warmup_steps=10) == [[0, 20], [20, 30], [30, 40], [40, -1]]
+    assert equal_step_ranges(3, 8) == [[0, 1], [1, 2], [2, -1]]  # one range a step at most
+    assert equal_step_ranges(5, 1) == [[0, -1]]
+    with pytest.raises(ValueError, match="no step after"):
+        equal_step_ranges(4, 2, dense_warmup_steps=4)

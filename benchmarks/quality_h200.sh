@@ -1,0 +1,23 @@
+#!/bin/bash
+# The quality frontier of benchmarks/results/quality_*_h200*.json on one GPU: each family's methods
+# split over parallel processes (the reference models are tiny; one process leaves the GPU idle).
+# usage: bash benchmarks/quality_h200.sh OUT_DIR   (diffusers importable; about 8 minutes on an H200)
+out=${1:?usage: quality_h200.sh OUT_DIR}
+export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+common="--device cuda --dtype bfloat16 --calibration-prompts 6 --max-prompts 4"
+run() {  # name, then bench_quality arguments
+  local name=$1; shift
+  mkdir -p "$out/$name"
+  timeout "${LIMIT:-500}" python benchmarks/bench_quality.py $common --out "$out/$name" --name "$name" "$@" \
+    > "$out/$name/log.txt" 2>&1 &
+}
+for f in wan cogvideox hunyuan_video; do
+  run ${f}_bands --pipeline reference_models/$f --methods diagonal multi_diagonal svg
+  run ${f}_masks --pipeline reference_models/$f --methods radial sliding_tile paper --floors
+  run ${f}_r12 --pipeline reference_models/$f --methods ours_ranges ours_ranges_sens --ranges 12 --floors
+done
+run wan_r12_fine --pipeline reference_models/wan --methods ours_ranges_sens --ranges 12 --floors \
+  --band-densities 0.1 0.175 0.25 0.35 0.5 0.7
+run wan_r12_sp2 --pipeline reference_models/wan --methods ours_ranges_sens --ranges 12 --floors --sensitivity-prompts 2
+run wan_r6 --pipeline reference_models/wan --methods ours_ranges_sens --ranges 6 --floors
+wait
