@@ -7,7 +7,18 @@ weights, and tokenizers built from scratch, so nothing is downloaded. Variants:
 * ``"hunyuan_video"``: ``HunyuanVideoTransformer3DModel`` (1 dual + 1 single block, 1 refiner
   block, patch 2), ``HunyuanVideoPipeline`` (Llama + CLIP text encoders);
 * ``"cogvideox"``: ``CogVideoXTransformer3DModel`` with RoPE (CogVideoX-5b style), ``CogVideoXPipeline``;
-* ``"cogvideox1.5"``: the same with temporal patching (``patch_size_t=2``).
+* ``"cogvideox1.5"``: the same with temporal patching (``patch_size_t=2``);
+* ``"hunyuan_video15"``: ``HunyuanVideo15Transformer3DModel`` (2 blocks, patch 1), transformer only.
+
+Image-to-video (:data:`I2V_VARIANTS`), each with its pipeline (tiny image encoders built in code):
+
+* ``"wan_i2v"``: Wan2.1 I2V (CLIP image context through added K/V in cross-attention, first-frame
+  latent and mask concatenated on channels), ``WanImageToVideoPipeline``;
+* ``"cogvideox_i2v"`` / ``"cogvideox1.5_i2v"``: image latents concatenated on channels (1.5: with the
+  ``ofs`` embedding), ``CogVideoXImageToVideoPipeline``;
+* ``"hunyuan_video_i2v"``: HunyuanVideo-I2V (``token_replace``; LLaVA image tokens in the text
+  stream), ``HunyuanVideoImageToVideoPipeline``;
+* ``"skyreels_i2v"``: SkyReels-V1 (image latents concatenated on channels), ``HunyuanSkyreelsImageToVideoPipeline``.
 
 Every transformer has 2 sparse target layers of 3 heads x 16 channels.
 """
@@ -23,6 +34,8 @@ from .modes import ModeSpec
 
 __all__ = [
     "VARIANTS",
+    "I2V_VARIANTS",
+    "PIPELINE_VARIANTS",
     "tiny_transformer",
     "tiny_transformer_inputs",
     "tiny_mode_map",
@@ -31,16 +44,35 @@ __all__ = [
     "tiny_tokenizer",
 ]
 
-VARIANTS = ("wan", "hunyuan_video", "cogvideox", "cogvideox1.5")
+VARIANTS = ("wan", "hunyuan_video", "cogvideox", "cogvideox1.5", "hunyuan_video15")  # one per family and patching
+I2V_VARIANTS = ("wan_i2v", "cogvideox_i2v", "cogvideox1.5_i2v", "hunyuan_video_i2v", "skyreels_i2v")
+PIPELINE_VARIANTS = ("wan", "hunyuan_video", "cogvideox", "cogvideox1.5", *I2V_VARIANTS)  # with a tiny_pipeline
+IMAGE_DIM = 8  # the tiny image encoders' width
 HEADS, HEAD_DIM = 3, 16
 TEXT_DIM = 16  # text encoder width = the transformers' text embedding width
 
 
 def tiny_transformer(variant: str, *, seed: int = 0, **overrides):
-    """A random-weight transformer of ``variant`` (see :data:`VARIANTS`), float32, eval mode."""
-    from diffusers import CogVideoXTransformer3DModel, HunyuanVideoTransformer3DModel, WanTransformer3DModel
+    """A random-weight transformer of ``variant`` (:data:`VARIANTS`, :data:`I2V_VARIANTS`), float32, eval mode."""
+    from diffusers import (
+        CogVideoXTransformer3DModel,
+        HunyuanVideo15Transformer3DModel,
+        HunyuanVideoTransformer3DModel,
+        WanTransformer3DModel,
+    )
 
     common = dict(num_attention_heads=HEADS, attention_head_dim=HEAD_DIM)
+    # I2V: the base model with its image conditioning (latent channels of the tiny VAEs: 16 Wan, 4 others)
+    i2v = {
+        "wan_i2v": ("wan", dict(in_channels=36, out_channels=16, image_dim=IMAGE_DIM, added_kv_proj_dim=HEADS * HEAD_DIM)),
+        "cogvideox_i2v": ("cogvideox", dict(in_channels=8)),
+        "cogvideox1.5_i2v": ("cogvideox1.5", dict(in_channels=8, ofs_embed_dim=8)),
+        "hunyuan_video_i2v": ("hunyuan_video", dict(image_condition_type="token_replace")),
+        "skyreels_i2v": ("hunyuan_video", dict(in_channels=8)),
+    }  # fmt: skip
+    if variant in i2v:
+        base, image_kwargs = i2v[variant]
+        return tiny_transformer(base, seed=seed, **{**image_kwargs, **overrides})
     if variant == "wan":
         cls, kwargs = WanTransformer3DModel, dict(
             patch_size=(1, 2, 2), in_channels=4, out_channels=4, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32,
@@ -59,8 +91,14 @@ def tiny_transformer(variant: str, *, seed: int = 0, **overrides):
         )
         if variant == "cogvideox1.5":
             kwargs.update(patch_size_t=2, sample_frames=17)
+    elif variant == "hunyuan_video15":
+        cls, kwargs = HunyuanVideo15Transformer3DModel, dict(
+            in_channels=9, out_channels=4, num_layers=2, num_refiner_layers=1, mlp_ratio=2.0, patch_size=1,
+            patch_size_t=1, text_embed_dim=TEXT_DIM, text_embed_2_dim=8, image_embed_dim=IMAGE_DIM,
+            rope_axes_dim=(4, 6, 6),
+        )
     else:
-        raise ValueError(f"unknown tiny variant {variant!r}; choose one of {VARIANTS}")
+        raise ValueError(f"unknown tiny variant {variant!r}; choose one of {VARIANTS + I2V_VARIANTS}")
     torch.manual_seed(seed)
     return cls(**{**common, **kwargs, **overrides}).eval()
 
@@ -72,6 +110,7 @@ def tiny_transformer_inputs(
     batch_size: int = 1,
     text_tokens: int = 7,
     text_lengths: Sequence[int] | None = None,
+    image: bool = True,
     timestep: float = 500.0,
     seed: int = 0,
     device: str | torch.device = "cpu",
@@ -79,8 +118,11 @@ def tiny_transformer_inputs(
 ) -> dict:
     """Forward keyword arguments for a transformer (any size) with a latent token ``grid`` after patchify.
 
-    ``text_lengths`` (HunyuanVideo): valid prompt tokens per batch item, the rest is padding.
-    Inputs are drawn on the CPU from ``seed`` and moved, so they do not depend on the device.
+    ``text_lengths`` (HunyuanVideo, HunyuanVideo-1.5): valid prompt tokens per batch item, the rest
+    is padding. Image conditioning follows the config: Wan's image context (``image_dim``; the text
+    is then 512 tokens, which Wan's cross-attention assumes), CogVideoX1.5's ``ofs``, and
+    HunyuanVideo-1.5's image tokens (2 of the ``text_tokens``, all zero for text-to-video unless
+    ``image``). Inputs are drawn on the CPU from ``seed`` and moved, so they do not depend on the device.
     """
     family = type(transformer).__name__
     config = transformer.config
@@ -91,12 +133,19 @@ def tiny_transformer_inputs(
         return torch.randn(*shape, generator=g).to(device, dtype)
 
     timesteps = torch.full((batch_size,), float(timestep), device=device)
+    if family == "HunyuanVideo15Transformer3DModel":
+        return _hunyuan_video15_inputs(config, grid, batch_size, text_tokens, text_lengths, image, timesteps, randn)
     text_dim = config.text_dim if family == "WanTransformer3DModel" else config.text_embed_dim
+    if family == "WanTransformer3DModel" and config.image_dim is not None:
+        text_tokens = 512  # WanAttnProcessor takes the last 512 context tokens as text, the rest as image
     text = randn(batch_size, text_tokens, text_dim)
     if family == "WanTransformer3DModel":
         p_t, p_h, p_w = config.patch_size
         latents = randn(batch_size, config.in_channels, frames * p_t, height * p_h, width * p_w)
-        return dict(hidden_states=latents, timestep=timesteps, encoder_hidden_states=text, return_dict=False)
+        inputs = dict(hidden_states=latents, timestep=timesteps, encoder_hidden_states=text, return_dict=False)
+        if config.image_dim is not None:
+            inputs["encoder_hidden_states_image"] = randn(batch_size, 5, config.image_dim)
+        return inputs
     if family == "HunyuanVideoTransformer3DModel":
         p, p_t = config.patch_size, config.patch_size_t
         latents = randn(batch_size, config.in_channels, frames * p_t, height * p, width * p)
@@ -113,11 +162,42 @@ def tiny_transformer_inputs(
         rope = _cogvideox_rotary_emb(config, frames, height, width) if config.use_rotary_positional_embeddings else None
         if rope is not None:
             rope = tuple(r.to(device) for r in rope)
-        return dict(
+        inputs = dict(
             hidden_states=latents, encoder_hidden_states=text, timestep=timesteps, image_rotary_emb=rope,
             return_dict=False,
         )
+        if config.ofs_embed_dim is not None:
+            inputs["ofs"] = torch.full((batch_size,), 2.0, device=device)  # as CogVideoXImageToVideoPipeline
+        return inputs
     raise ValueError(f"no inputs for {family}")
+
+
+def _hunyuan_video15_inputs(config, grid, batch_size, text_tokens, text_lengths, image, timesteps, randn) -> dict:
+    # conditioning: text_tokens - 4 MLLM, 2 ByT5, 2 image tokens; padding takes ByT5 tokens first, then MLLM ones
+    if text_tokens < 5:
+        raise ValueError(f"HunyuanVideo-1.5 inputs need text_tokens >= 5 (2 image, 2 ByT5, 1+ MLLM); got {text_tokens}")
+    mllm, byt5, images = text_tokens - 4, 2, 2
+    masks, masks_2 = [], []
+    for length in text_lengths if text_lengths is not None else [text_tokens] * batch_size:
+        padding = text_tokens - length
+        if not 0 <= padding < byt5 + mllm:
+            raise ValueError(f"text length {length} must keep one MLLM token of {text_tokens}")
+        masks_2.append([1] * (byt5 - min(padding, byt5)) + [0] * min(padding, byt5))
+        masks.append([1] * (mllm - max(padding - byt5, 0)) + [0] * max(padding - byt5, 0))
+    device = timesteps.device
+    image_embeds = randn(batch_size, images, config.image_embed_dim)
+    frames, height, width = grid
+    p, p_t = config.patch_size, config.patch_size_t
+    return dict(
+        hidden_states=randn(batch_size, config.in_channels, frames * p_t, height * p, width * p),
+        timestep=timesteps,
+        encoder_hidden_states=randn(batch_size, mllm, config.text_embed_dim),
+        encoder_attention_mask=torch.tensor(masks, device=device),
+        encoder_hidden_states_2=randn(batch_size, byt5, config.text_embed_2_dim),
+        encoder_attention_mask_2=torch.tensor(masks_2, device=device),
+        image_embeds=image_embeds if image else torch.zeros_like(image_embeds),
+        return_dict=False,
+    )
 
 
 def _cogvideox_rotary_emb(config, frames: int, height: int, width: int):

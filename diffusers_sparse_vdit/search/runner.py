@@ -84,7 +84,10 @@ def _hunyuan_out_proj(transformer, name: str) -> Callable[[TokenLayout], OutProj
     return lambda layout: [(slice(0, layout.video_tokens), video), (slice(layout.video_tokens, layout.num_tokens), text)]
 
 
-_OUT_PROJ = {"wan": _wan_out_proj, "cogvideox": _wan_out_proj, "hunyuan_video": _hunyuan_out_proj}
+_OUT_PROJ = {
+    "wan": _wan_out_proj, "cogvideox": _wan_out_proj, "hunyuan_video": _hunyuan_out_proj,
+    "hunyuan_video15": _hunyuan_out_proj,  # dual-stream blocks only
+}  # fmt: skip
 
 
 class _Calibration:
