@@ -252,15 +252,45 @@ def tiny_tokenizer(model_max_length: int = 512, words: Sequence[str] = _WORDS):
     )
 
 
+IMAGE_SIZE, IMAGE_PATCH = 32, 8  # the tiny CLIP vision towers: 16 patches (+ CLS)
+IMAGE_TOKEN = "<image>"  # HunyuanVideo-I2V's LLaVA image placeholder in the tiny vocabulary
+
+
+def _tiny_clip_vision_config():
+    import transformers
+
+    return transformers.CLIPVisionConfig(
+        hidden_size=IMAGE_DIM, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+        image_size=IMAGE_SIZE, patch_size=IMAGE_PATCH, projection_dim=IMAGE_DIM,
+    )  # fmt: skip
+
+
+def _tiny_clip_image_processor():
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+
+
+def tiny_image(height: int = 32, width: int = 48, seed: int = 0):
+    """A random RGB picture (PIL) to condition the image-to-video pipelines on."""
+    from PIL import Image
+
+    pixels = torch.randint(0, 256, (height, width, 3), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy())
+
+
 def tiny_pipeline(variant: str, *, seed: int = 0):
-    """A whole random-weight pipeline of ``variant`` on CPU, float32 (see :func:`tiny_pipeline_inputs`)."""
+    """A whole random-weight pipeline of ``variant`` (:data:`PIPELINE_VARIANTS`) on CPU, float32.
+
+    See :func:`tiny_pipeline_inputs` for its call arguments.
+    """
     import diffusers
     import transformers
 
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_tokenizer(words=(*_WORDS, IMAGE_TOKEN) if variant == "hunyuan_video_i2v" else _WORDS)
     vocab = len(tokenizer)
     torch.manual_seed(seed)
-    if variant == "wan":
+    if variant in ("wan", "wan_i2v"):
         text_encoder = transformers.UMT5EncoderModel(transformers.UMT5Config(
             vocab_size=vocab, d_model=TEXT_DIM, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
             relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
@@ -268,16 +298,30 @@ def tiny_pipeline(variant: str, *, seed: int = 0):
         vae = diffusers.AutoencoderKLWan(
             base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
         )
-        pipe = diffusers.WanPipeline(
-            tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-            scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0),
-            transformer=tiny_transformer("wan", seed=seed, in_channels=16, out_channels=16),
-        )
-    elif variant == "hunyuan_video":
-        text_encoder = transformers.LlamaModel(transformers.LlamaConfig(
+        components = dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                          scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0))
+        if variant == "wan":
+            pipe = diffusers.WanPipeline(
+                **components, transformer=tiny_transformer("wan", seed=seed, in_channels=16, out_channels=16)
+            )
+        else:  # the first-frame latent (16) and its mask (4) concatenated to the noise (16) on channels
+            pipe = diffusers.WanImageToVideoPipeline(
+                **components, transformer=tiny_transformer("wan_i2v", seed=seed),
+                image_encoder=transformers.CLIPVisionModel(_tiny_clip_vision_config()),
+                image_processor=_tiny_clip_image_processor(),
+            )
+    elif variant in ("hunyuan_video", "hunyuan_video_i2v", "skyreels_i2v"):
+        llama = transformers.LlamaConfig(
             vocab_size=vocab, hidden_size=TEXT_DIM, intermediate_size=32, num_attention_heads=4,
             num_key_value_heads=4, num_hidden_layers=2, pad_token_id=0, bos_token_id=3, eos_token_id=1,
-        ))
+        )
+        if variant == "hunyuan_video_i2v":  # LLaVA: the picture's CLIP patches become prompt tokens
+            text_encoder = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(
+                vision_config=_tiny_clip_vision_config(), text_config=llama, pad_token_id=0,
+                image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), projector_hidden_act="gelu",
+            ))
+        else:
+            text_encoder = transformers.LlamaModel(llama)
         # eos_token_id=2 selects CLIP's legacy pooling (argmax of the ids), which any vocabulary supports
         text_encoder_2 = transformers.CLIPTextModel(transformers.CLIPTextConfig(
             vocab_size=vocab, hidden_size=8, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
@@ -289,13 +333,18 @@ def tiny_pipeline(variant: str, *, seed: int = 0):
             block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, spatial_compression_ratio=8,
             temporal_compression_ratio=4, mid_block_add_attention=True,
         )
-        pipe = diffusers.HunyuanVideoPipeline(
-            text_encoder=text_encoder, tokenizer=tokenizer,
-            transformer=tiny_transformer("hunyuan_video", seed=seed), vae=vae,
+        components = dict(
+            text_encoder=text_encoder, tokenizer=tokenizer, transformer=tiny_transformer(variant, seed=seed), vae=vae,
             scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0),
             text_encoder_2=text_encoder_2, tokenizer_2=tiny_tokenizer(model_max_length=77),
-        )
-    elif variant in ("cogvideox", "cogvideox1.5"):
+        )  # fmt: skip
+        if variant == "hunyuan_video":
+            pipe = diffusers.HunyuanVideoPipeline(**components)
+        elif variant == "skyreels_i2v":
+            pipe = diffusers.HunyuanSkyreelsImageToVideoPipeline(**components)
+        else:
+            pipe = diffusers.HunyuanVideoImageToVideoPipeline(**components, image_processor=_tiny_clip_image_processor())
+    elif variant in ("cogvideox", "cogvideox1.5", "cogvideox_i2v", "cogvideox1.5_i2v"):
         text_encoder = transformers.T5EncoderModel(transformers.T5Config(
             vocab_size=vocab, d_model=TEXT_DIM, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
             relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
@@ -305,12 +354,13 @@ def tiny_pipeline(variant: str, *, seed: int = 0):
             down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
             block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
         )
-        pipe = diffusers.CogVideoXPipeline(
+        cls = diffusers.CogVideoXImageToVideoPipeline if variant.endswith("_i2v") else diffusers.CogVideoXPipeline
+        pipe = cls(
             tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
             transformer=tiny_transformer(variant, seed=seed), scheduler=diffusers.CogVideoXDDIMScheduler(),
         )
     else:
-        raise ValueError(f"unknown tiny variant {variant!r}; choose one of {VARIANTS}")
+        raise ValueError(f"unknown tiny pipeline {variant!r}; choose one of {PIPELINE_VARIANTS}")
     # models built from a config start in training mode: dropout would make runs differ
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
@@ -319,15 +369,30 @@ def tiny_pipeline(variant: str, *, seed: int = 0):
 
 
 def tiny_pipeline_inputs(variant: str, *, seed: int = 0, num_inference_steps: int = 2) -> dict:
-    """Call arguments for :func:`tiny_pipeline`: 9 frames of 32x48, classifier-free guidance on."""
+    """Call arguments for :func:`tiny_pipeline`: 9 frames of 32x48, classifier-free guidance on.
+
+    The image-to-video variants also get ``image`` (:func:`tiny_image`).
+    """
     inputs = dict(
         prompt="a cat walks in the city at night", negative_prompt="blurry low quality", height=32, width=48,
         num_frames=9, num_inference_steps=num_inference_steps, guidance_scale=5.0, max_sequence_length=16,
         generator=torch.Generator().manual_seed(seed), output_type="pt",
     )
-    if variant == "hunyuan_video":
+    if variant in ("hunyuan_video", "hunyuan_video_i2v", "skyreels_i2v"):
         # the default template is long (crop_start 95); a bare one keeps the tiny Llama's input short.
         # guidance_scale is HunyuanVideo's embedded guidance; true_cfg_scale > 1 runs real CFG
         # (two transformer calls per step).
         inputs.update(prompt_template={"template": "{}", "crop_start": 0}, true_cfg_scale=2.0)
+    if variant == "hunyuan_video_i2v":
+        # the picture's 16 CLIP patches replace the placeholder, ahead of the prompt (no crop: all kept)
+        patches = (IMAGE_SIZE // IMAGE_PATCH) ** 2
+        inputs.update(
+            prompt_template={"template": IMAGE_TOKEN + " {}", "crop_start": 0, "image_emb_start": 0,
+                             "image_emb_end": patches, "image_emb_len": patches},
+            guidance_scale=1.0,
+        )  # fmt: skip
+    if variant == "wan_i2v":
+        inputs["max_sequence_length"] = 512  # WanAttnProcessor takes the last 512 context tokens as text
+    if variant in I2V_VARIANTS:
+        inputs["image"] = tiny_image(seed=seed)
     return inputs
