@@ -254,6 +254,14 @@ def tiny_tokenizer(model_max_length: int = 512, words: Sequence[str] = _WORDS):
 
 IMAGE_SIZE, IMAGE_PATCH = 32, 8  # the tiny CLIP vision towers: 16 patches (+ CLS)
 IMAGE_TOKEN = "<image>"  # HunyuanVideo-I2V's LLaVA image placeholder in the tiny vocabulary
+# HunyuanVideo-I2V's prompt template, as short as its pipeline's cropping allows: three header ends
+# (it finds the assistant part by the last), the image placeholder, the prompt. The pipeline keeps
+# the prompt and every 4th of the 16 image tokens, ahead of the prompt.
+_HUNYUAN_I2V_SPECIAL = ("<|end_header_id|>", "<|eot_id|>", "<|start_header_id|>", "assistant")
+_HUNYUAN_I2V_TEMPLATE = {
+    "template": "<|end_header_id|> <image> <|end_header_id|> {} <|eot_id|> <|start_header_id|> assistant <|end_header_id|>",
+    "crop_start": 3, "image_emb_start": 1, "image_emb_end": 17, "image_emb_len": 16,
+}  # fmt: skip
 
 
 def _tiny_clip_vision_config():
@@ -287,7 +295,9 @@ def tiny_pipeline(variant: str, *, seed: int = 0):
     import diffusers
     import transformers
 
-    tokenizer = tiny_tokenizer(words=(*_WORDS, IMAGE_TOKEN) if variant == "hunyuan_video_i2v" else _WORDS)
+    tokenizer = tiny_tokenizer()
+    if variant == "hunyuan_video_i2v":
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN, *_HUNYUAN_I2V_SPECIAL]})
     vocab = len(tokenizer)
     torch.manual_seed(seed)
     if variant in ("wan", "wan_i2v"):
@@ -383,14 +393,8 @@ def tiny_pipeline_inputs(variant: str, *, seed: int = 0, num_inference_steps: in
         # guidance_scale is HunyuanVideo's embedded guidance; true_cfg_scale > 1 runs real CFG
         # (two transformer calls per step).
         inputs.update(prompt_template={"template": "{}", "crop_start": 0}, true_cfg_scale=2.0)
-    if variant == "hunyuan_video_i2v":
-        # the picture's 16 CLIP patches replace the placeholder, ahead of the prompt (no crop: all kept)
-        patches = (IMAGE_SIZE // IMAGE_PATCH) ** 2
-        inputs.update(
-            prompt_template={"template": IMAGE_TOKEN + " {}", "crop_start": 0, "image_emb_start": 0,
-                             "image_emb_end": patches, "image_emb_len": patches},
-            guidance_scale=1.0,
-        )  # fmt: skip
+    if variant == "hunyuan_video_i2v":  # the picture's 16 CLIP patches replace the placeholder
+        inputs.update(prompt_template=_HUNYUAN_I2V_TEMPLATE, guidance_scale=1.0)
     if variant == "wan_i2v":
         inputs["max_sequence_length"] = 512  # WanAttnProcessor takes the last 512 context tokens as text
     if variant in I2V_VARIANTS:
