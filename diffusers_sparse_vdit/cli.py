@@ -270,7 +270,7 @@ def _load_pipeline(args):
         ) from None
     if getattr(pipe, "transformer", None) is None:
         raise CommandError(
-            f"{what} has no transformer: Sparse-vDiT works on Wan2.1, HunyuanVideo and CogVideoX pipelines"
+            f"{what} has no transformer: Sparse-vDiT works on Wan2.1, HunyuanVideo, HunyuanVideo-1.5 and CogVideoX pipelines"
         )
     if getattr(args, "quiet", False):
         pipe.set_progress_bar_config(disable=True)
