@@ -8,7 +8,8 @@ weights, and tokenizers built from scratch, so nothing is downloaded. Variants:
   block, patch 2), ``HunyuanVideoPipeline`` (Llama + CLIP text encoders);
 * ``"cogvideox"``: ``CogVideoXTransformer3DModel`` with RoPE (CogVideoX-5b style), ``CogVideoXPipeline``;
 * ``"cogvideox1.5"``: the same with temporal patching (``patch_size_t=2``);
-* ``"hunyuan_video15"``: ``HunyuanVideo15Transformer3DModel`` (2 blocks, patch 1), transformer only.
+* ``"hunyuan_video15"``: ``HunyuanVideo15Transformer3DModel`` (2 blocks, patch 1), ``HunyuanVideo15Pipeline``
+  (Qwen2.5-VL text model, ByT5; conditioning cut to 16 MLLM, 4 ByT5 and 4 image tokens).
 
 Image-to-video (:data:`I2V_VARIANTS`), each with its pipeline (tiny image encoders built in code):
 
@@ -46,7 +47,7 @@ __all__ = [
 
 VARIANTS = ("wan", "hunyuan_video", "cogvideox", "cogvideox1.5", "hunyuan_video15")  # one per family and patching
 I2V_VARIANTS = ("wan_i2v", "cogvideox_i2v", "cogvideox1.5_i2v", "hunyuan_video_i2v", "skyreels_i2v")
-PIPELINE_VARIANTS = ("wan", "hunyuan_video", "cogvideox", "cogvideox1.5", *I2V_VARIANTS)  # with a tiny_pipeline
+PIPELINE_VARIANTS = (*VARIANTS, *I2V_VARIANTS)  # each has a tiny_pipeline
 IMAGE_DIM = 8  # the tiny image encoders' width
 HEADS, HEAD_DIM = 3, 16
 TEXT_DIM = 16  # text encoder width = the transformers' text embedding width
@@ -369,12 +370,41 @@ def tiny_pipeline(variant: str, *, seed: int = 0):
             tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
             transformer=tiny_transformer(variant, seed=seed), scheduler=diffusers.CogVideoXDDIMScheduler(),
         )
+    elif variant == "hunyuan_video15":
+        pipe = _tiny_hunyuan_video15_pipeline(tokenizer, seed)
     else:
         raise ValueError(f"unknown tiny pipeline {variant!r}; choose one of {PIPELINE_VARIANTS}")
     # models built from a config start in training mode: dropout would make runs differ
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval()
+    return pipe
+
+
+def _tiny_hunyuan_video15_pipeline(tokenizer, seed: int):
+    import diffusers
+    import transformers
+
+    # the pipeline formats the prompt as a chat: a plain template of the system message and the prompt
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    text_encoder = transformers.Qwen2_5_VLTextModel(transformers.Qwen2_5_VLTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=32, num_attention_heads=4,
+        num_key_value_heads=2, num_hidden_layers=2, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 0]},
+        pad_token_id=0, bos_token_id=3, eos_token_id=1,
+    ))
+    text_encoder_2 = transformers.T5EncoderModel(transformers.T5Config(  # ByT5: 256 bytes + specials
+        vocab_size=384, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2, relative_attention_num_buckets=8,
+    ))
+    pipe = diffusers.HunyuanVideo15Pipeline(
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=tiny_transformer("hunyuan_video15", seed=seed),
+        vae=diffusers.AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8,) * 5, layers_per_block=1),
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2,
+        tokenizer_2=transformers.ByT5Tokenizer(), guider=diffusers.ClassifierFreeGuidance(guidance_scale=5.0),
+    )
+    # the pipeline's conditioning lengths are attributes (1000 MLLM tokens after a 108-token system prompt,
+    # 256 ByT5, 729 image tokens, all zero and masked in text-to-video): 16, 4 and 4 here
+    pipe.prompt_template_encode_start_idx, pipe.tokenizer_max_length, pipe.tokenizer_2_max_length = 0, 16, 4
+    pipe.vision_num_semantic_tokens = 4
     return pipe
 
 
@@ -395,6 +425,8 @@ def tiny_pipeline_inputs(variant: str, *, seed: int = 0, num_inference_steps: in
         inputs.update(prompt_template={"template": "{}", "crop_start": 0}, true_cfg_scale=2.0)
     if variant == "hunyuan_video_i2v":  # the picture's 16 CLIP patches replace the placeholder
         inputs.update(prompt_template=_HUNYUAN_I2V_TEMPLATE, guidance_scale=1.0)
+    if variant == "hunyuan_video15":  # its guider holds the guidance scale; its prompt lengths are attributes
+        del inputs["guidance_scale"], inputs["max_sequence_length"]
     if variant == "wan_i2v":
         inputs["max_sequence_length"] = 512  # WanAttnProcessor takes the last 512 context tokens as text
     if variant in I2V_VARIANTS:

@@ -20,6 +20,7 @@ the scores are gathered and merged by call count on every process.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -270,10 +271,14 @@ def calibrate(
     pipe.set_progress_bar_config(disable=True)
     apply_sparse_vdit(pipe, full_map, backend="auto", processor_cls=_calibration_processor(family.processor_cls, calibration))
     try:
+        # the bar moves each step where the pipeline takes a step callback (HunyuanVideo-1.5's does not: each prompt)
+        per_step = "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters
         for i in mine:
             calibration.reseed(seed + i)  # a prompt's sample tiles do not depend on the split
             generator = torch.Generator(device="cpu").manual_seed(seed + i)
-            pipe(prompt=prompts[i], generator=generator, callback_on_step_end=on_step_end, **call)
+            pipe(prompt=prompts[i], generator=generator, **call, **({"callback_on_step_end": on_step_end} if per_step else {}))
+            if not per_step:
+                bar.update(num_inference_steps)
     finally:
         remove_sparse_vdit(pipe)
         pipe._progress_bar_config = bar_config

@@ -9,7 +9,10 @@ from diffusers_sparse_vdit.testing import I2V_VARIANTS, PIPELINE_VARIANTS, tiny_
 from .common import mode_map
 
 # steps each sparse layer sees over 2 steps: CFG as two transformer calls, or as batch 2 (CogVideoX)
-STEPS = {"wan": [0, 0, 1, 1], "hunyuan_video": [0, 0, 1, 1], "cogvideox": [0, 1], "cogvideox1.5": [0, 1]}
+STEPS = {
+    "wan": [0, 0, 1, 1], "hunyuan_video": [0, 0, 1, 1], "cogvideox": [0, 1], "cogvideox1.5": [0, 1],
+    "hunyuan_video15": [0, 0, 1, 1],
+}  # fmt: skip
 
 
 class StepRecorder:

@@ -31,7 +31,8 @@ def run(pipe, variant, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "variant", ["wan", "hunyuan_video", "cogvideox", "cogvideox1.5", "wan_i2v", "cogvideox1.5_i2v", "hunyuan_video_i2v"]
+    "variant",
+    ["wan", "hunyuan_video", "cogvideox", "cogvideox1.5", "hunyuan_video15", "wan_i2v", "cogvideox1.5_i2v", "hunyuan_video_i2v"],
 )
 def test_search_save_reload_apply_generate(variant, tmp_path):
     pipe = tiny_pipeline(variant)
