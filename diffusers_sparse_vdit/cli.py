@@ -26,8 +26,17 @@ from huggingface_hub.errors import HFValidationError
 
 from . import __version__
 from .kernels.attention import BACKENDS
-from .loading import DTYPES, TINY_TILE_SIZE, calibrate_arguments, call_arguments, call_defaults, default_fps, load_pipeline
-from .testing import VARIANTS
+from .loading import (
+    DTYPES,
+    TINY_TILE_SIZE,
+    calibrate_arguments,
+    call_arguments,
+    call_defaults,
+    default_fps,
+    load_pipeline,
+    needs_image,
+)
+from .testing import PIPELINE_VARIANTS
 
 __all__ = ["main", "build_parser"]
 
@@ -135,8 +144,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     which.add_argument(
         "--tiny",
         metavar="FAMILY",
-        choices=VARIANTS,
-        help=f"a tiny random pipeline instead, to try things on a CPU in seconds: {', '.join(VARIANTS)}",
+        choices=PIPELINE_VARIANTS,
+        help=f"a tiny random pipeline instead, to try things on a CPU in seconds: {', '.join(PIPELINE_VARIANTS)}",
     )
     group.add_argument(
         "--dtype", choices=sorted(DTYPES), help="weights and activations (default: bfloat16 on CUDA, float32 on CPU)"
@@ -149,6 +158,9 @@ def _add_video_args(parser: argparse.ArgumentParser, *, defaults: str) -> None:
     group.add_argument("--height", type=_positive_int, metavar="PX", help=f"pixels, a multiple of {VIDEO_MULTIPLE}")
     group.add_argument("--width", type=_positive_int, metavar="PX", help=f"pixels, a multiple of {VIDEO_MULTIPLE}")
     group.add_argument("--frames", type=_positive_int, metavar="N", help="number of frames (4k+1: 49, 81, 129, ...)")
+    group.add_argument(
+        "--image", metavar="PATH_OR_URL", help="image-to-video pipelines: the picture to animate (any diffusers load_image takes)"
+    )
     group.add_argument(
         "--steps",
         type=_positive_int,
@@ -258,7 +270,7 @@ def _load_pipeline(args):
         ) from None
     if getattr(pipe, "transformer", None) is None:
         raise CommandError(
-            f"{what} has no transformer: Sparse-vDiT works on Wan2.1, HunyuanVideo and CogVideoX pipelines"
+            f"{what} has no transformer: Sparse-vDiT works on Wan2.1, HunyuanVideo, HunyuanVideo-1.5 and CogVideoX pipelines"
         )
     if getattr(args, "quiet", False):
         pipe.set_progress_bar_config(disable=True)
@@ -431,6 +443,7 @@ def _cmd_search(args, parser) -> None:
         num_frames=args.frames,
         guidance_scale=args.guidance_scale,
     )
+    call = _image_call(pipe, call, args.image)
     steps = _steps(args)
     try:
         ranges = runner.equal_step_ranges(steps, args.step_ranges, args.dense_warmup_steps)
@@ -608,6 +621,7 @@ def _cmd_evaluate(args, parser) -> None:
     call = call_arguments(
         call, height=args.height, width=args.width, num_frames=args.frames, guidance_scale=args.guidance_scale
     )
+    call = _image_call(pipe, call, args.image)
     report = evaluate_map(
         pipe,
         config,
@@ -820,3 +834,17 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _image_call(pipe, call: dict, image: str | None) -> dict:
+    """``call`` with the ``--image`` picture; an image-to-video pipeline without one is refused before the run."""
+    if image is not None:
+        from diffusers.utils import load_image
+
+        try:
+            call = {**call, "image": load_image(image)}
+        except (OSError, ValueError) as e:
+            raise CommandError(f"--image {image}: cannot read it as a picture: {e}") from None
+    if needs_image(pipe) and "image" not in call:
+        raise CommandError(f"{type(pipe).__name__} is an image-to-video pipeline: pass the picture to animate with --image")
+    return call

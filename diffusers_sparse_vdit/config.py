@@ -62,6 +62,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "wan": ("WanTransformer3DModel",),
     "hunyuan_video": ("HunyuanVideoTransformer3DModel",),
     "cogvideox": ("CogVideoXTransformer3DModel",),
+    "hunyuan_video15": ("HunyuanVideo15Transformer3DModel",),
 }
 
 
@@ -69,7 +70,11 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 # time and 8x in space (VAE), then make one token of 2x2 latent pixels; CogVideoX1.5 also patches 2
 # frames (calibration["patch_size_t"] = 2). Text tokens per family, as the transformer sees them.
 _VAE_TEMPORAL, _SPATIAL_PER_TOKEN = 4, 16
-_TEXT_TOKENS = {"wan": (0, "none"), "cogvideox": (226, "before"), "hunyuan_video": (256, "after")}
+# HunyuanVideo-1.5: 1000 Qwen2.5-VL + 256 ByT5 + 729 SigLIP image tokens (its pipelines' lengths).
+_TEXT_TOKENS = {
+    "wan": (0, "none"), "cogvideox": (226, "before"), "hunyuan_video": (256, "after"),
+    "hunyuan_video15": (1985, "after"),
+}  # fmt: skip
 
 
 class SparseVDiTConfig(

@@ -14,6 +14,7 @@ Shared by the ``sparse-vdit`` command, the examples and the notebook:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -28,6 +29,8 @@ __all__ = [
     "call_arguments",
     "calibrate_arguments",
     "default_fps",
+    "needs_image",
+    "check_image_argument",
 ]
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -133,3 +136,18 @@ def default_fps(pipe) -> int:
     if name == "CogVideoXTransformer3DModel" and pipe.transformer.config.patch_size_t is None:
         return 8  # CogVideoX 2b/5b: 49 frames for 6 s; CogVideoX1.5 is 16 fps like Wan
     return 16
+
+
+def needs_image(pipe) -> bool:
+    """Whether the pipeline is image-to-video: its ``__call__`` requires an ``image``."""
+    parameter = inspect.signature(type(pipe).__call__).parameters.get("image")
+    return parameter is not None and parameter.default is inspect.Parameter.empty
+
+
+def check_image_argument(pipe, call: dict[str, Any]) -> None:
+    """Refuse an image-to-video pipeline's call arguments without the conditioning picture."""
+    if needs_image(pipe) and call.get("image") is None:
+        raise ValueError(
+            f"{type(pipe).__name__} is an image-to-video pipeline: it needs the picture to animate. Pass it as "
+            "pipeline_kwargs={'image': PIL.Image} (CLI: --image PATH); calibrate with pictures like the ones you will use"
+        )

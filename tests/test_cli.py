@@ -524,3 +524,23 @@ def test_evaluate_prints_and_writes_the_metrics(capsys, map_dir, tmp_path):
 def test_evaluate_refuses_a_map_of_another_model(capsys, map_dir):
     code, _, err = run(capsys, "evaluate", "--tiny", "cogvideox", "--map", map_dir, "--prompt", "a cat", "-q")
     assert code == 1 and "made for WanTransformer3DModel" in err and "CogVideoXTransformer3DModel" in err
+
+
+def test_search_of_an_image_to_video_pipeline_takes_its_picture(capsys, tmp_path):
+    from diffusers_sparse_vdit.testing import tiny_image, tiny_pipeline
+
+    model = tmp_path / "cogvideox-i2v"
+    tiny_pipeline("cogvideox_i2v").save_pretrained(model)
+    picture = tmp_path / "first-frame.png"
+    tiny_image().save(picture)
+    args = ["search", "--model", model, "--dtype", "float32", "--device", "cpu", "--height", 32, "--width", 48,
+            "--frames", 9, "--steps", 2, "--tile-size", 16, "--backend", "torch", "--sample-tiles", 4,
+            "--out", tmp_path / "map", "-q"]  # fmt: skip
+
+    code, _, err = run(capsys, *args)
+    assert code != 0 and "CogVideoXImageToVideoPipeline is an image-to-video pipeline" in err and "--image" in err
+    code, _, err = run(capsys, *args, "--image", tmp_path / "missing.png")
+    assert code != 0 and "--image" in err and "missing.png" in err
+    code, _, err = run(capsys, *args, "--image", picture)
+    assert code == 0, err
+    assert SparseVDiTConfig.from_pretrained(tmp_path / "map").transformer_class == "CogVideoXTransformer3DModel"

@@ -7,7 +7,8 @@ Two routes, same result:
 * ``apply_sparse_vdit(pipe, repo)`` / ``remove_sparse_vdit(pipe)``: explicit, immediate and
   reversible (see :mod:`.apply`).
 
-One thin processor per family (:mod:`.wan`, :mod:`.hunyuan_video`, :mod:`.cogvideox`) keeps
+One thin processor per family (:mod:`.wan`, :mod:`.hunyuan_video`, :mod:`.cogvideox`,
+:mod:`.hunyuan_video15`) keeps
 the stock projections, norms, RoPE and output path and replaces only the attention call.
 """
 
@@ -17,6 +18,7 @@ from .binding import SparseVDiTProcessor
 from .cogvideox import CogVideoXSparseAttnProcessor
 from .hook import HOOK_NAME, SparseVDiTHook, SparseVDiTState, get_sparse_vdit_hook
 from .hunyuan_video import HunyuanVideoSparseAttnProcessor
+from .hunyuan_video15 import HunyuanVideo15SparseAttnProcessor
 from .parallel import context_parallel_plan
 from .wan import WanSparseAttnProcessor
 
@@ -32,6 +34,7 @@ __all__ = [
     "SparseAttnProcessor",
     "WanSparseAttnProcessor",
     "HunyuanVideoSparseAttnProcessor",
+    "HunyuanVideo15SparseAttnProcessor",
     "CogVideoXSparseAttnProcessor",
     "AttentionCall",
     "Family",

@@ -22,6 +22,7 @@ from .base import Family, SparseAttnProcessor
 from .cogvideox import COGVIDEOX
 from .hook import HOOK_NAME, SparseVDiTHook, get_sparse_vdit_hook
 from .hunyuan_video import HUNYUAN_VIDEO
+from .hunyuan_video15 import HUNYUAN_VIDEO15
 from .parallel import check_parallel_config, ulysses_degree
 from .wan import WAN
 
@@ -38,7 +39,7 @@ __all__ = [
     "FAMILY_REGISTRY",
 ]
 
-FAMILY_REGISTRY: dict[str, Family] = {f.name: f for f in (WAN, HUNYUAN_VIDEO, COGVIDEOX)}
+FAMILY_REGISTRY: dict[str, Family] = {f.name: f for f in (WAN, HUNYUAN_VIDEO, COGVIDEOX, HUNYUAN_VIDEO15)}
 
 # Entries of a transformer's config that fix the shape of its attention. The search records them in
 # the map (calibration["transformer_config"]): CogVideoX and CogVideoX1.5 share the class, the layer

@@ -242,6 +242,9 @@ class Family:
     # text tokens in the joint sequence and, when some are padding, the valid ones per batch item
     # (B,), from the transformer's forward arguments
     call_text: Callable[[dict], tuple[int, torch.Tensor | None]] = lambda arguments: (0, None)
+    # the forward arguments (tensors or None) besides hidden_states and timestep that call_text reads;
+    # a compiled graph hands exactly these to the hook at run time
+    call_inputs: tuple[str, ...] = ("encoder_hidden_states", "encoder_attention_mask")
 
     def is_target(self, module_name: str) -> bool:
         return any(re.fullmatch(p, module_name) for p in self.target_patterns)

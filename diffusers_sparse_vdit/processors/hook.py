@@ -128,8 +128,7 @@ class SparseVDiTHook(ModelHook):
                 self.id,
                 arguments["hidden_states"],
                 torch.as_tensor(arguments["timestep"]),
-                arguments.get("encoder_hidden_states"),
-                arguments.get("encoder_attention_mask"),
+                [arguments.get(name) for name in self.family.call_inputs],
             )
         else:
             self.check_processors()
@@ -189,23 +188,18 @@ def _observe_call(
     hook_id: int,
     hidden_states: torch.Tensor,
     timestep: torch.Tensor,
-    encoder_hidden_states: torch.Tensor | None,
-    encoder_attention_mask: torch.Tensor | None,
+    call_inputs: list[torch.Tensor | None],  # the family's call_inputs, in order
 ) -> torch.Tensor:
     """The hook's observe at run time, for compiled and exported graphs; returns the ordering token."""
-    live_hook(hook_id).observe(
-        {
-            "hidden_states": hidden_states,
-            "timestep": timestep,
-            "encoder_hidden_states": encoder_hidden_states,
-            "encoder_attention_mask": encoder_attention_mask,
-        }
+    hook = live_hook(hook_id)
+    hook.observe(
+        {"hidden_states": hidden_states, "timestep": timestep, **dict(zip(hook.family.call_inputs, call_inputs))}
     )
     return hidden_states.new_empty(0)
 
 
 @_observe_call.register_fake
-def _(hook_id, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask):
+def _(hook_id, hidden_states, timestep, call_inputs):
     return hidden_states.new_empty(0)
 
 

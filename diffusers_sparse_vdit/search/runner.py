@@ -19,6 +19,8 @@ the scores are gathered and merged by call count on every process.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from diffusers.utils import logging
 from tqdm.auto import tqdm
 
 from ..layout import TokenLayout
+from ..loading import check_image_argument
 from ..logs import get_logger
 from ..modes import ModeSpec
 from .scores import ScoreSet
@@ -107,28 +110,59 @@ def _hunyuan_out_proj(transformer, name: str) -> Callable[[TokenLayout], OutProj
     return lambda layout: [(slice(0, layout.video_tokens), video), (slice(layout.video_tokens, layout.num_tokens), text)]
 
 
-_OUT_PROJ = {"wan": _wan_out_proj, "cogvideox": _wan_out_proj, "hunyuan_video": _hunyuan_out_proj}
+_OUT_PROJ = {
+    "wan": _wan_out_proj, "cogvideox": _wan_out_proj, "hunyuan_video": _hunyuan_out_proj,
+    "hunyuan_video15": _hunyuan_out_proj,  # dual-stream blocks only
+}  # fmt: skip
 
 
 class _Calibration:
-    """What the calibration processors of one run share: the scorer and the per-layer projections."""
+    """What the calibration processors of one run share: the scorers and the per-layer projections.
+
+    One scorer per token layout. A run has one video grid, but its text length may differ between
+    the calls of a step: HunyuanVideo-I2V encodes the negative prompt with more image tokens than
+    the prompt. Such scores are merged into those of the first layout seen (:meth:`scores`).
+    """
 
     def __init__(self, out_proj: list, num_heads: int, dense_warmup_steps: int, scorer_kwargs: dict):
         self.out_proj = out_proj
         self.num_heads = num_heads
         self.dense_warmup_steps = dense_warmup_steps
         self.scorer_kwargs = scorer_kwargs
-        self.scorer: HeadScorer | None = None
+        self.scorers: dict[TokenLayout, HeadScorer] = {}
+
+    @property
+    def layout(self) -> TokenLayout | None:
+        return next(iter(self.scorers), None)
 
     def scorer_for(self, layout: TokenLayout) -> HeadScorer:
-        if self.scorer is None:
-            self.scorer = HeadScorer(layout, len(self.out_proj), self.num_heads, **self.scorer_kwargs)
-        elif self.scorer.layout != layout:
-            raise ValueError(
-                f"one calibration run scores one token layout; got {layout} after {self.scorer.layout}. "
-                "Calibrate each resolution and frame count separately."
-            )
-        return self.scorer
+        if layout not in self.scorers:
+            first = self.layout
+            if first is not None and _grid(layout) != _grid(first):
+                raise ValueError(
+                    f"one calibration run scores one video grid; got {layout} after {first}. "
+                    "Calibrate each resolution and frame count separately."
+                )
+            self.scorers[layout] = HeadScorer(layout, len(self.out_proj), self.num_heads, **self.scorer_kwargs)
+        return self.scorers[layout]
+
+    def reseed(self, seed: int) -> None:
+        self.scorer_kwargs["seed"] = seed
+        for scorer in self.scorers.values():
+            scorer.reseed(seed)
+
+    def scores(self, **metadata) -> ScoreSet:
+        """The scores of every layout, call-weighted, as scores of the first layout seen."""
+        main, *others = (scorer.scores(**metadata) for scorer in self.scorers.values())
+        if not others:
+            return main
+        merged = main.merge(*(dataclasses.replace(o, layout=main.layout, densities=main.densities) for o in others))
+        merged.metadata["text_tokens_scored"] = [layout.text_tokens for layout in self.scorers]
+        return merged
+
+
+def _grid(layout: TokenLayout) -> tuple:
+    return layout.frames, layout.height, layout.width, layout.text_position
 
 
 def _calibration_processor(base: type, calibration: _Calibration) -> type:
@@ -187,7 +221,8 @@ def calibrate(
     """Run ``pipe`` on ``prompts`` (default: :data:`DEFAULT_PROMPTS`) and score every candidate mode.
 
     Args:
-        pipe: a Wan, HunyuanVideo or CogVideoX pipeline (its transformer is calibrated).
+        pipe: a Wan, HunyuanVideo, HunyuanVideo-1.5 or CogVideoX pipeline, text- or image-to-video
+            (its transformer is calibrated; an image-to-video one takes its picture in ``pipeline_kwargs``).
         height, width, num_frames, num_inference_steps, guidance_scale: the generation to
             calibrate at (None: the pipeline's defaults); maps transfer across resolutions, but
             calibrate at the size you will generate at.
@@ -255,25 +290,27 @@ def calibrate(
     for name, value in (("height", height), ("width", width), ("num_frames", num_frames), ("guidance_scale", guidance_scale)):
         if value is not None:
             call[name] = value
+    check_image_argument(pipe, call)  # image-to-video: one picture for every prompt
     pipe.set_progress_bar_config(disable=True)
     apply_sparse_vdit(pipe, full_map, backend="auto", processor_cls=_calibration_processor(family.processor_cls, calibration))
     try:
+        # the bar moves each step where the pipeline takes a step callback (HunyuanVideo-1.5's does not: each prompt)
+        per_step = "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters
         for i in mine:
-            if calibration.scorer is not None:
-                calibration.scorer.reseed(seed + i)  # a prompt's sample tiles do not depend on the split
-            else:
-                calibration.scorer_kwargs["seed"] = seed + i
+            calibration.reseed(seed + i)  # a prompt's sample tiles do not depend on the split
             generator = torch.Generator(device="cpu").manual_seed(seed + i)
-            pipe(prompt=prompts[i], generator=generator, callback_on_step_end=on_step_end, **call)
+            pipe(prompt=prompts[i], generator=generator, **call, **({"callback_on_step_end": on_step_end} if per_step else {}))
+            if not per_step:
+                bar.update(num_inference_steps)
     finally:
         remove_sparse_vdit(pipe)
         pipe._progress_bar_config = bar_config
         bar.close()
 
-    if calibration.scorer is None:
+    if calibration.layout is None:
         raise RuntimeError("no attention call was scored: did the pipeline run its transformer?")
-    layout = calibration.scorer.layout
-    scores = calibration.scorer.scores(
+    layout = calibration.layout
+    scores = calibration.scores(
         family=family.name,
         transformer_class=type(transformer).__name__,
         target_modules=targets,

@@ -26,3 +26,24 @@ def twins(variant, **overrides):
 
 def mode_map(transformer, layers=MIXED, **kwargs):
     return tiny_mode_map(transformer, layers, **kwargs)
+
+
+class DenseMaskReference:
+    """Mixed into a family processor: sparse calls attend through the plan's token-level boolean mask.
+
+    An oracle independent of the kernels: plain softmax attention under ``plan.dense_mask()``
+    (text padding included), rows with no key (SKIP heads) set to zero.
+    """
+
+    def attend(self, query, key, value, plan, **kwargs):
+        if plan is None:
+            return super().attend(query, key, value, plan, **kwargs)
+        lengths = kwargs.get("text_lengths")
+        mask = plan.dense_mask(lengths) if lengths is not None else plan.dense_mask()[None]
+        scores = (query.float() @ key.float().transpose(-1, -2)) * query.shape[-1] ** -0.5
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
+        return (probs @ value.float()).to(query.dtype)
+
+
+def with_reference(processor_cls):
+    return type(f"Reference{processor_cls.__name__}", (DenseMaskReference, processor_cls), {})

@@ -9,11 +9,13 @@ from diffusers_sparse_vdit.testing import VARIANTS, tiny_transformer_inputs
 
 from .common import ALL_FULL, forward, mode_map, twins
 
-TEXT_POSITION = {"wan": "none", "hunyuan_video": "after", "cogvideox": "before", "cogvideox1.5": "before"}
+TEXT_POSITION = {
+    "wan": "none", "hunyuan_video": "after", "cogvideox": "before", "cogvideox1.5": "before", "hunyuan_video15": "after",
+}  # fmt: skip
 
 
 def _inputs(transformer, variant, **kwargs):
-    if variant == "hunyuan_video" and kwargs.get("batch_size", 1) == 2:
+    if variant in ("hunyuan_video", "hunyuan_video15") and kwargs.get("batch_size", 1) == 2:
         kwargs.setdefault("text_lengths", [7, 4])  # the second prompt is padded
     return tiny_transformer_inputs(transformer, **kwargs)
 

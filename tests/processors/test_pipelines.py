@@ -4,12 +4,15 @@ import pytest
 import torch
 
 from diffusers_sparse_vdit.processors import SparseVDiTProcessor, apply_sparse_vdit, family_of, get_sparse_vdit_hook
-from diffusers_sparse_vdit.testing import VARIANTS, tiny_pipeline, tiny_pipeline_inputs
+from diffusers_sparse_vdit.testing import I2V_VARIANTS, PIPELINE_VARIANTS, tiny_pipeline, tiny_pipeline_inputs
 
 from .common import mode_map
 
 # steps each sparse layer sees over 2 steps: CFG as two transformer calls, or as batch 2 (CogVideoX)
-STEPS = {"wan": [0, 0, 1, 1], "hunyuan_video": [0, 0, 1, 1], "cogvideox": [0, 1], "cogvideox1.5": [0, 1]}
+STEPS = {
+    "wan": [0, 0, 1, 1], "hunyuan_video": [0, 0, 1, 1], "cogvideox": [0, 1], "cogvideox1.5": [0, 1],
+    "hunyuan_video15": [0, 0, 1, 1],
+}  # fmt: skip
 
 
 class StepRecorder:
@@ -23,7 +26,7 @@ def _generate(pipe, variant):
         return pipe(**tiny_pipeline_inputs(variant)).frames
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", [v for v in PIPELINE_VARIANTS if v not in I2V_VARIANTS])  # I2V: test_i2v.py
 def test_pipeline_generates_with_a_sparse_map(variant):
     pipe = tiny_pipeline(variant)
     pipe.set_progress_bar_config(disable=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusers_sparse_vdit import SparseVDiTConfig, apply_sparse_vdit, remove_sparse_vdit
+from diffusers_sparse_vdit import SparseVDiTConfig, TokenLayout, apply_sparse_vdit, remove_sparse_vdit
 from diffusers_sparse_vdit.processors.apply import architecture
 from diffusers_sparse_vdit.search import DEFAULT_PROMPTS, ScoreSet, calibrate, load_prompts, search
 from diffusers_sparse_vdit.testing import tiny_pipeline, tiny_pipeline_inputs
@@ -30,7 +30,10 @@ def run(pipe, variant, **kwargs):
     return kwargs
 
 
-@pytest.mark.parametrize("variant", ["wan", "hunyuan_video", "cogvideox", "cogvideox1.5"])
+@pytest.mark.parametrize(
+    "variant",
+    ["wan", "hunyuan_video", "cogvideox", "cogvideox1.5", "hunyuan_video15", "wan_i2v", "cogvideox1.5_i2v", "hunyuan_video_i2v"],
+)
 def test_search_save_reload_apply_generate(variant, tmp_path):
     pipe = tiny_pipeline(variant)
     before = dict(pipe.transformer.attn_processors)
@@ -186,3 +189,29 @@ def test_equal_step_ranges_start_after_the_warm_up_and_are_capped():
     assert equal_step_ranges(5, 1) == [[0, -1]]
     with pytest.raises(ValueError, match="no step after"):
         equal_step_ranges(4, 2, dense_warmup_steps=4)
+
+
+def test_an_image_to_video_pipeline_without_its_picture_is_refused():
+    pipe = tiny_pipeline("cogvideox_i2v")
+    kwargs = run(pipe, "cogvideox_i2v")
+    del kwargs["pipeline_kwargs"]["image"]
+    with pytest.raises(ValueError, match="CogVideoXImageToVideoPipeline is an image-to-video pipeline.*'image'"):
+        calibrate(pipe, PROMPTS[:1], **kwargs)
+
+
+def test_text_lengths_that_differ_within_a_step_are_scored_together():
+    # HunyuanVideo-I2V encodes the negative prompt with 8 image tokens, the prompt with 4: two layouts a step
+    pipe = tiny_pipeline("hunyuan_video_i2v")
+    scores = calibrate(pipe, PROMPTS[:1], **run(pipe, "hunyuan_video_i2v"))
+    assert scores.metadata["text_tokens_scored"] == [16, 20]
+    assert scores.layout.text_tokens == 16 and scores.counts.tolist() == [[6, 6]]  # 3 steps x 2 calls, per layer
+
+
+def test_one_run_scores_one_video_grid():
+    from diffusers_sparse_vdit.search.runner import _Calibration
+
+    calibration = _Calibration([None, None], 3, 0, {"tile_size": 16})
+    first = calibration.scorer_for(TokenLayout(3, 4, 6, text_tokens=16, text_position="after"))
+    assert calibration.scorer_for(TokenLayout(3, 4, 6, text_tokens=20, text_position="after")) is not first
+    with pytest.raises(ValueError, match="one video grid"):
+        calibration.scorer_for(TokenLayout(3, 2, 3, text_tokens=16, text_position="after"))
