@@ -11,7 +11,7 @@ from ..plan import SparsePlan, plan_by_uid
 
 __all__ = ["sparse_attention", "BACKENDS"]
 
-BACKENDS = ("auto", "gluon", "triton", "torch", "flex")
+BACKENDS = ("auto", "gluon", "triton", "torch", "flex", "fa4")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -163,6 +163,10 @@ def _run(backend, q, k, v, plan, scale, out, text_lengths):
             kernel(q[items], k[items], v[items], plan, scale=scale, out=out[items],
                    text_lengths=text_lengths[items] if text_lengths is not None else None)
         return out
+    if backend == "fa4":
+        from .fa4 import sparse_attention_fa4
+
+        return sparse_attention_fa4(q, k, v, plan, scale=scale, out=out, text_lengths=text_lengths)
     if backend == "flex":
         from .flex import sparse_attention_flex
 
