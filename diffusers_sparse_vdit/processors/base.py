@@ -10,8 +10,9 @@ without copying the others:
   overrides to score candidate modes on a layer's real q, k, v;
 * :meth:`SparseAttnProcessor.finish`: the stock output projection and text/video split.
 
-Dense calls (warm-up steps, and all-FULL layers under ``backend="auto"``) take the stock
-attention path, so they cost and compute exactly what diffusers would.
+Dense calls (warm-up steps, and all-FULL layers under ``backend="auto"``) take the fastest
+dense kernel installed (FA3, FA4; :mod:`..kernels.dense`), else the stock attention path. The
+stock path is exactly what diffusers computes; ``transformer.set_attention_backend(...)`` forces it.
 
 Inside ``torch.compile`` / ``torch.export``, ``attend`` runs in the custom op
 ``diffusers_sparse_vdit::layer_attention``, which picks the plan at run time (see :mod:`.hook`).
@@ -29,6 +30,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from ..kernels import sparse_attention
 from ..kernels.attention import BACKENDS
+from ..kernels.dense import choose_dense_backend, dense_attention_fast
 from ..layout import TokenLayout
 from ..modes import Mode
 from ..plan import SparsePlan, build_plan
@@ -107,6 +109,10 @@ class SparseAttnProcessor:
         kernel and ``attention_mask`` the same padding as the stock mask, for the dense path.
         """
         if plan is None:
+            # a backend set with set_attention_backend() asks for diffusers' own path
+            fast = choose_dense_backend(query, attention_mask, stock_requested=self._attention_backend is not None)
+            if fast != "stock":
+                return dense_attention_fast(fast, query, key, value)
             return self.dense_attention(query, key, value, attention_mask)
         return sparse_attention(query, key, value, plan, backend=self.backend, text_lengths=text_lengths)
 
@@ -185,9 +191,9 @@ class SparseAttnProcessor:
         except KeyError:
             pass
         specs = self.config.head_specs(self.layer, self.state.step)
-        # Under "auto" an all-FULL layer is plain dense attention through the stock path, exactly
-        # what diffusers computes (cuDNN or flash on GPUs; on H100/H200 our Gluon kernel's
-        # all-FULL plan is 7-13% faster than cuDNN, benchmarks/NOTES.md v9). An explicit backend
+        # Under "auto" an all-FULL layer is plain dense attention on the fastest dense kernel
+        # installed (FA3/FA4 run 1.1-1.2x ours all-FULL on the H200, DESIGN §6b; else the stock
+        # path, exactly what diffusers computes). An explicit backend
         # runs the chosen kernel for every layer with a map.
         dense = self.backend == "auto" and all(s.mode is Mode.FULL for s in specs)
         plan = self._plans[key] = None if dense else build_plan(specs, layout, self.config.tile_size)

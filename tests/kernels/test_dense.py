@@ -1,0 +1,66 @@
+"""Dense calls take the fastest correct kernel installed: the choice, faked on CPU."""
+
+import logging
+
+import pytest
+import torch
+from diffusers.utils import logging as diffusers_logging
+
+from diffusers_sparse_vdit.kernels import dense
+
+
+@pytest.fixture
+def gpu_with(monkeypatch):
+    """Pretend the tensors are on a GPU where the given dense kernels are installed."""
+
+    def install(*names):
+        monkeypatch.setattr(dense, "_on_gpu", lambda query: True)
+        monkeypatch.setattr(dense, "_AVAILABLE", {n: (lambda device, n=n: n in names) for n in dense.DENSE_BACKENDS})
+        dense._chosen.cache_clear()
+
+    yield install
+    dense._chosen.cache_clear()
+
+
+Q16 = torch.empty(1, 2, 8, 64, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("installed, expected", [(("fa3", "fa4"), "fa3"), (("fa4",), "fa4"), ((), "stock")])
+def test_fastest_installed_kernel_wins(gpu_with, installed, expected):
+    gpu_with(*installed)
+    assert dense.choose_dense_backend(Q16, None) == expected
+
+
+@pytest.mark.parametrize(
+    "query, mask, stock_requested",
+    [
+        (Q16, torch.ones(1, 1, 1, 8, dtype=torch.bool), False),  # a padding mask: FA3/FA4 dense cannot take it
+        (Q16.float(), None, False),  # 32-bit
+        (Q16, None, True),  # set_attention_backend() asked for diffusers' own path
+    ],
+)
+def test_stock_path_where_the_fast_kernels_do_not_apply(gpu_with, query, mask, stock_requested):
+    gpu_with("fa3", "fa4")
+    assert dense.choose_dense_backend(query, mask, stock_requested=stock_requested) == "stock"
+
+
+def test_cpu_keeps_the_stock_path():
+    assert dense.choose_dense_backend(Q16, None) == "stock"
+
+
+def test_choice_is_logged_once(gpu_with):
+    gpu_with("fa4")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.add_handler(handler)
+    diffusers_logging.set_verbosity_info()
+    try:
+        for _ in range(3):
+            dense.choose_dense_backend(Q16, None)
+    finally:
+        diffusers_logging.remove_handler(handler)
+        diffusers_logging.set_verbosity(level)
+    messages = [r.getMessage() for r in records if "dense attention" in r.getMessage()]
+    assert messages == ["Sparse-vDiT dense attention: fa4 (the fastest dense kernel installed)"]
