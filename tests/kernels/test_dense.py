@@ -64,3 +64,17 @@ def test_choice_is_logged_once(gpu_with):
         diffusers_logging.set_verbosity(level)
     messages = [r.getMessage() for r in records if "dense attention" in r.getMessage()]
     assert messages == ["Sparse-vDiT dense attention: fa4 (the fastest dense kernel installed)"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", dense.DENSE_BACKENDS)
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_fast_dense_kernel_matches_sdpa_on_gpu(backend, head_dim):
+    device = torch.device("cuda")
+    if not dense._AVAILABLE[backend](device):
+        pytest.skip(f"{backend} is not installed for this GPU")
+    q, k, v = (torch.randn(2, 1000, 6, head_dim, device=device, dtype=torch.bfloat16).transpose(1, 2) for _ in range(3))
+    out = dense.dense_attention_fast(backend, q, k, v)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    assert out.shape == q.shape and not out.isnan().any()
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
