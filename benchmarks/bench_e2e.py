@@ -114,21 +114,33 @@ def paper_like_map(model, grid, text_tokens, reduction: float, seed: int = 0) ->
                                        target_modules=targets), layout
 
 
+def key_prefix_lengths(mask, batch: int, keys: int):
+    """Per-item key counts of a boolean mask that keeps a prefix of the keys for every query, else None."""
+    if mask is None or mask.dtype != torch.bool or mask.shape[-1] != keys or any(n != 1 for n in mask.shape[1:-1]):
+        return None
+    mask = mask.reshape(mask.shape[0], keys).expand(batch, keys)
+    lengths = mask.sum(-1)
+    prefix = torch.arange(keys, device=mask.device)[None, :] < lengths[:, None]
+    return lengths if bool((prefix == mask).all()) else None
+
+
 @contextlib.contextmanager
 def fastest_dense():
-    """Dense attention on the fastest kernel installed: unmasked 16-bit calls on FA3 or FA4 dense where
-    present (what backend="auto" picks, kernels/dense.py), every other call on SDPA with cuDNN first, then
-    FLASH, EFFICIENT, MATH."""
+    """Dense attention on the fastest kernel installed: 16-bit calls without a mask or with a key-prefix
+    mask (HunyuanVideo's padded text) on FA3 or FA4 dense where present (what backend="auto" picks,
+    kernels/dense.py), every other call on SDPA with cuDNN first, then FLASH, EFFICIENT, MATH."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     original = F.scaled_dot_product_attention
 
     def fast(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
-        if attn_mask is None and not is_causal and not dropout_p and scale is None and not kwargs and query.shape == key.shape:
-            backend = choose_dense_backend(query, None)
-            if backend != "stock":
-                return dense_attention_fast(backend, query, key, value)
+        if not is_causal and not dropout_p and scale is None and not kwargs and query.shape == key.shape:
+            lengths = key_prefix_lengths(attn_mask, query.shape[0], key.shape[-2])
+            if attn_mask is None or lengths is not None:
+                backend = choose_dense_backend(query, attn_mask, key_lengths=lengths)
+                if backend != "stock":
+                    return dense_attention_fast(backend, query, key, value, lengths)
         return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
                         **kwargs)
 

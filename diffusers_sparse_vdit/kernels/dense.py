@@ -8,11 +8,12 @@ known) runs on, in this order:
   shape once, 10-30 s, so it comes after FA3, which is as fast within 1-3% on the H200);
 * ``"stock"``: what the family's stock processor calls (diffusers' dispatcher or SDPA).
 
-Calls with a padding mask (HunyuanVideo's padded prompts), other dtypes, CPU tensors, and every
-call of a model whose attention backend was chosen with diffusers'
-``transformer.set_attention_backend(...)`` take the stock path, so diffusers' exact numbers are
-one keyword away: ``transformer.set_attention_backend("native")``. The choice is logged once per
-kernel and reason.
+A padding mask that keeps a prefix of the keys (HunyuanVideo's padded prompts: text after video)
+becomes per-item key counts (``seqused_k``: FA3's varlen call, FA4's own argument); other masks,
+32-bit calls, CPU tensors and every call of a model whose attention backend was chosen with
+diffusers' ``transformer.set_attention_backend(...)`` take the stock path, so diffusers' exact
+numbers are one keyword away: ``transformer.set_attention_backend("native")``. The choice is
+logged once per kernel and reason.
 """
 
 from __future__ import annotations
@@ -56,14 +57,21 @@ def _on_gpu(query: torch.Tensor) -> bool:
     return query.device.type == "cuda"
 
 
-def choose_dense_backend(query: torch.Tensor, attention_mask: torch.Tensor | None, *, stock_requested: bool = False) -> str:
-    """``"fa3"``, ``"fa4"`` or ``"stock"`` for a dense ``(B, H, N, D)`` call (see the module docstring)."""
+def choose_dense_backend(
+    query: torch.Tensor, attention_mask: torch.Tensor | None, *, key_lengths: torch.Tensor | None = None,
+    stock_requested: bool = False,
+) -> str:
+    """``"fa3"``, ``"fa4"`` or ``"stock"`` for a dense ``(B, H, N, D)`` call (see the module docstring).
+
+    ``key_lengths`` (int ``(B,)``): the mask keeps each item's first ``key_lengths[b]`` keys, so the
+    fast kernels can take it.
+    """
     if stock_requested:
         return _chosen("stock", "an attention backend was set with set_attention_backend()")
     if not _on_gpu(query):
         return "stock"  # exact on CPU: the stock path is all there is
-    if attention_mask is not None:
-        return _chosen("stock", "the call has a padding mask")
+    if attention_mask is not None and key_lengths is None:
+        return _chosen("stock", "the call has a mask that is not a key prefix")
     if query.dtype not in (torch.float16, torch.bfloat16) or query.shape[-1] > 256 or query.shape[-1] % 8:
         return _chosen("stock", f"{query.dtype}, head_dim {query.shape[-1]}")
     for name in DENSE_BACKENDS:
@@ -78,17 +86,31 @@ def _chosen(backend: str, reason: str) -> str:
     return backend
 
 
-def dense_attention_fast(backend: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Dense attention of ``(B, H, N, D)`` views on FA3 or FA4; returns ``(B, H, N, D)`` (a view of ``(B, N, H, D)``)."""
+def dense_attention_fast(
+    backend: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Dense attention of ``(B, H, N, D)`` views on FA3 or FA4; returns ``(B, H, N, D)`` (a view of ``(B, N, H, D)``).
+
+    With ``key_lengths``, item ``b`` attends to its first ``key_lengths[b]`` keys only (every query row is computed).
+    """
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # the (B, N, H, D) both kernels take
-    if backend == "fa3":
+    used = None if key_lengths is None else key_lengths.to(device=q.device, dtype=torch.int32).contiguous()
+    if backend == "fa3" and used is None:
         from fa3_fwd_interface import flash_attn_func
 
         out = flash_attn_func(q, k, v)
+    elif backend == "fa3":  # key counts go through the varlen call: batch items as equal-length sequences
+        from fa3_fwd_interface import flash_attn_varlen_func
+
+        batch, n = q.shape[:2]
+        starts = torch.arange(0, (batch + 1) * n, n, device=q.device, dtype=torch.int32)
+        flat = [x.reshape(batch * n, *x.shape[2:]) for x in (q, k, v)]
+        out = flash_attn_varlen_func(*flat, starts, starts, n, n, seqused_k=used)
+        out = (out[0] if isinstance(out, tuple) else out).view(q.shape)
     elif backend == "fa4":
         from flash_attn.cute.interface import _flash_attn_fwd
 
-        out = _flash_attn_fwd(q, k, v)
+        out = _flash_attn_fwd(q, k, v, seqused_k=used)
     else:
         raise ValueError(f"unknown dense backend {backend!r}; choose one of {DENSE_BACKENDS}")
     out = out[0] if isinstance(out, tuple) else out

@@ -109,15 +109,30 @@ class SparseAttnProcessor:
         kernel and ``attention_mask`` the same padding as the stock mask, for the dense path.
         """
         if plan is None:
+            key_lengths = self.dense_key_lengths(layout, text_lengths) if attention_mask is not None else None
             # a backend set with set_attention_backend() asks for diffusers' own path
-            fast = choose_dense_backend(query, attention_mask, stock_requested=self._attention_backend is not None)
+            fast = choose_dense_backend(
+                query, attention_mask, key_lengths=key_lengths, stock_requested=self._attention_backend is not None
+            )
             if fast != "stock":
-                return dense_attention_fast(fast, query, key, value)
+                return dense_attention_fast(fast, query, key, value, key_lengths)
             return self.dense_attention(query, key, value, attention_mask)
         return sparse_attention(query, key, value, plan, backend=self.backend, text_lengths=text_lengths)
 
     def finish(self, attn, out: torch.Tensor, call: AttentionCall):
         raise NotImplementedError
+
+    @staticmethod
+    def dense_key_lengths(layout: TokenLayout | None, text_lengths: torch.Tensor | None) -> torch.Tensor | None:
+        """Keys each batch item keeps under the padding mask, when they are a prefix of the sequence, else None.
+
+        Text after video padded at its end (HunyuanVideo) keeps the first ``video + text_lengths[b]``
+        keys, as the transformer's mask does (the hook reads the lengths from the same
+        ``encoder_attention_mask``); the fast dense kernels take that as key counts.
+        """
+        if layout is None or text_lengths is None or layout.text_position != "after":
+            return None
+        return layout.video_tokens + text_lengths
 
     # Shared machinery -------------------------------------------------------------------
     def run(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb):

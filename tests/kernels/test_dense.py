@@ -34,7 +34,7 @@ def test_fastest_installed_kernel_wins(gpu_with, installed, expected):
 @pytest.mark.parametrize(
     "query, mask, stock_requested",
     [
-        (Q16, torch.ones(1, 1, 1, 8, dtype=torch.bool), False),  # a padding mask: FA3/FA4 dense cannot take it
+        (Q16, torch.ones(1, 1, 1, 8, dtype=torch.bool), False),  # a mask not known to keep a key prefix
         (Q16.float(), None, False),  # 32-bit
         (Q16, None, True),  # set_attention_backend() asked for diffusers' own path
     ],
@@ -42,6 +42,12 @@ def test_fastest_installed_kernel_wins(gpu_with, installed, expected):
 def test_stock_path_where_the_fast_kernels_do_not_apply(gpu_with, query, mask, stock_requested):
     gpu_with("fa3", "fa4")
     assert dense.choose_dense_backend(query, mask, stock_requested=stock_requested) == "stock"
+
+
+def test_a_key_prefix_mask_takes_the_fast_kernel(gpu_with):
+    gpu_with("fa3")
+    mask = torch.ones(1, 1, 1, 8, dtype=torch.bool)
+    assert dense.choose_dense_backend(Q16, mask, key_lengths=torch.tensor([6])) == "fa3"
 
 
 def test_cpu_keeps_the_stock_path():
@@ -74,7 +80,11 @@ def test_fast_dense_kernel_matches_sdpa_on_gpu(backend, head_dim):
     if not dense._AVAILABLE[backend](device):
         pytest.skip(f"{backend} is not installed for this GPU")
     q, k, v = (torch.randn(2, 1000, 6, head_dim, device=device, dtype=torch.bfloat16).transpose(1, 2) for _ in range(3))
-    out = dense.dense_attention_fast(backend, q, k, v)
-    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
-    assert out.shape == q.shape and not out.isnan().any()
+    lengths = torch.tensor([1000, 613], device=device)
+    keep = torch.arange(1000, device=device)[None, :] < lengths[:, None]  # (B, keys)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=keep[:, None, None])
+    for out in (dense.dense_attention_fast(backend, q, k, v), dense.dense_attention_fast(backend, q, k, v, lengths)):
+        assert out.shape == q.shape and not out.isnan().any()
+    full = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    assert ((dense.dense_attention_fast(backend, q, k, v).float() - full).norm() / full.norm()).item() < 1e-2
     assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
