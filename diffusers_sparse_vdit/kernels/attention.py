@@ -40,6 +40,24 @@ def gluon_supported(q, k, v, plan, out=None) -> bool:
     return supported(q, k, v, plan, out)
 
 
+def fa4_supported(q, plan) -> bool:
+    """Whether FA4's block-sparse kernel (:mod:`.fa4`) can run this call: 16-bit, SM90/SM100, flash-attn-4 installed."""
+    from .fa4 import fa4_unavailable_reason
+
+    return q.dtype in (torch.float16, torch.bfloat16) and plan.tile_size == 128 and fa4_unavailable_reason(q.device) is None
+
+
+def auto_cuda_kernel(q, k, v, plan, out) -> str:
+    """The kernel ``"auto"`` runs on a CUDA call: ours in Gluon on Hopper where it runs (benchmarks/NOTES.md
+    v9), else FA4's block-sparse kernel where it runs (Blackwell SM100: the Gluon kernel is Hopper-only),
+    else our portable Triton kernel."""
+    if gluon_supported(q, k, v, plan, out):
+        return "gluon"
+    if torch.cuda.get_device_capability(q.device)[0] == 10 and fa4_supported(q, plan):
+        return "fa4"
+    return "triton"
+
+
 def _check(q, k, v, plan, text_lengths, backend):
     if not isinstance(plan, SparsePlan):
         raise TypeError(f"plan must be a SparsePlan (see build_plan), got {type(plan).__name__}")
@@ -124,8 +142,8 @@ def sparse_attention(
             "inputs, head_dim 64 or 128, plans of 128-token tiles and a contiguous last dim (out's too); use "
             "backend='auto' or 'triton' for this call"
         )
-    if requested == "auto" and backend == "triton" and gluon_supported(q, k, v, plan, out):
-        backend = "gluon"  # the fastest kernel where it runs (benchmarks/NOTES.md v9)
+    if requested == "auto" and backend == "triton":
+        backend = auto_cuda_kernel(q, k, v, plan, out)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if out is None:
         if backend == "flex":
