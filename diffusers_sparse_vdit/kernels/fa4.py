@@ -18,7 +18,6 @@ so CPU tests compare the conversion with the plan's own oracle (:meth:`SparsePla
 from __future__ import annotations
 
 import functools
-import weakref
 from typing import NamedTuple
 
 import torch
@@ -61,35 +60,32 @@ def _pack_left(idx: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, tor
     return keep.sum(-1, dtype=torch.int32), idx.gather(-1, order).to(torch.int32)
 
 
-def _plan_lists(plan: SparsePlan) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(tiles, listed)``, ``(H, M, M)``: each query tile's key tiles in visiting order (CPU)."""
-    pool = plan.device_tensors("cpu")["kv_tiles"].long()
+def _plan_lists(plan: SparsePlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tiles, listed)``, ``(H, M, M)``: each query tile's key tiles in visiting order."""
+    tensors = plan.device_tensors(device)
+    pool, work = tensors["kv_tiles"].long(), tensors["work"].long()
     m = plan.num_tiles
-    work = plan.work.long()
     heads, rows, starts, totals = work[:, 0], work[:, 1], work[:, 2], work[:, 4]
-    col = torch.arange(m)
-    listed = torch.zeros(plan.num_heads, m, m, dtype=torch.bool)
-    tiles = torch.zeros(plan.num_heads, m, m, dtype=torch.long)
+    col = torch.arange(m, device=device)
+    listed = torch.zeros(plan.num_heads, m, m, dtype=torch.bool, device=device)
+    tiles = torch.zeros(plan.num_heads, m, m, dtype=torch.long, device=device)
     listed[heads, rows] = col[None] < totals[:, None]
     tiles[heads, rows] = pool[(starts[:, None] + col[None]).clamp_(max=pool.numel() - 1)]
     return tiles, listed
 
 
 @functools.lru_cache(maxsize=64)
-def _block_lists(plan: SparsePlan, text_padded: bool):
-    """The plan's lists split into FA4's full and mask lists (CPU, batch dim 1), built once per plan."""
-    tiles, listed = _plan_lists(plan)
+def _block_lists(plan: SparsePlan, text_padded: bool, device: torch.device):
+    """The plan's lists split into FA4's full and mask lists (batch dim 1), built once per plan on the call's device."""
+    tiles, listed = _plan_lists(plan, device)
     tile, nvt = plan.tile_size, plan.video_tiles
-    whole = plan.tile_lengths == tile  # tiles with no padding rows
+    whole = plan.tile_lengths.to(device) == tile  # tiles with no padding rows
     if text_padded:  # text tiles may be cut short per batch item: the mask_mod decides
         whole[nvt:] = False
     full = listed & whole[tiles]
     full_cnt, full_idx = _pack_left(tiles, full)
     mask_cnt, mask_idx = _pack_left(tiles, listed & ~full)
     return full_cnt[None], full_idx[None], mask_cnt[None], mask_idx[None]
-
-
-_DEVICE_LISTS: "weakref.WeakKeyDictionary[SparsePlan, dict]" = weakref.WeakKeyDictionary()
 
 
 def _real_keys(plan: SparsePlan, device) -> torch.Tensor:
@@ -101,17 +97,15 @@ def _real_keys(plan: SparsePlan, device) -> torch.Tensor:
 def fa4_tensors(plan: SparsePlan, batch: int, device, text_lengths: torch.Tensor | None = None) -> FA4Tensors:
     """FA4's block-sparse tensors for ``plan``; the lists are cached per plan and device, no host sync."""
     device = torch.device(device)
-    cache = _DEVICE_LISTS.setdefault(plan, {})
-    key = (device, text_lengths is not None)
-    if key not in cache:
-        cache[key] = tuple(t.to(device) for t in _block_lists(plan, text_lengths is not None))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # one cache entry per GPU
+    lists = _block_lists(plan, text_lengths is not None, device)
     key_ok = _real_keys(plan, device)[None].expand(batch, -1)
-    if text_lengths is not None:
-        layout, nvt, tile = plan.layout, plan.video_tiles, plan.tile_size
-        text_pos = torch.arange(plan.num_tiles * tile, device=device) - nvt * tile  # < 0 on video keys
+    if text_lengths is not None:  # text keys past each item's length are padding too
+        text_pos = torch.arange(plan.num_tiles * plan.tile_size, device=device) - plan.video_tiles * plan.tile_size
         text_len = torch.as_tensor(text_lengths, device=device).reshape(-1, 1)
-        key_ok = key_ok & ((text_pos[None] < 0) | (text_pos[None] < text_len)) if layout.text_tokens else key_ok
-    return FA4Tensors(*cache[key], key_ok=key_ok.to(torch.int32).contiguous(), tile_size=plan.tile_size)
+        key_ok = key_ok & ((text_pos[None] < 0) | (text_pos[None] < text_len))  # text_pos < 0: video keys
+    return FA4Tensors(*lists, key_ok=key_ok.to(torch.int32).contiguous(), tile_size=plan.tile_size)
 
 
 def _row_index(plan: SparsePlan, device) -> torch.Tensor:
