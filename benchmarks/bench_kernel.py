@@ -1,13 +1,15 @@
-"""Kernel benchmark: our fused block-sparse kernel vs dense SDPA (cuDNN, FLASH) and FlexAttention.
+"""Kernel benchmark: our block-sparse kernels vs the fastest dense kernels, FA4 block-sparse and FlexAttention.
 
 On the model shapes of DESIGN §5 (batch 1, bf16), for plans of tile density about 1, 0.5,
 0.25 and 0.1 per mode and a mixed paper-like layer, in one run:
 
 * checks bf16 results against fp32 dense-mask SDPA on sampled query tiles first;
-* times cuDNN and FLASH SDPA dense, FlexAttention (compiled) on the same full-tile lists
-  (inputs pre-gathered into the kernel order, so only its attention call is timed), and ours;
-* prints a table (ms; TFLOP/s on computed tiles; speedup vs cuDNN; fraction of ideal =
-  speedup x FLOP density) and writes JSON.
+* times dense cuDNN and FLASH SDPA, FA3 (``fa3_fwd_interface``) and FA4 dense (``flash_attn.cute``);
+  FA4 block-sparse and FlexAttention (compiled) on our identical tile lists (inputs pre-gathered
+  into the kernel order, so only their attention call is timed); ours (Gluon and Triton);
+  a peer that is not importable gets a "not installed" row;
+* prints a table (ms; TFLOP/s on computed tiles; speedup over the fastest dense kernel of the
+  run; fraction of ideal = that speedup x FLOP density) and writes JSON.
 
 Inputs live in diffusers' (B, N, H, D) memory layout and are passed as (B, H, N, D) views,
 as the processors do.
@@ -36,7 +38,8 @@ from diffusers_sparse_vdit import Mode, ModeSpec, TokenLayout, build_plan, spars
 from diffusers_sparse_vdit.plan import spec_density  # noqa: E402
 from diffusers_sparse_vdit.kernels.attention import gluon_supported  # noqa: E402
 from diffusers_sparse_vdit.kernels.check import sampled_error  # noqa: E402
-from diffusers_sparse_vdit.kernels.flex import flex_block_mask, flex_inputs  # noqa: E402
+from diffusers_sparse_vdit.kernels.fa4 import fa4_inputs, fa4_tensors, fa4_unavailable_reason  # noqa: E402
+from diffusers_sparse_vdit.kernels.flex import compiled_flex_attention, flex_block_mask, flex_inputs  # noqa: E402
 from diffusers_sparse_vdit.kernels.triton_sparse import kernel_config, sparse_attention_triton  # noqa: E402
 
 SHAPES = {
@@ -73,7 +76,10 @@ SWEEP_PLANS = ("FULL@1.0", "DIAGONAL@0.1", "MULTI_DIAGONAL@0.25")
 _SLEEP_CYCLES = 4_000_000  # ~2 ms at H100/H200 clocks, more than any call's host work
 
 
-def time_ms(fn, min_reps=5, budget_ms=1500.0, host=None) -> float:
+BUDGET_MS = 1500.0  # per timing; --budget-ms lowers it for a quick run
+
+
+def time_ms(fn, min_reps=5, budget_ms=None, host=None) -> float:
     """Median GPU time (CUDA events) of ``fn`` after warm-up, host launch work hidden.
 
     With ``host`` (a list), the median host time per call in ms is appended to it.
@@ -84,7 +90,7 @@ def time_ms(fn, min_reps=5, budget_ms=1500.0, host=None) -> float:
     fn()
     torch.cuda.synchronize()
     est = (time.perf_counter() - t0) * 1e3
-    reps = int(max(min_reps, min(100, budget_ms / max(est, 1e-3))))
+    reps = int(max(min_reps, min(100, (budget_ms or BUDGET_MS) / max(est, 1e-3))))
     times, host_ms = [], []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -159,10 +165,44 @@ def mixed_parts(q, k, v, plan, t_fused, config) -> dict:
     return {"ms": total, "parts_ms": parts, "fused_ms": t_fused, "fused_over_parts": t_fused / total}
 
 
+def dense_peers(q, k, v) -> dict:
+    """The dense peers beyond SDPA, as zero-argument calls on pre-laid-out inputs; None where not installed."""
+    peers = {}
+    qb, kb, vb = (x.transpose(1, 2).contiguous() for x in (q, k, v))  # the (B, N, H, D) both take
+    try:
+        from fa3_fwd_interface import flash_attn_func as fa3
+
+        peers["fa3"] = lambda: fa3(qb, kb, vb)
+    except ImportError:
+        peers["fa3"] = None
+    if fa4_unavailable_reason(q.device) is None:
+        from flash_attn.cute.interface import _flash_attn_fwd
+
+        peers["fa4-dense"] = lambda: _flash_attn_fwd(qb, kb, vb)
+    else:
+        peers["fa4-dense"] = None
+    return peers
+
+
+def fa4_sparse_call(q, k, v, plan):
+    """FA4's block-sparse kernel on the plan's own tile lists, inputs pre-gathered: the attention call alone."""
+    from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
+    from flash_attn.cute.interface import _flash_attn_fwd
+
+    from diffusers_sparse_vdit.kernels.fa4 import _key_mask_mod
+
+    t = fa4_tensors(plan, q.shape[0], q.device)
+    qp, kp, vp = fa4_inputs(plan, q, k, v)
+    blocks = BlockSparseTensorsTorch(mask_block_cnt=t.mask_block_cnt, mask_block_idx=t.mask_block_idx,
+                                     full_block_cnt=t.full_block_cnt, full_block_idx=t.full_block_idx,
+                                     block_size=(plan.tile_size, plan.tile_size))
+    masked = bool(plan.tile_lengths.min() < plan.tile_size)
+    kwargs = {"mask_mod": _key_mask_mod(), "aux_tensors": [t.key_ok]} if masked else {}
+    return lambda: _flash_attn_fwd(qp, kp, vp, block_sparse_tensors=blocks, **kwargs)
+
+
 def bench_shape(name, heads, head_dim, layout, densities, args, rows):
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.nn.attention.flex_attention import flex_attention
-
     tile = 128
     n = layout.num_tokens
     dev = torch.device("cuda")
@@ -183,12 +223,25 @@ def bench_shape(name, heads, head_dim, layout, densities, args, rows):
                 dense_host[backend] = host[0]
         except RuntimeError as e:
             print(f"  {backend} unavailable: {e}", flush=True)
-    t_cudnn = min(dense.values())  # the fastest dense backend of this run (cuDNN on Hopper)
+    dense_impl = {backend: f"sdpa-{backend.split('_')[0].lower()}" for backend in dense}
+    for name, fn in dense_peers(q, k, v).items():
+        if fn is None:
+            rows.append({**base, "impl": name, "plan": "dense", "status": "not installed"})
+            print(f"  {name}: not installed", flush=True)
+            continue
+        host = []
+        dense[name] = time_ms(fn, host=host)
+        dense_host[name], dense_impl[name] = host[0], name
+    # every speedup and fraction of ideal is against the fastest dense kernel of this run
+    best_dense = min(dense, key=dense.get)
+    t_best = dense[best_dense]
+    base = {**base, "baseline": dense_impl[best_dense], "baseline_ms": t_best}
     for backend, t in dense.items():
-        rows.append({**base, "impl": f"sdpa-{backend.split('_')[0].lower()}", "plan": "dense", "density": 1.0,
+        rows.append({**base, "impl": dense_impl[backend], "plan": "dense", "density": 1.0,
                      "tile_density": 1.0, "ms": t, "host_ms": dense_host[backend], "tflops": dense_flops / t / 1e9,
-                     "speedup": t_cudnn / t, "fraction_of_ideal": t_cudnn / t})
-        print(f"  dense {backend}: {t:.2f} ms ({dense_flops / t / 1e9:.0f} TFLOP/s)", flush=True)
+                     "speedup": t_best / t, "fraction_of_ideal": t_best / t})
+        print(f"  dense {dense_impl[backend]}: {t:.2f} ms ({dense_flops / t / 1e9:.0f} TFLOP/s)", flush=True)
+    print(f"  baseline (fastest dense): {dense_impl[best_dense]}", flush=True)
 
     # cuDNN on the same work per query row as a plan of density d: all N queries against d x N
     # keys. How its own efficiency holds up on short rows bounds what "0.9 / density" can mean.
@@ -200,10 +253,10 @@ def bench_shape(name, heads, head_dim, layout, densities, args, rows):
                 with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                     t = time_ms(lambda: F.scaled_dot_product_attention(q, ks, vs))
                 share = n_kv / n
-                fraction = t_cudnn / t * share
+                fraction = t_best / t * share
                 rows.append({**base, "impl": "sdpa-cudnn-equal-work", "plan": f"kv={n_kv}", "density": share,
                              "tile_density": share, "ms": t, "tflops": dense_flops * share / t / 1e9,
-                             "speedup": t_cudnn / t, "fraction_of_ideal": fraction})
+                             "speedup": t_best / t, "fraction_of_ideal": fraction})
                 print(f"  cuDNN on {n_kv} keys (density {share:.2f}): {t:.2f} ms, {fraction:.2f} of ideal", flush=True)
 
     plans = {"FULL@1.0": build_plan([ModeSpec.full()] * heads, layout, tile)}
@@ -253,7 +306,14 @@ def bench_shape(name, heads, head_dim, layout, densities, args, rows):
                      "best": best, "default": kernel_config(head_dim, tile, dev, n)})
         print(f"  best config: {best}", flush=True)
 
-    compiled_flex = torch.compile(flex_attention, dynamic=False)
+    compiled_flex = compiled_flex_attention("cuda")
+    fa4_ready = fa4_unavailable_reason(dev)
+    if fa4_ready is None:  # correctness of the FA4 path on our lists before timing it
+        out = torch.full_like(q, float("nan"))
+        sparse_attention(q, k, v, plans["MIXED"], backend="fa4", out=out)
+        err_fa4 = sampled_error(q, k, v, plans["MIXED"], out)
+        print(f"  check: FA4 block-sparse mixed plan vs fp32 reference rel err {err_fa4:.2e}", flush=True)
+        assert err_fa4 < 1e-2, "FA4 block-sparse results off: not timing a wrong call"
     for key, plan in plans.items():
         density = plan.flops(head_dim) / dense_flops
         o = torch.empty_like(q)
@@ -263,19 +323,19 @@ def bench_shape(name, heads, head_dim, layout, densities, args, rows):
                  "modes": plan.summary()}
         kernel = "gluon" if best is None and gluon_supported(q, k, v, plan) else "triton"
         rows.append({**entry, "impl": "ours", "kernel": kernel, "ms": t_ours, "host_ms": host[0],
-                     "tflops": plan.flops(head_dim) / t_ours / 1e9, "speedup": t_cudnn / t_ours,
-                     "fraction_of_ideal": t_cudnn / t_ours * density, "config": best})
+                     "tflops": plan.flops(head_dim) / t_ours / 1e9, "speedup": t_best / t_ours,
+                     "fraction_of_ideal": t_best / t_ours * density, "config": best})
         if best is None:  # the single-loop Triton kernel too, where "auto" takes the Gluon one
             o_t = torch.empty_like(q)
             t_triton = time_ms(lambda: sparse_attention(q, k, v, plan, backend="triton", out=o_t))
             rows.append({**entry, "impl": "ours-triton", "ms": t_triton, "tflops": plan.flops(head_dim) / t_triton / 1e9,
-                         "speedup": t_cudnn / t_triton, "fraction_of_ideal": t_cudnn / t_triton * density})
-            print(f"  {key:24s} single-loop Triton kernel {t_triton:.2f} ms, {t_cudnn / t_triton * density:.2f} of ideal",
+                         "speedup": t_best / t_triton, "fraction_of_ideal": t_best / t_triton * density})
+            print(f"  {key:24s} single-loop Triton kernel {t_triton:.2f} ms, {t_best / t_triton * density:.2f} of ideal",
                   flush=True)
         if key == "MIXED":
             parts = mixed_parts(q, k, v, plan, t_ours, best)
             rows.append({**entry, **parts, "impl": "ours-by-mode", "tflops": plan.flops(head_dim) / parts["ms"] / 1e9,
-                         "speedup": t_cudnn / parts["ms"], "fraction_of_ideal": t_cudnn / parts["ms"] * density})
+                         "speedup": t_best / parts["ms"], "fraction_of_ideal": t_best / parts["ms"] * density})
         t_flex = None
         if not args.no_flex:
             try:
@@ -283,12 +343,24 @@ def bench_shape(name, heads, head_dim, layout, densities, args, rows):
                 mask = flex_block_mask(plan, 1, dev)
                 t_flex = time_ms(lambda: compiled_flex(qf, kf, vf, block_mask=mask))
                 rows.append({**entry, "impl": "flex", "ms": t_flex, "tflops": plan.flops(head_dim) / t_flex / 1e9,
-                             "speedup": t_cudnn / t_flex, "fraction_of_ideal": t_cudnn / t_flex * density})
+                             "speedup": t_best / t_flex, "fraction_of_ideal": t_best / t_flex * density})
                 del qf, kf, vf, mask
             except Exception as e:
                 print(f"  flex failed on {key}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        t_fa4 = None
+        if fa4_ready is None:
+            try:
+                t_fa4 = time_ms(fa4_sparse_call(q, k, v, plan))
+                rows.append({**entry, "impl": "fa4-sparse", "ms": t_fa4, "tflops": plan.flops(head_dim) / t_fa4 / 1e9,
+                             "speedup": t_best / t_fa4, "fraction_of_ideal": t_best / t_fa4 * density,
+                             "ours_over_fa4": t_fa4 / t_ours})
+            except Exception as e:
+                print(f"  fa4 block-sparse failed on {key}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        elif key == "FULL@1.0":
+            rows.append({**entry, "impl": "fa4-sparse", "status": f"not installed ({fa4_ready})"})
         flex_txt = f", flex {t_flex:.2f} ms ({t_flex / t_ours:.2f}x ours)" if t_flex else ""
-        print(f"  {key:24s} density {density:.3f}: ours ({kernel}) {t_ours:.2f} ms, {t_cudnn / t_ours * density:.2f} of ideal{flex_txt}", flush=True)
+        flex_txt += f", fa4 block-sparse {t_fa4:.2f} ms (ours {t_fa4 / t_ours:.2f}x as fast)" if t_fa4 else ""
+        print(f"  {key:24s} density {density:.3f}: ours ({kernel}) {t_ours:.2f} ms, {t_best / t_ours * density:.2f} of ideal{flex_txt}", flush=True)
 
 
 def mufu_counts(compiled) -> dict:
@@ -320,9 +392,12 @@ def compiled_kernels() -> list[dict]:
 
 def print_table(rows):
     print(f"\n{'shape':20s} {'plan':22s} {'dens':>5s} {'impl':12s} {'ms':>9s} {'host ms':>8s} {'TFLOP/s':>8s} "
-          f"{'x cuDNN':>8s} {'of ideal':>8s}")
+          f"{'x best':>8s} {'of ideal':>8s}   (x best, of ideal: against the fastest dense kernel of the run)")
     for r in rows:
         if r["impl"] == "sweep":
+            continue
+        if "status" in r:
+            print(f"{r['shape']:20s} {r['plan']:22s} {'':5s} {r['impl']:12s} {r['status']}")
             continue
         host = f"{r['host_ms']:8.3f}" if "host_ms" in r else f"{'':8s}"
         print(f"{r['shape']:20s} {r['plan']:22s} {r['density']:5.3f} {r['impl']:12s} {r['ms']:9.2f} {host} "
@@ -336,12 +411,15 @@ def main():
     parser.add_argument("--sweep", action="store_true", help="sweep the portable Triton kernel's launch configs first and time it with the best "
                         "(the Gluon kernel's sweep: bench_gluon.py)")
     parser.add_argument("--no-flex", action="store_true")
+    parser.add_argument("--budget-ms", type=float, default=1500.0, help="GPU time spent per timing (median of the reps)")
     parser.add_argument("--out", default="benchmarks/results/kernel.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU")
     import triton
 
+    global BUDGET_MS
+    BUDGET_MS = args.budget_ms
     densities = [float(x) for x in args.densities.split(",")]
     rows = []
     meta = {

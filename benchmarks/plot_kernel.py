@@ -31,7 +31,7 @@ def curves(rows: list[dict]) -> dict:
         if r.get("impl") == "sdpa-cudnn-equal-work":
             out[r["shape"]][("cudnn", "EQUAL_WORK")].append((r["tile_density"], r["fraction_of_ideal"]))
             continue
-        if r.get("impl") not in ("ours", "flex") or "@" not in r.get("plan", ""):
+        if r.get("impl") not in ("ours", "flex", "fa4-sparse") or "@" not in r.get("plan", "") or "ms" not in r:
             continue
         mode = r["plan"].split("@")[0]
         out[r["shape"]][(r["impl"], mode)].append((r["tile_density"], r["fraction_of_ideal"]))
@@ -60,7 +60,7 @@ def plot(data: dict, title: str, path: Path) -> Path:
             xs, ys = zip(*lines[("cudnn", "EQUAL_WORK")])
             ax.plot(xs, ys, ":", color="#555555", lw=1.2, label="cuDNN, same work per row")
         for mode in MODES:
-            for impl, style in (("ours", "-"), ("flex", "--")):
+            for impl, style in (("ours", "-"), ("flex", "--"), ("fa4-sparse", ":")):
                 pts = lines.get((impl, mode.name))
                 if pts and (mode is not Mode.FULL or impl == "ours"):
                     xs, ys = zip(*pts)
@@ -71,8 +71,10 @@ def plot(data: dict, title: str, path: Path) -> Path:
         ax.set_title(shape, fontsize=10)
         ax.set_xlabel("tile density")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("fraction of ideal (1 = cuDNN dense efficiency)")
-    axes[0].legend(fontsize=8, loc="lower left", title="ours (solid), Flex (dashed)", title_fontsize=8)
+    baseline = next((r["baseline"] for r in data["rows"] if "baseline" in r), "cuDNN")  # older files: cuDNN
+    axes[0].set_ylabel(f"fraction of ideal (1 = the fastest dense kernel, {baseline})")
+    axes[0].legend(fontsize=8, loc="lower left", title="ours (solid), Flex (dashed), FA4 block-sparse (dotted)",
+                   title_fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=110)
     return path

@@ -11,7 +11,7 @@ from ..plan import SparsePlan, plan_by_uid
 
 __all__ = ["sparse_attention", "BACKENDS"]
 
-BACKENDS = ("auto", "gluon", "triton", "torch", "flex")
+BACKENDS = ("auto", "gluon", "triton", "torch", "flex", "fa4")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -38,6 +38,24 @@ def gluon_supported(q, k, v, plan, out=None) -> bool:
     except ImportError:  # a Triton without Gluon's Hopper API
         return False
     return supported(q, k, v, plan, out)
+
+
+def fa4_supported(q, plan) -> bool:
+    """Whether FA4's block-sparse kernel (:mod:`.fa4`) can run this call: 16-bit, SM90/SM100, flash-attn-4 installed."""
+    from .fa4 import fa4_unavailable_reason
+
+    return q.dtype in (torch.float16, torch.bfloat16) and plan.tile_size == 128 and fa4_unavailable_reason(q.device) is None
+
+
+def auto_cuda_kernel(q, k, v, plan, out) -> str:
+    """The kernel ``"auto"`` runs on a CUDA call: ours in Gluon on Hopper where it runs (benchmarks/NOTES.md
+    v9), else FA4's block-sparse kernel where it runs (Blackwell SM100: the Gluon kernel is Hopper-only),
+    else our portable Triton kernel."""
+    if gluon_supported(q, k, v, plan, out):
+        return "gluon"
+    if torch.cuda.get_device_capability(q.device)[0] == 10 and fa4_supported(q, plan):
+        return "fa4"
+    return "triton"
 
 
 def _check(q, k, v, plan, text_lengths, backend):
@@ -124,8 +142,8 @@ def sparse_attention(
             "inputs, head_dim 64 or 128, plans of 128-token tiles and a contiguous last dim (out's too); use "
             "backend='auto' or 'triton' for this call"
         )
-    if requested == "auto" and backend == "triton" and gluon_supported(q, k, v, plan, out):
-        backend = "gluon"  # the fastest kernel where it runs (benchmarks/NOTES.md v9)
+    if requested == "auto" and backend == "triton":
+        backend = auto_cuda_kernel(q, k, v, plan, out)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if out is None:
         if backend == "flex":
@@ -163,6 +181,10 @@ def _run(backend, q, k, v, plan, scale, out, text_lengths):
             kernel(q[items], k[items], v[items], plan, scale=scale, out=out[items],
                    text_lengths=text_lengths[items] if text_lengths is not None else None)
         return out
+    if backend == "fa4":
+        from .fa4 import sparse_attention_fa4
+
+        return sparse_attention_fa4(q, k, v, plan, scale=scale, out=out, text_lengths=text_lengths)
     if backend == "flex":
         from .flex import sparse_attention_flex
 

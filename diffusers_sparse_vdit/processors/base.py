@@ -10,8 +10,9 @@ without copying the others:
   overrides to score candidate modes on a layer's real q, k, v;
 * :meth:`SparseAttnProcessor.finish`: the stock output projection and text/video split.
 
-Dense calls (warm-up steps, and all-FULL layers under ``backend="auto"``) take the stock
-attention path, so they cost and compute exactly what diffusers would.
+Dense calls (warm-up steps, and all-FULL layers under ``backend="auto"``) take the fastest
+dense kernel installed (FA3, FA4; :mod:`..kernels.dense`), else the stock attention path. The
+stock path is exactly what diffusers computes; ``transformer.set_attention_backend(...)`` forces it.
 
 Inside ``torch.compile`` / ``torch.export``, ``attend`` runs in the custom op
 ``diffusers_sparse_vdit::layer_attention``, which picks the plan at run time (see :mod:`.hook`).
@@ -29,6 +30,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from ..kernels import sparse_attention
 from ..kernels.attention import BACKENDS
+from ..kernels.dense import choose_dense_backend, dense_attention_fast
 from ..layout import TokenLayout
 from ..modes import Mode
 from ..plan import SparsePlan, build_plan
@@ -107,11 +109,30 @@ class SparseAttnProcessor:
         kernel and ``attention_mask`` the same padding as the stock mask, for the dense path.
         """
         if plan is None:
+            key_lengths = self.dense_key_lengths(layout, text_lengths) if attention_mask is not None else None
+            # a backend set with set_attention_backend() asks for diffusers' own path
+            fast = choose_dense_backend(
+                query, attention_mask, key_lengths=key_lengths, stock_requested=self._attention_backend is not None
+            )
+            if fast != "stock":
+                return dense_attention_fast(fast, query, key, value, key_lengths)
             return self.dense_attention(query, key, value, attention_mask)
         return sparse_attention(query, key, value, plan, backend=self.backend, text_lengths=text_lengths)
 
     def finish(self, attn, out: torch.Tensor, call: AttentionCall):
         raise NotImplementedError
+
+    @staticmethod
+    def dense_key_lengths(layout: TokenLayout | None, text_lengths: torch.Tensor | None) -> torch.Tensor | None:
+        """Keys each batch item keeps under the padding mask, when they are a prefix of the sequence, else None.
+
+        Text after video padded at its end (HunyuanVideo) keeps the first ``video + text_lengths[b]``
+        keys, as the transformer's mask does (the hook reads the lengths from the same
+        ``encoder_attention_mask``); the fast dense kernels take that as key counts.
+        """
+        if layout is None or text_lengths is None or layout.text_position != "after":
+            return None
+        return layout.video_tokens + text_lengths
 
     # Shared machinery -------------------------------------------------------------------
     def run(self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb):
@@ -185,9 +206,9 @@ class SparseAttnProcessor:
         except KeyError:
             pass
         specs = self.config.head_specs(self.layer, self.state.step)
-        # Under "auto" an all-FULL layer is plain dense attention through the stock path, exactly
-        # what diffusers computes (cuDNN or flash on GPUs; on H100/H200 our Gluon kernel's
-        # all-FULL plan is 7-13% faster than cuDNN, benchmarks/NOTES.md v9). An explicit backend
+        # Under "auto" an all-FULL layer is plain dense attention on the fastest dense kernel
+        # installed (FA3/FA4 run 1.1-1.2x ours all-FULL on the H200, DESIGN §6b; else the stock
+        # path, exactly what diffusers computes). An explicit backend
         # runs the chosen kernel for every layer with a map.
         dense = self.backend == "auto" and all(s.mode is Mode.FULL for s in specs)
         plan = self._plans[key] = None if dense else build_plan(specs, layout, self.config.tile_size)

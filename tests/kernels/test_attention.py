@@ -337,3 +337,24 @@ def test_whole_head_reference_matches_the_tile_walk(layout, restricted, monkeypa
         outs.append(reference.sparse_attention_torch(q, k, v, plan, scale=40**-0.5, out=out, text_lengths=lengths))
     torch.testing.assert_close(outs[0], outs[1], equal_nan=True, atol=2e-6, rtol=2e-5)
     assert outs[0].isnan().any() == restricted  # rows outside the restriction stay untouched
+
+
+@pytest.mark.parametrize(
+    "gluon, capability, fa4, expected",
+    [
+        (True, (9, 0), True, "gluon"),  # Hopper: ours where it runs
+        (False, (9, 0), True, "triton"),  # Hopper call Gluon cannot take (e.g. head_dim 96): ours, portable
+        (False, (10, 0), True, "fa4"),  # Blackwell: FA4's block-sparse kernel where installed
+        (False, (10, 0), False, "triton"),
+        (False, (8, 0), False, "triton"),
+    ],
+)
+def test_auto_kernel_on_cuda(monkeypatch, gluon, capability, fa4, expected):
+    from diffusers_sparse_vdit.kernels import attention
+
+    monkeypatch.setattr(attention, "gluon_supported", lambda *args: gluon)
+    monkeypatch.setattr(attention, "fa4_supported", lambda q, plan: fa4)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    plan = build_plan([ModeSpec.full()], TokenLayout(2, 4, 8))
+    q = torch.empty(1, 1, plan.num_tokens, 64, dtype=torch.bfloat16)
+    assert attention.auto_cuda_kernel(q, q, q, plan, None) == expected
