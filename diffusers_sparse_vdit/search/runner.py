@@ -391,14 +391,17 @@ def sensitive(pipe, scores: ScoreSet, prompts: Sequence[str], target_density: fl
     """:func:`measure_sensitivity` with its probe at the target or at 0.25, whichever is sparser.
 
     A probe sparser than the target measures more clearly (fewer of its entries are FULL);
-    when the scores cannot reach it (e.g. a long warm-up), the probe is the target itself.
+    when the scores cannot reach it (e.g. a long warm-up), the probe is the target itself. When
+    no probe can be made (a target that leaves every head FULL), the scores come back unweighted,
+    with a warning: the calibration is the expensive part and stays usable.
     """
     from .sensitivity import measure_sensitivity
 
-    probe = min(target_density, SENSITIVITY_PROBE_DENSITY)
-    try:
-        return measure_sensitivity(pipe, scores, prompts, target_density=probe, **kwargs)
-    except ValueError:
-        if probe == target_density:
-            raise
-        return measure_sensitivity(pipe, scores, prompts, target_density=target_density, **kwargs)
+    probes = dict.fromkeys((min(target_density, SENSITIVITY_PROBE_DENSITY), target_density))
+    for probe in probes:
+        try:
+            return measure_sensitivity(pipe, scores, prompts, target_density=probe, **kwargs)
+        except ValueError as e:
+            reason = e
+    logger.warning(f"no sensitivity measured ({reason}); the map is solved from the unweighted scores")
+    return scores

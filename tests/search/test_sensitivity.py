@@ -65,3 +65,21 @@ def test_measured_on_a_tiny_pipeline(groups):
     assert scores.sensitivity is None  # the input is left alone
     with pytest.raises(ValueError, match="groups"):
         measure_sensitivity(pipe, scores, PROMPTS[:1], groups="heads")
+
+
+def test_a_target_with_nothing_to_probe_keeps_the_scores_unweighted(caplog, monkeypatch):
+    from diffusers_sparse_vdit.search import runner, sensitivity
+
+    tried = []
+
+    def nothing_to_probe(pipe, scores, prompts, *, target_density, **kwargs):
+        tried.append(target_density)
+        raise ValueError("the probe map is dense everywhere")
+
+    monkeypatch.setattr(sensitivity, "measure_sensitivity", nothing_to_probe)
+    scores = random_scores(ranges=2)
+    with caplog.at_level("WARNING", logger="diffusers.sparse_vdit"):
+        out = runner.sensitive(None, scores, PROMPTS[:1], 0.6)
+    assert tried == [0.25, 0.6]  # the sparser probe first, then the target itself
+    assert out is scores and out.sensitivity is None  # the calibration stays usable
+    assert "no sensitivity measured" in caplog.text
