@@ -48,7 +48,7 @@ the sparse pattern it computes. It has no weights of its own: loaded by
 {% if expert_2 %}
 **Two experts.** The pipeline runs `transformer` on the high-noise steps and `transformer_2` on the
 low-noise ones; this map covers both ({{ expert_2 }}). Apply it to the pipeline, not to one
-transformer: `apply_sparse_vdit(pipe, "{{ repo_id }}")` installs both, `remove_sparse_vdit(pipe)` removes both.
+transformer: `apply_sparse_vdit` installs both, `remove_sparse_vdit(pipe)` removes both.
 The tables below are `transformer`'s; `SparseVDiTConfig.from_pretrained(...).summary()` prints both.
 {% endif %}{% if image %}
 ![Mode of every attention head: layers down, heads across]({{ image }})
@@ -62,10 +62,17 @@ pip install diffusers-sparse-vdit
 ```python
 import torch
 from diffusers import DiffusionPipeline
+{% if expert_2 -%}
+from diffusers_sparse_vdit import apply_sparse_vdit
+
+pipe = DiffusionPipeline.from_pretrained("{{ base_model_id }}", torch_dtype=torch.bfloat16).to("cuda")
+apply_sparse_vdit(pipe, "{{ repo_id }}")  # both experts: transformer and transformer_2
+{%- else -%}
 from diffusers_sparse_vdit import SparseVDiTProcessor
 
 pipe = DiffusionPipeline.from_pretrained("{{ base_model_id }}", torch_dtype=torch.bfloat16).to("cuda")
 pipe.transformer.set_attn_processor(SparseVDiTProcessor.from_pretrained("{{ repo_id }}"))
+{%- endif %}
 ```
 
 To look at the map itself:
