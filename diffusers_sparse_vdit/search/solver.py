@@ -61,6 +61,7 @@ __all__ = [
     "paper_choice",
     "solve_mckp",
     "solve_paper",
+    "split_at_step",
     "solve_budget",
     "solve_choices",
     "range_steps",
@@ -327,24 +328,22 @@ def range_steps(scores, *, dense_warmup_steps: int = 0, dense_last_steps: int = 
     return _step_weights(scores, num_steps, dense_warmup_steps, dense_last_steps)[0]
 
 
-def _split_at(scores, step: int):
-    """The scores with a step-range boundary at ``step`` (the range holding it split in two, same scores)."""
+def split_at_step(scores, step: int):
+    """The scores with a step-range boundary at ``step``: the range holding it split in two, same scores
+    (the same object when ``step`` already starts a range)."""
     ranges = scores.step_ranges
     if any(start == step for start, _ in ranges):
         return scores
     r = next(i for i, (start, end) in enumerate(ranges) if start < step and (end < 0 or step < end))
     new_ranges = [*ranges[:r], [ranges[r][0], step], [step, ranges[r][1]], *ranges[r + 1:]]
-    pick = torch.tensor([*range(r + 1), *range(r, len(ranges))])
-    return type(scores)(scores.layout, scores.tile_size, scores.candidates, scores.errors[pick], scores.counts[pick],
-                        scores.densities, scores.stripe_mass[pick], scores.metric, new_ranges, scores.sample_tiles,
-                        scores.metadata)
+    return scores.with_ranges([*range(r + 1), *range(r, len(ranges))], new_ranges)
 
 
 def _prepare(scores, dense_layers, warmup, last, num_steps):
     """The scores (split for the dense last steps), sparse steps per range, dense steps, allowed candidates."""
     num_steps = num_steps if num_steps is not None else scores.metadata.get("num_inference_steps")
     if num_steps is not None and last:
-        scores = _split_at(scores, num_steps - last)
+        scores = split_at_step(scores, num_steps - last)
     steps, dense_steps = _step_weights(scores, num_steps, warmup, last)
     sparse = steps > 0
     if (scores.counts[sparse] == 0).any():
@@ -629,7 +628,7 @@ def solve_budget(scores, *, target_density: float | None = None, target_speedup:
     return _combine(results, prepared, error=info["error"] / norm)
 
 
-def solve_choices(scores, choices: torch.Tensor, *, dense_warmup_steps: int = 0,
+def solve_choices(scores, choices: torch.Tensor, *, dense_warmup_steps: int = 0, dense_last_steps: int = 0,
                   num_inference_steps: int | None = None) -> SearchResult:
     """The map of given candidate indices, int ``(ranges, layers, heads)``: for probes and hand-made maps."""
     choices = torch.as_tensor(choices, dtype=torch.int64)
@@ -638,7 +637,11 @@ def solve_choices(scores, choices: torch.Tensor, *, dense_warmup_steps: int = 0,
                          f"got {tuple(choices.shape)}")
     if (choices < 0).any() or (choices >= len(scores.candidates)).any():
         raise ValueError(f"choices must index the {len(scores.candidates)} candidates")
-    scores, steps, dense_steps, _, num_steps = _prepare(scores, (), dense_warmup_steps, 0, num_inference_steps)
-    return _build(scores, choices, steps, dense_steps, {"rule": "given"}, warmup=dense_warmup_steps, last=0,
+    num_steps = num_inference_steps if num_inference_steps is not None else scores.metadata.get("num_inference_steps")
+    if dense_last_steps and num_steps is not None and split_at_step(scores, num_steps - dense_last_steps) is not scores:
+        raise ValueError(f"with dense_last_steps={dense_last_steps}, the scores need a step range starting at step "
+                         f"{num_steps - dense_last_steps} (choices are per range): split them with split_at_step")
+    scores, steps, dense_steps, _, num_steps = _prepare(scores, (), dense_warmup_steps, dense_last_steps, num_steps)
+    return _build(scores, choices, steps, dense_steps, {"rule": "given"}, warmup=dense_warmup_steps, last=dense_last_steps,
                   num_steps=num_steps, attention_share=None, kernel_efficiency=1.0, family=None, target_modules=None,
                   transformer_class=None, base_model=None)
