@@ -164,6 +164,22 @@ def test_evaluate_map_compares_times_and_removes_the_map(pipe):
         assert line in text
 
 
+def test_evaluate_times_both_experts_of_a_wan22_pipeline():
+    import time
+
+    wan22 = tiny_pipeline("wan2.2")
+    low = tiny_mode_map(wan22.transformer_2, [[FULL] * 3] * 2)
+    config = tiny_mode_map(wan22.transformer, [[FULL] * 3] * 2, transformer_2=low)
+    # the low-noise expert runs steps 2-3 (two calls each, CFG) and takes 0.05 s a call
+    # (a forward hook registered before the timer's runs inside the timed span)
+    wan22.transformer_2.register_forward_hook(lambda module, args, output: time.sleep(0.05))
+    report = evaluate_map(wan22, config, "a cat", num_inference_steps=4, warmup=False, lpips=False,
+                          **call_defaults("wan"))
+    assert get_sparse_vdit_hook(wan22.transformer_2) is None
+    for run in ("dense", "sparse"):
+        assert report.timings[run]["transformer_s"] >= 4 * 0.05
+
+
 def test_evaluate_map_wants_a_dense_pipeline(pipe):
     config = tiny_map(pipe, [[FULL] * 3] * 2)
     apply_sparse_vdit(pipe, config, backend="torch")
