@@ -130,7 +130,8 @@ class ScoreSet:
         pick = torch.as_tensor(list(pick), dtype=torch.long)
         return ScoreSet(self.layout, self.tile_size, self.candidates, self.errors[pick], self.counts[pick],
                         self.densities.clone(), self.stripe_mass[pick], self.metric, [list(r) for r in step_ranges],
-                        self.sample_tiles, copy.deepcopy(self.metadata))
+                        self.sample_tiles, copy.deepcopy(self.metadata),
+                        sensitivity=None if self.sensitivity is None else self.sensitivity[pick].clone())
 
     def merge(self, *others: "ScoreSet") -> "ScoreSet":
         """Scores of several runs of the same set-up (e.g. prompt shards on several GPUs), call-weighted."""

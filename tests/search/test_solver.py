@@ -276,3 +276,12 @@ def test_two_experts_must_cover_one_schedule():
         solve_budget(experts, target_density=0.5)
     with pytest.raises(ValueError, match="keyed 'transformer' and 'transformer_2'"):
         solve_paper({"transformer": experts["transformer"]})
+
+
+def test_splitting_off_the_dense_last_steps_keeps_the_measured_sensitivity():
+    scores = _four_steps()
+    scores.step_ranges = [[0, 2], [2, -1]]
+    scores = scores.with_sensitivity(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=torch.float64))
+    split = scores.with_ranges([0, 1, 1], [[0, 2], [2, 3], [3, -1]])
+    assert torch.equal(split.sensitivity, scores.sensitivity[[0, 1, 1]])
+    assert solve_budget(scores, target_density=0.8, dense_last_steps=1).config.step_ranges == [[0, 2], [2, 3], [3, -1]]
