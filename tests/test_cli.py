@@ -207,6 +207,9 @@ def test_search_a_two_expert_pipeline_with_few_steps_then_solve_and_show(capsys,
 
     code, stdout, err = run(capsys, "solve", out, "--target-density", 0.95, "--dense-warmup-steps", 1,
                             "--out", tmp_path / "re-solved")
+    assert code == 1 and "1 last steps dense unscored: solve with at least those" in err  # step 3 has no scores
+    code, stdout, err = run(capsys, "solve", out, "--target-density", 0.95, "--dense-warmup-steps", 1,
+                            "--dense-last-steps", 1, "--out", tmp_path / "re-solved")
     assert code == 0, err
     re_solved = SparseVDiTConfig.from_pretrained(tmp_path / "re-solved")
     assert re_solved.transformer_2 is not None and re_solved.calibration["predicted"]["attention_density"] <= 0.95
@@ -214,6 +217,21 @@ def test_search_a_two_expert_pipeline_with_few_steps_then_solve_and_show(capsys,
     code, stdout, err = run(capsys, "show", out, "--no-png")
     assert code == 0, err
     assert "two experts" in stdout and "transformer_2 (low-noise steps)" in stdout
+
+
+@needs_runner
+def test_search_few_steps_with_a_target_cuts_the_step_ranges_between_the_dense_steps(capsys, tmp_path):
+    out = tmp_path / "few-step-map"
+    code, stdout, err = run(
+        capsys, "search", "--tiny", "wan", "--prompts", _one_prompt(tmp_path), "--steps", 4, "--guidance-scale", 1,
+        "--dense-warmup-fraction", 0.25, "--dense-last-steps", 1, "--target-density", 0.95, "--sensitivity-prompts", 1,
+        "--backend", "torch", "--sample-tiles", 4, "--out", out, "-q",
+    )
+    assert code == 0, err
+    config = SparseVDiTConfig.from_pretrained(out)
+    assert config.step_ranges == [[0, 2], [2, 3], [3, -1]] and config.dense_warmup_steps == 1
+    scores = ScoreSet.load(out / "scores")
+    assert scores.metadata["sensitivity"]["dense_last_steps"] == 1
 
 
 def _one_prompt(tmp_path):

@@ -24,6 +24,7 @@ in the scores' metadata.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -94,12 +95,12 @@ def measure_sensitivity(
     call.update(pipeline_kwargs or {})
     if dense_last_steps:  # the probe's ranges are the scores' ranges
         scores = split_at_step(scores, call["num_inference_steps"] - dense_last_steps)
-    dense = dict(dense_warmup_steps=dense_warmup_steps, dense_last_steps=dense_last_steps)
+    dense_steps = dict(dense_warmup_steps=dense_warmup_steps, dense_last_steps=dense_last_steps)
     plain = scores.with_sensitivity(None)
-    probe = solve_budget(plain, target_density=target_density, **dense).choices
+    probe = solve_budget(plain, target_density=target_density, **dense_steps).choices
     full = scores.full_index
     item_err = plain.errors.gather(3, probe[..., None])[..., 0]  # (R, L, H) error of each probe entry
-    steps = range_steps(plain, **dense)
+    steps = range_steps(plain, **dense_steps)
     weight = steps[:, None, None] / (scores.num_layers * scores.num_heads)
     predicted = (weight * item_err).sum(dim=2)  # (R, L): the solver's objective, entry group by entry group
 
@@ -114,7 +115,7 @@ def measure_sensitivity(
 
     def relative_errors(choices) -> float:
         """Mean over prompts of the final latents' squared relative error against dense."""
-        apply_sparse_vdit(pipe, solve_choices(plain, choices, **dense).config,
+        apply_sparse_vdit(pipe, solve_choices(plain, choices, **dense_steps).config,
                           backend=backend)
         try:
             total = 0.0
@@ -166,7 +167,9 @@ def measure_sensitivity(
     out = scores.with_sensitivity(ratio)
     out.metadata["sensitivity"] = {
         "groups": groups, "target_density": target_density, "prompts": len(prompts), "seed": seed,
-        "dense_warmup_steps": dense_warmup_steps, "dense_last_steps": dense_last_steps, "final_error_everywhere": everywhere,
-        "final_error_summed": summed, "measured": measured.tolist(), "predicted": predicted.tolist(),
+        "dense_warmup_steps": dense_warmup_steps, "dense_last_steps": dense_last_steps,
+        "final_error_everywhere": everywhere, "final_error_summed": summed,
+        "measured": [[v if math.isfinite(v) else None for v in row] for row in measured.tolist()],  # None: not probed
+        "predicted": predicted.tolist(),
     }
     return out

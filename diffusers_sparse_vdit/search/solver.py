@@ -348,7 +348,10 @@ def _prepare(scores, dense_layers, warmup, last, num_steps):
     sparse = steps > 0
     if (scores.counts[sparse] == 0).any():
         missing = [[r, layer] for r, layer in (scores.counts == 0).nonzero().tolist() if sparse[r]]
-        raise ValueError(f"no scored calls for (step range, layer) {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        meta = scores.metadata
+        raise ValueError(f"no scored calls for (step range, layer) {missing[:8]}{' ...' if len(missing) > 8 else ''}"
+                         f"; the scores left {meta.get('dense_warmup_steps', 0)} warm-up and "
+                         f"{meta.get('dense_last_steps', 0)} last steps dense unscored: solve with at least those")
     allowed = torch.ones(scores.errors.shape, dtype=torch.bool)
     for layer in dense_layers:
         allowed[:, layer] = False

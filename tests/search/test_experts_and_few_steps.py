@@ -125,3 +125,27 @@ def test_few_step_schedule_without_guidance():
         calibrate(pipe, PROMPTS[:1], dense_warmup_steps=3, dense_last_steps=2, **kwargs)
     with pytest.raises(ValueError, match="leaves no step after 2 warm-up steps and 2 last steps"):
         calibrate(pipe, PROMPTS[:1], dense_warmup_steps=2, dense_last_steps=2, **kwargs)
+
+
+def test_default_step_ranges_and_sensitivity_on_a_few_step_schedule():
+    """search()'s defaults (8 step ranges, measured sensitivity) with a target: ranges cut between the dense steps."""
+    pipe = tiny_pipeline("wan")
+    pipe.set_progress_bar_config(disable=True)
+    result = search(pipe, PROMPTS[:1], target_density=0.9, dense_warmup_fraction=0.25, dense_last_steps=1,
+                    sensitivity_prompts=1, **run(pipe, "wan", num_inference_steps=4, guidance_scale=1.0))
+    config = result.config
+    # sparse steps 1 and 2 (8 ranges capped at 2; the warm-up joins the first), the dense last step alone
+    assert config.step_ranges == [[0, 2], [2, 3], [3, -1]] and config.dense_warmup_steps == 1
+    assert config.mode_counts(2)["FULL"] == 6
+    assert config.calibration["sensitivity"]["dense_last_steps"] == 1
+    assert result.attention_density <= 0.9 + 1e-9
+
+
+def test_sensitivity_is_skipped_with_a_note_for_two_experts(wan22, caplog):
+    with caplog.at_level("WARNING", logger="diffusers.sparse_vdit"):
+        result = search(wan22, PROMPTS[:1], target_density=0.9, sensitivity_prompts=1,
+                        **run(wan22, "wan2.2", num_inference_steps=STEPS))
+    assert "sensitivity is not measured for two experts' scores" in caplog.text
+    assert result.config.transformer_2 is not None and result.attention_density <= 0.9 + 1e-9
+    # the default 8 ranges, capped at the 4 steps, each expert keeping its own
+    assert result.config.step_ranges == [[0, 1], [1, -1]] and result.config.transformer_2.step_ranges == [[0, 3], [3, -1]]
