@@ -45,7 +45,12 @@ This repository holds a [Sparse-vDiT]({{ paper_url }}) **attention mode map** fo
 for each head of the transformer's {{ num_layers }} self-attention layers ({{ num_heads }} heads each),
 the sparse pattern it computes. It has no weights of its own: loaded by
 [diffusers-sparse-vdit]({{ repo_url }}), it makes the base model's attention cheaper, without training.
-{% if image %}
+{% if expert_2 %}
+**Two experts.** The pipeline runs `transformer` on the high-noise steps and `transformer_2` on the
+low-noise ones; this map covers both ({{ expert_2 }}). Apply it to the pipeline, not to one
+transformer: `apply_sparse_vdit` installs both, `remove_sparse_vdit(pipe)` removes both.
+The tables below are `transformer`'s; `SparseVDiTConfig.from_pretrained(...).summary()` prints both.
+{% endif %}{% if image %}
 ![Mode of every attention head: layers down, heads across]({{ image }})
 {% endif %}
 ## Usage
@@ -57,10 +62,17 @@ pip install diffusers-sparse-vdit
 ```python
 import torch
 from diffusers import DiffusionPipeline
+{% if expert_2 -%}
+from diffusers_sparse_vdit import apply_sparse_vdit
+
+pipe = DiffusionPipeline.from_pretrained("{{ base_model_id }}", torch_dtype=torch.bfloat16).to("cuda")
+apply_sparse_vdit(pipe, "{{ repo_id }}")  # both experts: transformer and transformer_2
+{%- else -%}
 from diffusers_sparse_vdit import SparseVDiTProcessor
 
 pipe = DiffusionPipeline.from_pretrained("{{ base_model_id }}", torch_dtype=torch.bfloat16).to("cuda")
 pipe.transformer.set_attn_processor(SparseVDiTProcessor.from_pretrained("{{ repo_id }}"))
+{%- endif %}
 ```
 
 To look at the map itself:
@@ -133,6 +145,7 @@ def model_card(
         num_layers=config.num_layers,
         num_heads=config.num_heads,
         num_ranges=config.num_ranges,
+        expert_2=_expert_text(config.transformer_2),
         image=image,
         modes=modes,
         density="\n\n".join([_density_section(config), *(f"{line}." for line in dense_steps(config))]),
@@ -142,6 +155,13 @@ def model_card(
         repo_url=repo_url,
         **template_kwargs,
     )
+
+
+def _expert_text(expert: "SparseVDiTConfig | None") -> str:
+    if expert is None:
+        return ""
+    counts = ", ".join(f"{name} {n}" for name, n in expert.mode_counts().items() if n)
+    return f"`transformer_2`: {expert.num_layers} layers x {expert.num_heads} heads, {counts}"
 
 
 # Pieces shared with SparseVDiTConfig.summary and plot_mode_map ------------------------------

@@ -114,6 +114,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _warmup_fraction(text: str) -> float:
+    value = _number(text, float)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (0.25 = the first quarter of the steps), got {text}")
+    return value
+
+
 def _tile_size(text: str) -> int:
     value = _number(text, int)
     if value < 16 or value & (value - 1):
@@ -205,12 +212,26 @@ def _add_solver_args(parser: argparse.ArgumentParser) -> None:
         metavar="E",
         help="paper's rule: largest loss a sparse head may have (default: lambda)",
     )
-    group.add_argument(
+    warmup = group.add_mutually_exclusive_group()
+    warmup.add_argument(
         "--dense-warmup-steps",
         type=_non_negative_int,
         default=0,
         metavar="N",
         help="the first N denoising steps stay dense (default: 0)",
+    )
+    warmup.add_argument(
+        "--dense-warmup-fraction",
+        type=_warmup_fraction,
+        metavar="F",
+        help="instead: this share of the steps stays dense at the start, rounded up (0.25 of 4 steps is 1)",
+    )
+    group.add_argument(
+        "--dense-last-steps",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="the last N steps stay dense too (few-step checkpoints; default: 0)",
     )
     group.add_argument(
         "--attention-share",
@@ -237,6 +258,19 @@ def _check_solver_args(parser, args) -> None:
             "--lambda and --epsilon set the paper's rule, which runs only without a target: "
             "drop them, or drop --target-speedup/--target-density"
         )
+
+
+def _check_dense_steps(parser, args, num_steps: int) -> None:
+    from .search.solver import dense_step_counts
+
+    try:
+        warmup, last = dense_step_counts(num_steps, args.dense_warmup_steps, args.dense_warmup_fraction,
+                                         args.dense_last_steps)
+    except ValueError as e:
+        parser.error(str(e))
+    if warmup + last >= num_steps:
+        parser.error(f"{warmup} dense warm-up steps and {last} dense last steps leave none of the {num_steps} steps "
+                     "to make sparse")
 
 
 def _check_video_args(parser, args) -> None:
@@ -311,7 +345,8 @@ def _base_model(args) -> str | None:
 def _solve(scores, args, *, base_model: str | None = None):
     from .search import solve_budget, solve_paper
 
-    common = dict(dense_warmup_steps=args.dense_warmup_steps, attention_share=args.attention_share)
+    common = dict(dense_warmup_steps=args.dense_warmup_steps, dense_warmup_fraction=args.dense_warmup_fraction,
+                  dense_last_steps=args.dense_last_steps, attention_share=args.attention_share)
     if base_model:
         common["base_model"] = base_model
     try:
@@ -424,11 +459,13 @@ def _cmd_search(args, parser) -> None:
     _check_solver_args(parser, args)
     _check_video_args(parser, args)
     _check_device(parser, args)
+    _check_dense_steps(parser, args, _steps(args))
     if args.prompts is not None and not Path(args.prompts).is_file():
         parser.error(f"--prompts {args.prompts}: no such file (one prompt a line; leave it out for the built-in set)")
     out = _check_out(parser, args)
 
     from .search import runner
+    from .search.scores import save_expert_scores
 
     try:
         prompts = runner.load_prompts(args.prompts)
@@ -445,34 +482,36 @@ def _cmd_search(args, parser) -> None:
     )
     call = _image_call(pipe, call, args.image)
     steps = _steps(args)
+    dense = dict(dense_warmup_steps=args.dense_warmup_steps, dense_warmup_fraction=args.dense_warmup_fraction,
+                 dense_last_steps=args.dense_last_steps)
     try:
-        ranges = runner.equal_step_ranges(steps, args.step_ranges, args.dense_warmup_steps)
+        ranges = runner.schedule_step_ranges(steps, args.step_ranges, **dense)
     except ValueError as e:
         raise CommandError(str(e)) from None
     scores = runner.calibrate(
         pipe,
         prompts,
-        step_ranges=ranges if len(ranges) > 1 else None,
+        step_ranges=ranges,
         num_inference_steps=steps,
         seed=args.seed,
         sample_tiles=args.sample_tiles,
         tile_size=args.tile_size or (TINY_TILE_SIZE if args.tiny else DEFAULT_TILE),
         propagate=args.propagate,
-        dense_warmup_steps=args.dense_warmup_steps,
+        **dense,
         backend=args.backend,
         progress=not args.quiet,
         **calibrate_arguments(call),
     )
     target = 1.0 / args.target_speedup if args.target_speedup is not None else args.target_density
-    if target is not None and args.sensitivity != "none" and (args.sensitivity == "layers" or scores.num_ranges > 1):
+    if target is not None and args.sensitivity != "none":
         # the solver then weighs each range's errors by their effect on the final latents
         scores = runner.sensitive(pipe, scores, prompts[: args.sensitivity_prompts], target,
-                                  groups=args.sensitivity, dense_warmup_steps=args.dense_warmup_steps,
-                                  seed=args.seed, backend=args.backend, progress=not args.quiet,
+                                  groups=args.sensitivity, seed=args.seed, backend=args.backend,
+                                  progress=not args.quiet,
                                   pipeline_kwargs=calibrate_arguments(call).get("pipeline_kwargs"))
     stage = _new_sibling(out)
     try:
-        scores.save(stage / "scores")
+        save_expert_scores(scores, stage / "scores")
         try:
             result = _solve(scores, args, base_model=_base_model(args))
         except CommandError as e:
@@ -502,8 +541,7 @@ def _cmd_search(args, parser) -> None:
 # solve ------------------------------------------------------------------------------------
 def _cmd_solve(args, parser) -> None:
     _check_solver_args(parser, args)
-    from .search import ScoreSet
-    from .search.scores import SCORES_JSON
+    from .search.scores import SCORES_JSON, load_expert_scores
 
     source = Path(args.scores)
     if not (source / SCORES_JSON).is_file() and (source / "scores" / SCORES_JSON).is_file():
@@ -511,7 +549,7 @@ def _cmd_solve(args, parser) -> None:
     if not (source / SCORES_JSON).is_file():
         parser.error(f"{args.scores} holds no {SCORES_JSON}: pass the scores folder `{PROG} search` wrote (OUT/scores)")
     try:
-        scores = ScoreSet.load(source)
+        scores = load_expert_scores(source)
     except ValueError as e:
         raise CommandError(str(e)) from None
     out = _check_out(parser, args, keeps=source)
@@ -688,8 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=runner_defaults.DEFAULT_STEP_RANGES,
         metavar="N",
-        help="one map per range of steps: the steps after the warm-up cut into N equal ranges "
-        f"(default: {runner_defaults.DEFAULT_STEP_RANGES}; 1: one map for every step)",
+        help="one map per range of steps: the steps between the dense warm-up and the dense last steps cut into N "
+        f"equal ranges (default: {runner_defaults.DEFAULT_STEP_RANGES}; 1: one map for every step)",
     )
     group.add_argument(
         "--sensitivity",
@@ -697,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="ranges",
         help="with a target: before solving, generate the first prompts with a probe map sparse in one step range "
         "(or range and layer) at a time, so each range's errors count by their effect on the final video "
-        "(default: ranges; costs (ranges + 2) generations a prompt)",
+        "(default: ranges; costs (ranges + 2) generations a prompt; not measured for two experts' scores)",
     )
     group.add_argument(
         "--sensitivity-prompts",

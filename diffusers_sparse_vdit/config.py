@@ -11,6 +11,15 @@ On disk a map is two files:
   file describes itself on its own, and so a load can tell that the two files were saved together.
 
 ``ranges`` is 1 unless the map changes with the denoising step (``step_ranges``).
+
+A pipeline with two experts (Wan2.2 A14B: ``transformer`` for the high-noise steps,
+``transformer_2`` for the low-noise ones) has one map for both: the map of ``transformer`` with
+``transformer_2``'s map nested in it (:attr:`SparseVDiTConfig.transformer_2`). The nested map's
+fields sit under ``"transformer_2"`` in ``config.json`` and its arrays under ``transformer_2.*`` in
+the same safetensors file, so both are saved, checked and pushed as one pair. A map without the key
+is a one-transformer map, as before; an older reader refuses a two-expert map (unknown arrays)
+rather than apply half of it. Step indices (warm-up, step ranges) count the whole schedule, both
+experts' steps together.
 Nothing is pickled. Saves are atomic (:func:`.files.write_pair`); a load refuses a pair whose
 header copy differs from ``config.json`` and checks every field as stored, before any cast (a
 mode id 258 is an error, not DIAGONAL); a bad file gets an error naming the file, the key and
@@ -56,6 +65,7 @@ MODE_MAP_NAME = "mode_map.safetensors"
 PLOT_NAME = "mode_map.png"
 README_NAME = "README.md"
 _FORMAT_KEY = "sparse_vdit_config"
+EXPERT_KEY = "transformer_2"  # the second expert's map, named as the pipeline component it goes to
 
 # family -> diffusers transformer classes it covers
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -110,6 +120,7 @@ class SparseVDiTConfig(
         base_model: str | None = None,
         calibration: dict[str, Any] | None = None,
         schema_version: int = SCHEMA_VERSION,
+        transformer_2: "SparseVDiTConfig | None" = None,
     ):
         where = "invalid Sparse-vDiT mode map"
         settings = _checked_settings(
@@ -152,6 +163,8 @@ class SparseVDiTConfig(
         self.base_model = settings["base_model"]
         self.calibration = dict(settings["calibration"])
         self.schema_version = settings["schema_version"]
+        # the low-noise expert's map (pipelines with transformer_2, e.g. Wan2.2 A14B); None for one transformer
+        self.transformer_2 = transformer_2
         self.validate()
 
     # Construction -----------------------------------------------------------------------
@@ -278,7 +291,7 @@ class SparseVDiTConfig(
             raise ValueError(f"{where}: {msg}")
 
         _checked_settings(where, {key: getattr(self, key) for key in _INIT_KEYS})
-        _checked_arrays(where, **self.tensors())
+        _checked_arrays(where, **{name: getattr(self, name) for name in _ARRAYS})
         if self.schema_version != SCHEMA_VERSION:
             fail(
                 f"schema_version {self.schema_version} is not supported by this version of diffusers-sparse-vdit "
@@ -311,6 +324,14 @@ class SparseVDiTConfig(
             self.calibration_layout()
         except (TypeError, ValueError) as e:
             fail(f"calibration does not give a valid token layout: {e}")
+        expert = self.transformer_2
+        if expert is not None:
+            if not isinstance(expert, SparseVDiTConfig):
+                fail(f"transformer_2 must be a SparseVDiTConfig (the second expert's map), got {type(expert).__name__}")
+            if expert.transformer_2 is not None:
+                fail("transformer_2's map has a transformer_2 of its own: a pipeline has at most two experts")
+            if expert.family != self.family:
+                fail(f"transformer_2's map is for family {expert.family!r}, transformer's for {self.family!r}")
 
     # Serialization ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -333,15 +354,25 @@ class SparseVDiTConfig(
             "dense_above_timestep": self.dense_above_timestep,
             "calibration": self.calibration,
             "mode_counts": self.mode_counts(),
+            **({EXPERT_KEY: self.transformer_2.to_dict()} if self.transformer_2 is not None else {}),
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {
+        own = {
             "modes": self.modes.contiguous(),
             "widths": self.widths.contiguous(),
             "sink_frames": self.sink_frames.contiguous(),
             "stripes": self.stripes.contiguous(),
         }
+        if self.transformer_2 is not None:
+            own.update({f"{EXPERT_KEY}.{name}": t for name, t in self.transformer_2.tensors().items()})
+        return own
+
+    @property
+    def experts(self) -> dict[str, "SparseVDiTConfig"]:
+        """The map of each transformer it covers, by pipeline component: ``transformer`` (and ``transformer_2``)."""
+        own = {"transformer": self}
+        return own if self.transformer_2 is None else {**own, EXPERT_KEY: self.transformer_2}
 
     def save_files(self, save_directory: str | Path) -> Path:
         """Write ``config.json`` and ``mode_map.safetensors`` into ``save_directory``, atomically.
@@ -359,36 +390,46 @@ class SparseVDiTConfig(
         """Read and validate a map from its two files, checking that they were saved together."""
         config_file, mode_map_file = Path(config_file), Path(mode_map_file)
         data = _read_config_json(config_file)
-        missing = [key for key in _INIT_KEYS if key not in data]
-        if missing:
-            raise ValueError(f"{config_file}: missing keys {missing}: the file is damaged; {_FIX}")
-        settings = _checked_settings(str(config_file), {key: data[key] for key in _INIT_KEYS})
-        if "num_layers" in data:
-            files.check_int(str(config_file), "num_layers", data["num_layers"], minimum=1)
-        unknown = set(data) - set(_INIT_KEYS) - {"library", "library_version", "num_layers", "mode_counts"}
-        if unknown:
-            _logger().warning(f"ignoring unknown keys {sorted(unknown)} in {config_file}")
+        expert_data = data.get(EXPERT_KEY)
+        if expert_data is not None and not isinstance(expert_data, dict):
+            raise ValueError(f"{config_file}: {EXPERT_KEY!r} must be a JSON object (the second expert's map); {_FIX}")
+        settings = _settings_of(data, str(config_file), allowed={EXPERT_KEY})
+        expert_settings = None if expert_data is None else _settings_of(expert_data, f"{config_file} ({EXPERT_KEY})")
         tensors = files.read_tensors(mode_map_file, config_file, data, _FORMAT_KEY, _FIX)
-        if set(tensors) != set(_ARRAYS):
-            missing, extra = sorted(set(_ARRAYS) - set(tensors)), sorted(set(tensors) - set(_ARRAYS))
+        prefix = f"{EXPERT_KEY}."
+        expected = set(_ARRAYS) | ({prefix + name for name in _ARRAYS} if expert_data is not None else set())
+        if set(tensors) != expected:
+            missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
             raise ValueError(
-                f"{mode_map_file} must hold exactly the arrays {list(_ARRAYS)}"
+                f"{mode_map_file} must hold exactly the arrays {sorted(expected)}"
                 + (f"; it lacks {missing}" if missing else "")
                 + (f"; it has unknown {extra}" if extra else "")
+                + (" (a map with two experts: upgrade diffusers-sparse-vdit to read it)" if any(
+                    name.startswith(prefix) for name in extra) else "")
                 + f": {_FIX}"
             )
-        _checked_arrays(str(mode_map_file), **tensors)
+        expert = None
+        if expert_data is not None:
+            arrays = {name: tensors[prefix + name] for name in _ARRAYS}
+            expert = cls._from_parts(expert_data, expert_settings, arrays, f"{config_file} ({EXPERT_KEY})", mode_map_file)
+        arrays = {name: tensors[name] for name in _ARRAYS}
+        return cls._from_parts(data, settings, arrays, str(config_file), mode_map_file, transformer_2=expert)
+
+    @classmethod
+    def _from_parts(cls, data, settings, arrays, where: str, mode_map_file: Path, **extra) -> "SparseVDiTConfig":
+        """A map from its checked JSON settings and its arrays, cross-checked with the JSON's counts."""
+        _checked_arrays(str(mode_map_file), **arrays)
         try:
-            config = cls(**copy.deepcopy(settings), **tensors)
+            config = cls(**copy.deepcopy(settings), **arrays, **extra)
         except ValueError as e:
-            raise ValueError(f"{config_file} with {mode_map_file.name}: {e}") from None
+            raise ValueError(f"{where} with {mode_map_file.name}: {e}") from None
         if data.get("num_layers", config.num_layers) != config.num_layers:
             raise ValueError(
-                f"{config_file} says num_layers={data['num_layers']} but lists {config.num_layers} target modules"
+                f"{where} says num_layers={data['num_layers']} but lists {config.num_layers} target modules"
             )
         if "mode_counts" in data and data["mode_counts"] != config.mode_counts():
             raise ValueError(
-                f"{config_file} counts the modes {data['mode_counts']} but {mode_map_file} holds "
+                f"{where} counts the modes {data['mode_counts']} but {mode_map_file} holds "
                 f"{config.mode_counts()}: the arrays were changed after the map was saved; {_FIX}"
             )
         return config
@@ -556,7 +597,9 @@ class SparseVDiTConfig(
         counts = ", ".join(f"{k}={v}" for k, v in self.mode_counts().items() if v)
         return (
             f"SparseVDiTConfig(family={self.family!r}, {self.num_layers} layers x {self.num_heads} heads, "
-            f"{self.num_ranges} step range(s), tile {self.tile_size}, {counts})"
+            f"{self.num_ranges} step range(s), tile {self.tile_size}, {counts}"
+            + (f"; transformer_2: {self.transformer_2!r}" if self.transformer_2 is not None else "")
+            + ")"
         )
 
     def summary(self) -> str:
@@ -587,6 +630,9 @@ class SparseVDiTConfig(
                 lines.append("  ".join([label.ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells, widths[1:])]))
             if layout is not None:
                 lines.append(f"attention density at {layout}: {card.density_text(self.density(layout, step=start))}")
+        if self.transformer_2 is not None:
+            lines[0] = "two experts. transformer (high-noise steps): " + lines[0]
+            lines += ["", "transformer_2 (low-noise steps): " + self.transformer_2.summary()]
         return "\n".join(lines)
 
 
@@ -614,6 +660,20 @@ _FIX = (
 # sequence), so a larger one is a damaged value, not a choice.
 MAX_BAND_WIDTH = 1024.0
 MAX_SINK_FRAMES = 255  # stored as uint8
+
+
+def _settings_of(data: dict[str, Any], where: str, allowed: set[str] = frozenset()) -> dict[str, Any]:
+    """The constructor settings of a map's JSON, checked; unknown keys are warned about."""
+    missing = [key for key in _INIT_KEYS if key not in data]
+    if missing:
+        raise ValueError(f"{where}: missing keys {missing}: the file is damaged; {_FIX}")
+    settings = _checked_settings(where, {key: data[key] for key in _INIT_KEYS})
+    if "num_layers" in data:
+        files.check_int(where, "num_layers", data["num_layers"], minimum=1)
+    unknown = set(data) - set(_INIT_KEYS) - {"library", "library_version", "num_layers", "mode_counts"} - allowed
+    if unknown:
+        _logger().warning(f"ignoring unknown keys {sorted(unknown)} in {where}")
+    return settings
 
 
 def _checked_settings(where: str, values: dict[str, Any]) -> dict[str, Any]:

@@ -123,9 +123,9 @@ def _lpips_metric():
 
 # Timed generation -------------------------------------------------------------------------
 @contextlib.contextmanager
-def _transformer_timer(transformer, seconds: list[float]):
-    """Adds up the wall time of the transformer's forwards (the part sparse attention speeds up)."""
-    cuda = next(transformer.parameters()).is_cuda
+def _transformer_timer(transformers, seconds: list[float]):
+    """Adds up the wall time of the transformers' forwards (the part sparse attention speeds up)."""
+    cuda = next(transformers[0].parameters()).is_cuda
     start = []
 
     def sync():
@@ -140,7 +140,7 @@ def _transformer_timer(transformer, seconds: list[float]):
         sync()
         seconds.append(time.perf_counter() - start.pop())
 
-    handles = [transformer.register_forward_pre_hook(before), transformer.register_forward_hook(after)]
+    handles = [h for t in transformers for h in (t.register_forward_pre_hook(before), t.register_forward_hook(after))]
     try:
         yield
     finally:
@@ -156,7 +156,9 @@ def _generate(pipe, prompt, *, seed, num_inference_steps, **call):
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    with _transformer_timer(pipe.transformer, transformer_seconds):
+    # both experts of a Wan2.2 A14B pipeline
+    transformers = [t for t in (pipe.transformer, getattr(pipe, "transformer_2", None)) if t is not None]
+    with _transformer_timer(transformers, transformer_seconds):
         frames = pipe(
             prompt=prompt, num_inference_steps=num_inference_steps, generator=generator, output_type="pt", **call
         ).frames

@@ -21,6 +21,12 @@ Image-to-video (:data:`I2V_VARIANTS`), each with its pipeline (tiny image encode
   stream), ``HunyuanVideoImageToVideoPipeline``;
 * ``"skyreels_i2v"``: SkyReels-V1 (image latents concatenated on channels), ``HunyuanSkyreelsImageToVideoPipeline``.
 
+Pipelines only (:data:`WAN22_VARIANTS`, also in :data:`PIPELINE_VARIANTS`), Wan2.2-style ``WanPipeline`` objects:
+
+* ``"wan2.2"``: two experts, ``transformer`` (high noise) and ``transformer_2`` (low noise, other
+  weights), switched at ``boundary_ratio=0.9`` (Wan2.2 A14B: 0.875; with the scheduler's shift 7, 2 steps or 4 split evenly);
+* ``"wan2.2-ti2v"``: one transformer with ``expand_timesteps=True``: per-token timesteps (as TI2V-5B).
+
 Every transformer has 2 sparse target layers of 3 heads x 16 channels.
 """
 
@@ -36,6 +42,7 @@ from .modes import ModeSpec
 __all__ = [
     "VARIANTS",
     "I2V_VARIANTS",
+    "WAN22_VARIANTS",
     "PIPELINE_VARIANTS",
     "tiny_transformer",
     "tiny_transformer_inputs",
@@ -47,7 +54,8 @@ __all__ = [
 
 VARIANTS = ("wan", "hunyuan_video", "cogvideox", "cogvideox1.5", "hunyuan_video15")  # one per family and patching
 I2V_VARIANTS = ("wan_i2v", "cogvideox_i2v", "cogvideox1.5_i2v", "hunyuan_video_i2v", "skyreels_i2v")
-PIPELINE_VARIANTS = (*VARIANTS, *I2V_VARIANTS)  # each has a tiny_pipeline
+WAN22_VARIANTS = ("wan2.2", "wan2.2-ti2v")
+PIPELINE_VARIANTS = (*VARIANTS, *I2V_VARIANTS, *WAN22_VARIANTS)  # each has a tiny_pipeline
 IMAGE_DIM = 8  # the tiny image encoders' width
 HEADS, HEAD_DIM = 3, 16
 TEXT_DIM = 16  # text encoder width = the transformers' text embedding width
@@ -301,7 +309,7 @@ def tiny_pipeline(variant: str, *, seed: int = 0):
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN, *_HUNYUAN_I2V_SPECIAL]})
     vocab = len(tokenizer)
     torch.manual_seed(seed)
-    if variant in ("wan", "wan_i2v"):
+    if variant in ("wan", "wan_i2v", *WAN22_VARIANTS):
         text_encoder = transformers.UMT5EncoderModel(transformers.UMT5Config(
             vocab_size=vocab, d_model=TEXT_DIM, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
             relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
@@ -311,15 +319,22 @@ def tiny_pipeline(variant: str, *, seed: int = 0):
         )
         components = dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
                           scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0))
-        if variant == "wan":
-            pipe = diffusers.WanPipeline(
-                **components, transformer=tiny_transformer("wan", seed=seed, in_channels=16, out_channels=16)
-            )
-        else:  # the first-frame latent (16) and its mask (4) concatenated to the noise (16) on channels
+        if variant == "wan_i2v":  # the first-frame latent (16) and its mask (4) concatenated to the noise (16) on channels
             pipe = diffusers.WanImageToVideoPipeline(
                 **components, transformer=tiny_transformer("wan_i2v", seed=seed),
                 image_encoder=transformers.CLIPVisionModel(_tiny_clip_vision_config()),
                 image_processor=_tiny_clip_image_processor(),
+            )
+        else:
+            experts = {}
+            if variant == "wan2.2":
+                second = tiny_transformer("wan", seed=seed + 1, in_channels=16, out_channels=16)
+                experts = dict(transformer_2=second, boundary_ratio=0.9)
+            elif variant == "wan2.2-ti2v":
+                experts = dict(expand_timesteps=True)
+            pipe = diffusers.WanPipeline(
+                **components, transformer=tiny_transformer("wan", seed=seed, in_channels=16, out_channels=16),
+                **experts,
             )
     elif variant in ("hunyuan_video", "hunyuan_video_i2v", "skyreels_i2v"):
         llama = transformers.LlamaConfig(

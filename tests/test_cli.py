@@ -111,6 +111,13 @@ def test_console_script_and_module_entry_point():
             "not a multiple of 16 (the VAE's 8x and the 2x2 patches): try 96",
         ),
         (["search", "--tiny", "wan", "--out", "x", "--prompts", "no-such-file.txt"], "no such file"),
+        (["search", "--tiny", "wan", "--out", "x", "--dense-warmup-fraction", "1.5"], "must be in [0, 1)"),
+        (["search", "--tiny", "wan", "--out", "x", "--dense-warmup-steps", "1", "--dense-warmup-fraction", "0.2"],
+         "not allowed with argument"),
+        (["search", "--tiny", "wan", "--out", "x", "--steps", "4", "--dense-warmup-steps", "2", "--dense-last-steps",
+          "2"], "leave none of the 4 steps"),
+        (["search", "--tiny", "wan", "--out", "x", "--steps", "4", "--dense-warmup-steps", "3", "--dense-last-steps",
+          "2"], "more dense steps than the schedule's 4"),
         (["solve", "--target-speedup", "2", "--out", "x"], "required: SCORES_DIR"),
         (["show", "m", "--png", "a.png", "--no-png"], "not allowed with argument"),
         (["push", "no-such-folder", "user/repo"], "is not a folder"),
@@ -181,6 +188,56 @@ def test_search_writes_the_map_and_its_scores_then_solve_re_solves(capsys, tmp_p
         code, stdout, err = run(capsys, "solve", source, *rule, "--out", target)
         assert code == 0, err
         assert SparseVDiTConfig.from_pretrained(target).target_modules == config.target_modules
+
+
+@needs_runner
+def test_search_a_two_expert_pipeline_with_few_steps_then_solve_and_show(capsys, tmp_path):
+    out = tmp_path / "wan22-map"
+    code, stdout, err = run(
+        capsys, "search", "--tiny", "wan2.2", "--prompts", _one_prompt(tmp_path), "--steps", 4,
+        "--dense-warmup-fraction", 0.25, "--dense-last-steps", 1, "--lambda", 0.01, "--epsilon", 10,
+        "--backend", "torch", "--sample-tiles", 4, "--out", out, "-q",
+    )
+    assert code == 0, err
+    assert "transformer_2 (steps 2 to 3)" in stdout
+    config = SparseVDiTConfig.from_pretrained(out)
+    assert config.transformer_2 is not None and config.dense_warmup_steps == 1
+    assert config.transformer_2.step_ranges == [[0, 3], [3, -1]]  # its steps 2 | 3, the last one dense
+    assert (out / "scores" / "transformer_2" / "scores.json").is_file()
+
+    code, stdout, err = run(capsys, "solve", out, "--target-density", 0.95, "--dense-warmup-steps", 1,
+                            "--out", tmp_path / "re-solved")
+    assert code == 1 and "1 last steps dense unscored: solve with at least those" in err  # step 3 has no scores
+    code, stdout, err = run(capsys, "solve", out, "--target-density", 0.95, "--dense-warmup-steps", 1,
+                            "--dense-last-steps", 1, "--out", tmp_path / "re-solved")
+    assert code == 0, err
+    re_solved = SparseVDiTConfig.from_pretrained(tmp_path / "re-solved")
+    assert re_solved.transformer_2 is not None and re_solved.calibration["predicted"]["attention_density"] <= 0.95
+
+    code, stdout, err = run(capsys, "show", out, "--no-png")
+    assert code == 0, err
+    assert "two experts" in stdout and "transformer_2 (low-noise steps)" in stdout
+
+
+@needs_runner
+def test_search_few_steps_with_a_target_cuts_the_step_ranges_between_the_dense_steps(capsys, tmp_path):
+    out = tmp_path / "few-step-map"
+    code, stdout, err = run(
+        capsys, "search", "--tiny", "wan", "--prompts", _one_prompt(tmp_path), "--steps", 4, "--guidance-scale", 1,
+        "--dense-warmup-fraction", 0.25, "--dense-last-steps", 1, "--target-density", 0.95, "--sensitivity-prompts", 1,
+        "--backend", "torch", "--sample-tiles", 4, "--out", out, "-q",
+    )
+    assert code == 0, err
+    config = SparseVDiTConfig.from_pretrained(out)
+    assert config.step_ranges == [[0, 2], [2, 3], [3, -1]] and config.dense_warmup_steps == 1
+    scores = ScoreSet.load(out / "scores")
+    assert scores.metadata["sensitivity"]["dense_last_steps"] == 1
+
+
+def _one_prompt(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat walks in the city at night\n")
+    return prompts
 
 
 def test_solve_from_saved_scores(capsys, tmp_path):

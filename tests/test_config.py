@@ -325,6 +325,64 @@ def test_missing_keys_and_extra_arrays_say_what_to_do(tmp_path):
         SparseVDiTConfig.from_pretrained(tmp_path)
 
 
+
+# Two experts (Wan2.2 A14B) --------------------------------------------------------------------
+def _two_experts(**kwargs):
+    low = make_config(layers=2, heads=5, calibration={"expert": "transformer_2"}, **kwargs)
+    return make_config(layers=3, heads=5, transformer_2=low, **kwargs)
+
+
+def test_two_expert_map_round_trips_as_one_pair(tmp_path):
+    config = _two_experts(step_ranges=None, dense_warmup_steps=1)
+    config.save_pretrained(tmp_path)
+    assert {"config.json", "mode_map.safetensors"} <= {p.name for p in tmp_path.iterdir()}
+    loaded = SparseVDiTConfig.from_pretrained(tmp_path)
+    assert loaded == config and loaded.transformer_2 == config.transformer_2
+    assert loaded.transformer_2.num_layers == 2 and loaded.num_layers == 3
+    assert list(loaded.experts) == ["transformer", "transformer_2"]
+    assert sorted(load_file(tmp_path / "mode_map.safetensors")) == sorted(
+        [*config.tensors()]
+    ) and "transformer_2.modes" in config.tensors()
+    assert "two experts" in loaded.summary() and "transformer_2 (low-noise steps)" in loaded.summary()
+    assert "transformer_2" in repr(loaded)
+    # a one-transformer map has no transformer_2 key: the format of earlier maps, read as before
+    make_config().save_files(tmp_path / "one")
+    assert "transformer_2" not in json.loads((tmp_path / "one" / "config.json").read_text())
+    assert SparseVDiTConfig.from_pretrained(tmp_path / "one").transformer_2 is None
+
+
+def test_two_expert_map_files_are_validated(tmp_path):
+    _two_experts().save_files(tmp_path)
+    _edit_map(tmp_path, edit_tensors=lambda t: t.pop("transformer_2.widths"))
+    with pytest.raises(ValueError, match=r"it lacks \['transformer_2.widths'\]"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+    _two_experts().save_files(tmp_path)
+    _edit_map(tmp_path, edit_tensors=lambda t: t["transformer_2.modes"].fill_(9))
+    with pytest.raises(ValueError, match=r"'modes' must hold mode ids"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+    _two_experts().save_files(tmp_path)
+    _edit_map(tmp_path, lambda data: data["transformer_2"].update(num_heads=4))
+    with pytest.raises(ValueError, match=r"config.json \(transformer_2\) with mode_map.safetensors: .*4 heads"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+    _two_experts().save_files(tmp_path)
+    _edit_map(tmp_path, lambda data: data["transformer_2"].pop("tile_size"))
+    with pytest.raises(ValueError, match=r"\(transformer_2\): missing keys \['tile_size'\]"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+    # a one-transformer config.json beside two-expert arrays: refused, never half applied
+    _two_experts().save_files(tmp_path)
+    _edit_map(tmp_path, lambda data: data.pop("transformer_2"))
+    with pytest.raises(ValueError, match=r"unknown \['transformer_2.modes'.*a map with two experts"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+
+
+def test_two_expert_maps_are_one_family_and_at_most_two():
+    with pytest.raises(ValueError, match="transformer_2's map is for family 'cogvideox'"):
+        make_config(transformer_2=make_config(family="cogvideox", target_modules=["a", "b", "c"]))
+    with pytest.raises(ValueError, match="a pipeline has at most two experts"):
+        make_config(transformer_2=_two_experts())
+    with pytest.raises(ValueError, match="transformer_2 must be a SparseVDiTConfig"):
+        make_config(transformer_2={"modes": []})
+
 # Queries ------------------------------------------------------------------------------------
 def test_calibration_layout():
     assert make_config().calibration_layout() is None

@@ -164,6 +164,25 @@ def test_evaluate_map_compares_times_and_removes_the_map(pipe):
         assert line in text
 
 
+def test_evaluate_times_both_experts_of_a_wan22_pipeline(monkeypatch):
+    import itertools
+    import types
+
+    import diffusers_sparse_vdit.evaluate as evaluate_module
+
+    wan22 = tiny_pipeline("wan2.2")
+    low = tiny_mode_map(wan22.transformer_2, [[FULL] * 3] * 2)
+    config = tiny_mode_map(wan22.transformer, [[FULL] * 3] * 2, transformer_2=low)
+    # a clock that ticks once a reading: each timed forward then lasts exactly 1
+    ticks = itertools.count()
+    monkeypatch.setattr(evaluate_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    report = evaluate_map(wan22, config, "a cat", num_inference_steps=4, warmup=False, lpips=False,
+                          **call_defaults("wan"))
+    assert get_sparse_vdit_hook(wan22.transformer_2) is None
+    for run in ("dense", "sparse"):  # 4 steps, CFG: 4 calls of transformer and 4 of transformer_2
+        assert report.timings[run]["transformer_s"] == 8
+
+
 def test_evaluate_map_wants_a_dense_pipeline(pipe):
     config = tiny_map(pipe, [[FULL] * 3] * 2)
     apply_sparse_vdit(pipe, config, backend="torch")

@@ -248,3 +248,21 @@ def test_a_file_is_not_a_map_folder(tmp_path):
 def test_repo_ids_still_go_to_the_hub():
     assert not hub_module.looks_local("user/wan-map") and not hub_module.looks_local("wan-map")
     assert hub_module.looks_local("./wan-map") and hub_module.looks_local("~/maps/wan") and hub_module.looks_local("a/b/c")
+
+
+def test_push_a_two_expert_map_and_load_it_back(hub, tmp_path):
+    low = make_config(layers=2, calibration={"height": 480, "width": 832, "num_frames": 81})
+    config = make_config(base_model="Wan-AI/Wan2.2-T2V-A14B-Diffusers", transformer_2=low,
+                         calibration={"height": 480, "width": 832, "num_frames": 81})
+    config.push_to_hub("user/wan22-map")
+    folder = hub["uploaded"]
+    assert {"config.json", "mode_map.safetensors", "README.md"} <= {p.name for p in folder.iterdir()}
+    assert SparseVDiTConfig.from_pretrained(folder) == config
+    # and through the HF cache, as from_pretrained("user/wan22-map") finds it after a download
+    files = {name: (folder / name).read_bytes() for name in ("config.json", "mode_map.safetensors")}
+    put_in_hf_cache(tmp_path / "cache", "user/wan22-map", files, commit=SHA_MAIN)
+    loaded = SparseVDiTConfig.from_pretrained("user/wan22-map", cache_dir=tmp_path / "cache")
+    assert loaded == config and loaded.transformer_2 == low
+    card = (folder / "README.md").read_text()
+    assert "**Two experts.**" in card and "`transformer_2`: 2 layers x 5 heads" in card
+    assert 'apply_sparse_vdit(pipe, "user/wan22-map")' in card and "set_attn_processor" not in card

@@ -6,6 +6,10 @@ Installing a map does two things, both undone by :func:`remove_sparse_vdit`:
    the other attention modules keep their processors;
 2. a :class:`~.hook.SparseVDiTHook` in the transformer's ``HookRegistry`` records each call's
    latent grid and denoising step, and remembers the exact processor objects to restore.
+
+A pipeline with two experts (``transformer`` and ``transformer_2``, Wan2.2 A14B) takes a map that
+covers both (:attr:`SparseVDiTConfig.transformer_2`): each expert gets its own map, and their hooks
+share one step clock, so step indices count the whole schedule.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from ..kernels.attention import BACKENDS
 from ..logs import get_logger
 from .base import Family, SparseAttnProcessor
 from .cogvideox import COGVIDEOX
-from .hook import HOOK_NAME, SparseVDiTHook, get_sparse_vdit_hook
+from .hook import HOOK_NAME, SparseVDiTHook, StepClock, get_sparse_vdit_hook
 from .hunyuan_video import HUNYUAN_VIDEO
 from .hunyuan_video15 import HUNYUAN_VIDEO15
 from .parallel import check_parallel_config, ulysses_degree
@@ -65,8 +69,8 @@ def apply_sparse_vdit(
     """Make a transformer's target attention layers sparse with a Sparse-vDiT mode map.
 
     Args:
-        pipe_or_transformer: a pipeline (its ``transformer`` is used) or a Wan, HunyuanVideo or
-            CogVideoX transformer.
+        pipe_or_transformer: a pipeline (its ``transformer``, and ``transformer_2`` when the map
+            covers two experts) or a Wan, HunyuanVideo or CogVideoX transformer.
         config_or_repo_or_processor: a :class:`SparseVDiTConfig`, a Hub repo id or local folder
             holding one, or a :class:`SparseVDiTProcessor` (its map and backend are used).
         backend: ``"auto"`` (our Gluon kernel on Hopper GPUs, Triton on other CUDA GPUs, the PyTorch
@@ -89,7 +93,6 @@ def apply_sparse_vdit(
     """
     from .binding import SparseVDiTProcessor  # deferred: binding imports this module
 
-    transformer = _transformer_of(pipe_or_transformer)
     source = config_or_repo_or_processor
     if isinstance(source, SparseVDiTProcessor):
         source.disarm()  # bound here and now, not at the transformer's first forward
@@ -105,26 +108,75 @@ def apply_sparse_vdit(
             "apply_sparse_vdit takes a SparseVDiTConfig, a Hub repo id or local folder, or a SparseVDiTProcessor; "
             f"got {type(source).__name__}"
         )
-    install(transformer, config, backend=backend, processor_cls=processor_cls, balance_heads=balance_heads)
+    experts = expert_targets(pipe_or_transformer, config)
+    clock = StepClock()  # one step count for both experts
+    if len(experts) > 1:  # check both before installing either, so a refused map changes nothing
+        for name, (transformer, expert_config) in experts.items():
+            try:
+                validate(family_of(transformer), expert_config, transformer)
+            except ValueError as e:
+                raise ValueError(f"pipe.{name}: {e}") from None
+    for transformer, expert_config in experts.values():
+        install(transformer, expert_config, backend=backend, processor_cls=processor_cls,
+                balance_heads=balance_heads, clock=clock)
+
+
+def expert_targets(pipe_or_transformer, config: SparseVDiTConfig) -> dict[str, tuple]:
+    """``{component name: (transformer, its map)}`` for a map applied to a pipeline or a transformer.
+
+    A map of two experts goes to a pipeline with ``transformer_2``; a one-transformer map to
+    ``pipe.transformer`` (with a warning when the pipeline has a second one).
+    """
+    transformer = _transformer_of(pipe_or_transformer)
+    second = getattr(pipe_or_transformer, "transformer_2", None) if transformer is not pipe_or_transformer else None
+    if config.transformer_2 is None:
+        if second is not None:
+            logger.warning(
+                "this pipeline has a second transformer (transformer_2) but the map covers one; it goes to "
+                "pipe.transformer only. Run `sparse-vdit search` on the pipeline for a map of both experts."
+            )
+        return {"transformer": (transformer, config)}
+    if second is None:
+        where = "a transformer" if transformer is pipe_or_transformer else "a pipeline without transformer_2"
+        raise ValueError(
+            f"this Sparse-vDiT map covers two experts (transformer and transformer_2), but it was applied to {where}: "
+            "apply it to the pipeline (apply_sparse_vdit(pipe, map)), or apply map.transformer_2 to the second "
+            "expert yourself"
+        )
+    return {"transformer": (transformer, config), "transformer_2": (second, config.transformer_2)}
 
 
 def remove_sparse_vdit(pipe_or_transformer) -> None:
-    """Undo :func:`apply_sparse_vdit`: restore the exact processor objects from before and remove the hook."""
+    """Undo :func:`apply_sparse_vdit`: restore the exact processor objects from before and remove the hook(s)."""
     transformer = _transformer_of(pipe_or_transformer)
-    hook = get_sparse_vdit_hook(transformer)
-    if hook is None:
+    transformers = [transformer]
+    if transformer is not pipe_or_transformer and getattr(pipe_or_transformer, "transformer_2", None) is not None:
+        transformers.append(pipe_or_transformer.transformer_2)
+    hooks = [(t, get_sparse_vdit_hook(t)) for t in transformers]
+    if all(hook is None for _, hook in hooks):
         logger.warning(f"remove_sparse_vdit: no Sparse-vDiT map is applied to this {type(transformer).__name__}")
         return
-    transformer.set_attn_processor(dict(hook.original_processors))  # set_attn_processor pops from its dict
-    _keep_parallelism(transformer)
-    transformer._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
-    logger.info(f"removed the Sparse-vDiT map from {type(transformer).__name__}")
+    for t, hook in hooks:
+        if hook is None:
+            continue
+        t.set_attn_processor(dict(hook.original_processors))  # set_attn_processor pops from its dict
+        _keep_parallelism(t)
+        t._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
+        logger.info(f"removed the Sparse-vDiT map from {type(t).__name__}")
 
 
 def install(
-    transformer, config: SparseVDiTConfig, *, backend: str = "auto", processor_cls=None, balance_heads: bool = True
+    transformer,
+    config: SparseVDiTConfig,
+    *,
+    backend: str = "auto",
+    processor_cls=None,
+    balance_heads: bool = True,
+    clock: StepClock | None = None,
 ) -> SparseVDiTHook:
-    """Validate ``config`` against ``transformer`` and install it (the work behind both routes)."""
+    """Validate ``config`` against ``transformer`` and install it (the work behind both routes).
+
+    ``clock``: the step counter, shared by the experts of one pipeline (default: the hook's own)."""
     from .binding import SparseVDiTProcessor  # deferred: binding imports this module
 
     if backend not in BACKENDS:
@@ -154,7 +206,7 @@ def install(
     else:
         originals = {key: settled(key, p) for key, p in current.items()}
 
-    hook = SparseVDiTHook(family, config, backend, originals)
+    hook = SparseVDiTHook(family, config, backend, originals, clock)
     hook.state.balance_heads = balance_heads
     layer_of = {name: i for i, name in enumerate(targets)}
     processors = {}
@@ -299,11 +351,6 @@ def _transformer_of(pipe_or_transformer):
         raise TypeError(
             "expected a diffusers pipeline with a transformer, or a transformer; "
             f"got {type(pipe_or_transformer).__name__}"
-        )
-    if transformer is not pipe_or_transformer and getattr(pipe_or_transformer, "transformer_2", None) is not None:
-        logger.warning(
-            "this pipeline has a second transformer (transformer_2); the map goes to pipe.transformer only. "
-            "Apply a map made for transformer_2 to it explicitly."
         )
     return transformer
 

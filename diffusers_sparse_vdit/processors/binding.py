@@ -102,6 +102,12 @@ class SparseVDiTProcessor:
             getattr(m, "processor", None) is self for m in module.modules()
         ):
             return
+        if self.config.transformer_2 is not None:
+            raise ValueError(
+                "this Sparse-vDiT map covers two experts (transformer and transformer_2): set on one transformer it "
+                "would leave the other dense, and count its steps from the wrong start. Apply it to the pipeline: "
+                "apply_sparse_vdit(pipe, map)"
+            )
         install(module, self.config, backend=self.backend)  # validates; raises on a mismatch
         self.disarm()
         self._bound_to = type(module).__name__

@@ -14,6 +14,10 @@ derived from the timestep of consecutive calls:
 * an equal timestep is the same step, so classifier-free guidance counts one step whether it
   runs as two calls (Wan, HunyuanVideo) or as one call with batch 2 (CogVideoX).
 
+The two experts of a pipeline (Wan2.2 A14B's ``transformer`` and ``transformer_2``) share one
+:class:`StepClock`, so the low-noise expert's first call is the step after the high-noise
+expert's last, and a map's step indices count the whole schedule.
+
 A tensor timestep counts by its largest entry (per-token timesteps, as in Wan2.2 TI2V, carry
 the step's noise level there). Pipelines reset the state after every generation
 (``maybe_free_model_hooks`` resets stateful diffusers hooks), so the next one starts at step 0
@@ -50,7 +54,7 @@ from ..logs import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["HOOK_NAME", "SparseVDiTHook", "SparseVDiTState", "get_sparse_vdit_hook"]
+__all__ = ["HOOK_NAME", "SparseVDiTHook", "SparseVDiTState", "StepClock", "get_sparse_vdit_hook"]
 
 HOOK_NAME = "sparse_vdit"
 
@@ -59,19 +63,49 @@ _LIVE_HOOKS: weakref.WeakValueDictionary[int, SparseVDiTHook] = weakref.WeakValu
 _hook_ids = itertools.count()
 
 
-class SparseVDiTState(BaseState):
-    """Grid, timestep and step of the transformer call in progress, shared by its processors."""
+class StepClock:
+    """The denoising step, from the timesteps of consecutive calls (rule: module docstring)."""
 
     def __init__(self):
-        self.hook_id: int | None = None  # which SparseVDiTHook this is, for compiled graphs
-        self.balance_heads = True  # under Ulysses: balance heads across ranks (see parallel.py)
-        self.logged_shares: set = set()  # (phase, layout, ranks) whose per-rank work was logged
         self.reset()
 
     def reset(self) -> None:
-        self.grid: tuple[int, int, int] | None = None  # latent (frames, height, width) after patchify
         self.timestep: float | None = None
         self.step: int | None = None
+
+    def tick(self, timestep: float) -> int:
+        if self.timestep is None or timestep > self.timestep:
+            self.step = 0
+        elif timestep < self.timestep:
+            self.step += 1
+        self.timestep = timestep
+        return self.step
+
+
+class SparseVDiTState(BaseState):
+    """Grid, timestep and step of the transformer call in progress, shared by its processors.
+
+    ``clock`` counts the steps; the experts of one pipeline pass the same one.
+    """
+
+    def __init__(self, clock: StepClock | None = None):
+        self.hook_id: int | None = None  # which SparseVDiTHook this is, for compiled graphs
+        self.balance_heads = True  # under Ulysses: balance heads across ranks (see parallel.py)
+        self.logged_shares: set = set()  # (phase, layout, ranks) whose per-rank work was logged
+        self.clock = clock or StepClock()
+        self.reset()
+
+    @property
+    def timestep(self) -> float | None:
+        return self.clock.timestep
+
+    @property
+    def step(self) -> int | None:
+        return self.clock.step
+
+    def reset(self) -> None:
+        self.clock.reset()
+        self.grid: tuple[int, int, int] | None = None  # latent (frames, height, width) after patchify
         # What the processors select their plans by: None for a dense call, else the map's step
         # range. It changes only at the warm-up's end and at step-range boundaries, so a compiled
         # transformer (which guards on what it reads) recompiles at most that often.
@@ -85,11 +119,8 @@ class SparseVDiTState(BaseState):
         self.token = torch.empty(0)
 
     def begin_call(self, grid: tuple[int, int, int], timestep: float, config=None) -> None:
-        if self.timestep is None or timestep > self.timestep:
-            self.step = 0
-        elif timestep < self.timestep:
-            self.step += 1
-        self.grid, self.timestep = tuple(grid), timestep
+        self.clock.tick(timestep)
+        self.grid = tuple(grid)
         if config is not None:
             self.phase = None if config.is_dense(self.step, timestep) else config.range_index(self.step)
 
@@ -102,13 +133,13 @@ class SparseVDiTHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, family, config, backend: str, original_processors: dict):
+    def __init__(self, family, config, backend: str, original_processors: dict, clock: StepClock | None = None):
         super().__init__()
         self.family = family
         self.config = config
         self.backend = backend
         self.original_processors = original_processors
-        self.state = SparseVDiTState()
+        self.state = SparseVDiTState(clock)
         # set by apply_sparse_vdit, in layer order: the sparse processors and their attention modules
         self.processors: list = []
         self.modules: list = []

@@ -16,7 +16,7 @@ With a pipeline, :func:`search` does it all (``result = search(pipe, target_spee
 
 from .candidates import Candidate, candidate_densities, default_candidates
 from .runner import DEFAULT_PROMPTS, calibrate, load_prompts, search
-from .scores import ScoreSet
+from .scores import ScoreSet, load_expert_scores, save_expert_scores
 from .scoring import HeadScorer
 from .sensitivity import measure_sensitivity
 from .solver import (
@@ -24,6 +24,7 @@ from .solver import (
     DEFAULT_LAMBDA,
     SearchResult,
     default_attention_share,
+    dense_step_counts,
     default_epsilon,
     paper_choice,
     rule_units,
@@ -43,6 +44,9 @@ __all__ = [
     "candidate_densities",
     "HeadScorer",
     "ScoreSet",
+    "save_expert_scores",
+    "load_expert_scores",
+    "dense_step_counts",
     "SearchResult",
     "solve_paper",
     "solve_budget",

@@ -4,8 +4,13 @@
 override one step, ``attend``: each target attention call of each denoising step hands its
 real q, k, v to a shared :class:`~.scoring.HeadScorer` (created once the latent layout is
 known), which scores every candidate for every head and returns the output to carry on
-(dense, or the paper's greedy choice). Dense warm-up steps are not scored. Afterwards the
+(dense, or the paper's greedy choice). Dense steps (warm-up, last steps) are not scored. Afterwards the
 pipeline's processors are restored exactly. :func:`search` then solves the scores.
+
+A pipeline with two experts (Wan2.2 A14B: ``transformer`` on the high-noise steps, ``transformer_2``
+on the low-noise ones) calibrates both in the same run: each expert is scored on the steps it runs,
+with the whole schedule's step indices, and :func:`calibrate` returns
+``{"transformer": ScoreSet, "transformer_2": ScoreSet}``, each recording its ``expert_steps``.
 
 One progress bar runs over prompts x steps in place of the pipeline's own (silenced meanwhile
 with diffusers' ``set_progress_bar_config``), following the pipeline's bar settings and
@@ -21,7 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +43,7 @@ from .scores import ScoreSet
 from .scoring import HeadScorer, OutProj
 from .solver import SearchResult, solve_budget, solve_paper
 
-__all__ = ["DEFAULT_PROMPTS", "DEFAULT_STEP_RANGES", "equal_step_ranges", "load_prompts", "calibrate", "search"]
+__all__ = ["DEFAULT_PROMPTS", "DEFAULT_STEP_RANGES", "equal_step_ranges", "schedule_step_ranges", "load_prompts", "calibrate", "search"]
 
 logger = get_logger(__name__)
 
@@ -63,19 +69,24 @@ DEFAULT_SENSITIVITY_PROMPTS = 4
 SENSITIVITY_PROBE_DENSITY = 0.25
 
 
-def equal_step_ranges(num_inference_steps: int, count: int, dense_warmup_steps: int = 0) -> list[list[int]]:
-    """``count`` step ranges of (nearly) equal length over the steps after the warm-up.
+def equal_step_ranges(num_inference_steps: int, count: int, dense_warmup_steps: int = 0,
+                      dense_last_steps: int = 0) -> list[list[int]]:
+    """``count`` step ranges of (nearly) equal length over the sparse steps: after the warm-up, before the last steps.
 
-    The warm-up steps join the first range (they run dense whatever it holds); ``count`` is capped
-    at the number of sparse steps.
+    The warm-up steps join the first range (they run dense whatever it holds); the dense last
+    steps are one more range of their own (the solver keeps it all-FULL); ``count`` is capped at
+    the number of sparse steps.
     """
-    sparse = num_inference_steps - dense_warmup_steps
+    sparse = num_inference_steps - dense_warmup_steps - dense_last_steps
     if sparse < 1:
-        raise ValueError(f"num_inference_steps={num_inference_steps} leaves no step after {dense_warmup_steps} warm-up steps")
+        raise ValueError(f"num_inference_steps={num_inference_steps} leaves no step after {dense_warmup_steps} warm-up "
+                         f"steps" + (f" and {dense_last_steps} dense last steps" if dense_last_steps else ""))
     if count < 1:
         raise ValueError(f"the number of step ranges must be at least 1, got {count}")
     count = min(count, sparse)
     cuts = [dense_warmup_steps + round(i * sparse / count) for i in range(1, count)]
+    if dense_last_steps:
+        cuts.append(num_inference_steps - dense_last_steps)
     return [[a, b] for a, b in zip([0, *cuts], [*cuts, -1])]
 
 
@@ -124,12 +135,13 @@ class _Calibration:
     the prompt. Such scores are merged into those of the first layout seen (:meth:`scores`).
     """
 
-    def __init__(self, out_proj: list, num_heads: int, dense_warmup_steps: int, scorer_kwargs: dict):
+    def __init__(self, out_proj: list, num_heads: int, scored_steps: range, scorer_kwargs: dict):
         self.out_proj = out_proj
         self.num_heads = num_heads
-        self.dense_warmup_steps = dense_warmup_steps
+        self.scored_steps = scored_steps  # the sparse steps: not the dense warm-up, nor the dense last steps
         self.scorer_kwargs = scorer_kwargs
         self.scorers: dict[TokenLayout, HeadScorer] = {}
+        self.steps_run: set[int] = set()  # which steps this transformer ran (an expert runs some of them)
 
     @property
     def layout(self) -> TokenLayout | None:
@@ -171,7 +183,9 @@ def _calibration_processor(base: type, calibration: _Calibration) -> type:
 
         def attend(self, query, key, value, plan, *, layout=None, text_lengths=None, attention_mask=None):
             step = self.state.step
-            if layout is None or step is None or step < calibration.dense_warmup_steps:
+            if step is not None:
+                calibration.steps_run.add(step)
+            if layout is None or step not in calibration.scored_steps:
                 return super().attend(query, key, value, None, layout=layout, text_lengths=text_lengths,
                                       attention_mask=attention_mask)
             scorer = calibration.scorer_for(layout)
@@ -212,6 +226,8 @@ def calibrate(
     epsilon: float | None = None,
     step_ranges=None,
     dense_warmup_steps: int = 0,
+    dense_warmup_fraction: float | None = None,
+    dense_last_steps: int = 0,
     tile_size: int = 128,
     backend: str = "auto",
     pipeline_kwargs: dict | None = None,
@@ -222,14 +238,17 @@ def calibrate(
 
     Args:
         pipe: a Wan, HunyuanVideo, HunyuanVideo-1.5 or CogVideoX pipeline, text- or image-to-video
-            (its transformer is calibrated; an image-to-video one takes its picture in ``pipeline_kwargs``).
+            (its transformer is calibrated; with two experts, ``transformer_2`` and ``boundary_ratio``,
+            both are; an image-to-video one takes its picture in ``pipeline_kwargs``).
         height, width, num_frames, num_inference_steps, guidance_scale: the generation to
             calibrate at (None: the pipeline's defaults); maps transfer across resolutions, but
             calibrate at the size you will generate at.
         seed: prompt ``i`` runs with ``seed + i``.
         candidates, metric, sample_tiles, propagate, step_ranges: see :class:`~.scoring.HeadScorer`.
         lam, epsilon: the paper's rule for ``propagate="greedy"`` (defaults: the solver's).
-        dense_warmup_steps: the first steps run dense and are not scored (pass the same to the solver).
+        dense_warmup_steps: the first steps run dense and are not scored (pass the same to the solver);
+            or ``dense_warmup_fraction`` of the steps (rounded up: 0.25 of 4 steps is 1).
+        dense_last_steps: the last steps run dense and are not scored (few-step checkpoints).
         tile_size: the map's tile (128 for the GPU kernel; smaller only for toy models).
         backend: the sparse kernel the scorer computes candidates with.
         pipeline_kwargs: more pipeline call arguments; ``output_type`` defaults to ``"latent"``
@@ -240,34 +259,39 @@ def calibrate(
             ``pipe.set_progress_bar_config(disable=True)`` or ``diffusers.utils.logging.disable_progress_bar()``
             (the pipeline's other bar settings apply to it too).
 
-    Returns the averaged :class:`ScoreSet` (on every process), with the set-up in its metadata.
+    Returns the averaged :class:`ScoreSet` (on every process), with the set-up in its metadata;
+    for two experts, ``{"transformer": ScoreSet, "transformer_2": ScoreSet}``.
     """
     from ..config import SparseVDiTConfig
-    from ..processors import apply_sparse_vdit, family_of, get_sparse_vdit_hook, remove_sparse_vdit, sparse_targets
-    from ..processors.apply import architecture, model_id
+    from ..processors import family_of, get_sparse_vdit_hook, remove_sparse_vdit, sparse_targets
+    from ..processors.apply import architecture, install, model_id
+    from ..processors.hook import StepClock
+    from .solver import dense_step_counts
 
     prompts = list(DEFAULT_PROMPTS if prompts is None else prompts)
     if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
         raise ValueError("prompts must be a non-empty list of non-empty strings")
-    if num_inference_steps <= dense_warmup_steps:
-        raise ValueError(f"num_inference_steps={num_inference_steps} leaves no step after {dense_warmup_steps} warm-up steps to score")
-    transformer = pipe.transformer
-    if get_sparse_vdit_hook(transformer) is not None:
-        raise ValueError("the pipeline already runs a Sparse-vDiT map: remove_sparse_vdit(pipe) before calibrating")
-    family = family_of(transformer)
-    targets = sparse_targets(transformer)
-    num_heads = transformer.get_submodule(targets[0]).heads
-    calibration = _Calibration(
-        [_OUT_PROJ[family.name](transformer, name) for name in targets],
-        num_heads,
-        dense_warmup_steps,
-        dict(candidates=candidates, metric=metric, sample_tiles=sample_tiles, step_ranges=step_ranges,
-             backend=backend, propagate=propagate, seed=seed, tile_size=tile_size, epsilon=epsilon,
-             **({} if lam is None else {"lam": lam})),
-    )
-    full_map = SparseVDiTConfig.from_specs([[ModeSpec.full()] * num_heads] * len(targets), family=family.name,
-                                           transformer_class=type(transformer).__name__, target_modules=targets,
-                                           tile_size=tile_size)
+    warmup, last = dense_step_counts(num_inference_steps, dense_warmup_steps, dense_warmup_fraction, dense_last_steps)
+    if warmup + last >= num_inference_steps:
+        raise ValueError(f"num_inference_steps={num_inference_steps} leaves no step after {warmup} warm-up steps"
+                         + (f" and {last} last steps" if last else "") + " to score")
+    experts = _experts(pipe)
+    for transformer in experts.values():
+        if get_sparse_vdit_hook(transformer) is not None:
+            raise ValueError("the pipeline already runs a Sparse-vDiT map: remove_sparse_vdit(pipe) before calibrating")
+    scorer_kwargs = dict(candidates=candidates, metric=metric, sample_tiles=sample_tiles, step_ranges=step_ranges,
+                         backend=backend, propagate=propagate, seed=seed, tile_size=tile_size, epsilon=epsilon,
+                         **({} if lam is None else {"lam": lam}))
+    calibrations, full_maps = {}, {}
+    for name, transformer in experts.items():
+        family = family_of(transformer)
+        targets = sparse_targets(transformer)
+        num_heads = transformer.get_submodule(targets[0]).heads
+        calibrations[name] = _Calibration([_OUT_PROJ[family.name](transformer, t) for t in targets], num_heads,
+                                          range(warmup, num_inference_steps - last), dict(scorer_kwargs))
+        full_maps[name] = SparseVDiTConfig.from_specs(
+            [[ModeSpec.full()] * num_heads] * len(targets), family=family.name,
+            transformer_class=type(transformer).__name__, target_modules=targets, tile_size=tile_size)
 
     accelerator = _accelerator(accelerator)
     indices = list(range(len(prompts)))
@@ -287,17 +311,22 @@ def calibrate(
         return callback_kwargs
 
     call = {"num_inference_steps": num_inference_steps, "output_type": "latent", **(pipeline_kwargs or {})}
-    for name, value in (("height", height), ("width", width), ("num_frames", num_frames), ("guidance_scale", guidance_scale)):
+    for key, value in (("height", height), ("width", width), ("num_frames", num_frames), ("guidance_scale", guidance_scale)):
         if value is not None:
-            call[name] = value
+            call[key] = value
     check_image_argument(pipe, call)  # image-to-video: one picture for every prompt
     pipe.set_progress_bar_config(disable=True)
-    apply_sparse_vdit(pipe, full_map, backend="auto", processor_cls=_calibration_processor(family.processor_cls, calibration))
+    clock = StepClock()  # both experts count the steps of one schedule
     try:
+        for name, transformer in experts.items():
+            family = family_of(transformer)
+            install(transformer, full_maps[name], processor_cls=_calibration_processor(family.processor_cls,
+                                                                                      calibrations[name]), clock=clock)
         # the bar moves each step where the pipeline takes a step callback (HunyuanVideo-1.5's does not: each prompt)
         per_step = "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters
         for i in mine:
-            calibration.reseed(seed + i)  # a prompt's sample tiles do not depend on the split
+            for calibration in calibrations.values():
+                calibration.reseed(seed + i)  # a prompt's sample tiles do not depend on the split
             generator = torch.Generator(device="cpu").manual_seed(seed + i)
             pipe(prompt=prompts[i], generator=generator, **call, **({"callback_on_step_end": on_step_end} if per_step else {}))
             if not per_step:
@@ -307,35 +336,67 @@ def calibrate(
         pipe._progress_bar_config = bar_config
         bar.close()
 
-    if calibration.layout is None:
-        raise RuntimeError("no attention call was scored: did the pipeline run its transformer?")
-    layout = calibration.layout
-    scores = calibration.scores(
-        family=family.name,
-        transformer_class=type(transformer).__name__,
-        target_modules=targets,
-        base_model=model_id(pipe),
-        transformer_config=architecture(transformer),
-        prompts=prompts,
-        num_prompts=len(prompts),
-        seed=seed,
-        height=height,
-        width=width,
-        num_frames=num_frames,
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        dense_warmup_steps=dense_warmup_steps,
-        propagate=propagate,
-        layout={"frames": layout.frames, "height": layout.height, "width": layout.width,
-                "text_tokens": layout.text_tokens, "text_position": layout.text_position},
-    )
+    common = dict(base_model=model_id(pipe), prompts=prompts, num_prompts=len(prompts), seed=seed, height=height,
+                  width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
+                  guidance_scale=guidance_scale, dense_warmup_steps=warmup, dense_last_steps=last, propagate=propagate)
+    if len(experts) > 1:
+        common["calibration_run"] = uuid.uuid4().hex  # ties the two experts' scores together on disk
+    if dense_warmup_fraction is not None:
+        common["dense_warmup_fraction"] = dense_warmup_fraction
+    scores = {}
+    for name, transformer in experts.items():
+        calibration = calibrations[name]
+        if calibration.layout is None:
+            raise RuntimeError(f"no attention call of pipe.{name} was scored: did the pipeline run it on a sparse "
+                               f"step?" + (" (check the pipeline's boundary_ratio)" if len(experts) > 1 else ""))
+        layout = calibration.layout
+        expert = {}
+        if len(experts) > 1:
+            expert = {"expert": name, "expert_steps": [min(calibration.steps_run), max(calibration.steps_run) + 1],
+                      "boundary_ratio": pipe.config.boundary_ratio}
+        scores[name] = calibration.scores(
+            family=family_of(transformer).name,
+            transformer_class=type(transformer).__name__,
+            target_modules=sparse_targets(transformer),
+            transformer_config=architecture(transformer),
+            **common,
+            **expert,
+            layout={"frames": layout.frames, "height": layout.height, "width": layout.width,
+                    "text_tokens": layout.text_tokens, "text_position": layout.text_position},
+        )
     if accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
         shards = gather_object([scores])  # every process gets every shard, merged the same way
-        scores = shards[0].merge(*shards[1:])
-    logger.info(f"calibrated {len(targets)} layers x {num_heads} heads on {len(prompts)} prompts at {layout}")
-    return scores
+        scores = {name: shards[0][name].merge(*(shard[name] for shard in shards[1:])) for name in scores}
+    for name, calibration in calibrations.items():
+        logger.info(f"calibrated pipe.{name}: {len(calibration.out_proj)} layers x {calibration.num_heads} heads "
+                    f"on {len(prompts)} prompts at {calibration.layout}")
+    if len(scores) == 1:
+        return scores["transformer"]
+    return {name: _own_ranges(s) for name, s in scores.items()}
+
+
+def _experts(pipe) -> dict:
+    """The transformers a calibration run scores: ``transformer``, and ``transformer_2`` when the pipeline switches to it."""
+    experts = {"transformer": pipe.transformer}
+    second = getattr(pipe, "transformer_2", None)
+    if second is not None:
+        if getattr(pipe.config, "boundary_ratio", None) is None:
+            logger.warning("the pipeline has a transformer_2 but no boundary_ratio, so it never runs it: "
+                           "calibrating pipe.transformer only")
+        else:
+            experts["transformer_2"] = second
+    return experts
+
+
+def _own_ranges(scores: ScoreSet) -> ScoreSet:
+    """An expert's scores with only the step ranges that overlap the steps it ran, re-tiled from 0 to the end."""
+    lo, hi = scores.metadata["expert_steps"]
+    keep = [i for i, (start, end) in enumerate(scores.step_ranges) if start < hi and (end < 0 or end > lo)]
+    ranges = [list(scores.step_ranges[i]) for i in keep]
+    ranges[0][0], ranges[-1][1] = 0, -1
+    return scores.with_ranges(keep, ranges)
 
 
 def search(
@@ -347,6 +408,8 @@ def search(
     lam: float | None = None,
     epsilon: float | None = None,
     dense_warmup_steps: int = 0,
+    dense_warmup_fraction: float | None = None,
+    dense_last_steps: int = 0,
     step_ranges: int | Sequence[Sequence[int]] | None = DEFAULT_STEP_RANGES,
     sensitivity: str | None = "ranges",
     sensitivity_prompts: int = DEFAULT_SENSITIVITY_PROMPTS,
@@ -370,37 +433,58 @@ def search(
     target = 1.0 / target_speedup if target_speedup is not None else target_density
     if target is not None and (lam is not None or epsilon is not None):
         raise ValueError("lam and epsilon belong to the paper's rule; a target uses the budget solver instead")
+    dense = dict(dense_warmup_steps=dense_warmup_steps, dense_warmup_fraction=dense_warmup_fraction,
+                 dense_last_steps=dense_last_steps)
     if isinstance(step_ranges, int) and not isinstance(step_ranges, bool):
-        steps = calibrate_kwargs.get("num_inference_steps", 50)
-        step_ranges = equal_step_ranges(steps, step_ranges, dense_warmup_steps) if step_ranges > 1 else None
-    scores = calibrate(pipe, prompts, dense_warmup_steps=dense_warmup_steps, lam=lam, epsilon=epsilon,
-                       step_ranges=step_ranges, **calibrate_kwargs)
+        step_ranges = schedule_step_ranges(calibrate_kwargs.get("num_inference_steps", 50), step_ranges, **dense)
+    scores = calibrate(pipe, prompts, lam=lam, epsilon=epsilon, step_ranges=step_ranges, **dense, **calibrate_kwargs)
     if target is None:
         kwargs = {} if lam is None else {"lam": lam}
-        return solve_paper(scores, epsilon=epsilon, dense_warmup_steps=dense_warmup_steps, **kwargs)
-    if sensitivity is not None and (sensitivity == "layers" or scores.num_ranges > 1):
+        return solve_paper(scores, epsilon=epsilon, **dense, **kwargs)
+    if sensitivity is not None:
         scores = sensitive(pipe, scores, list(DEFAULT_PROMPTS if prompts is None else prompts)[:sensitivity_prompts],
-                           target, groups=sensitivity, dense_warmup_steps=dense_warmup_steps,
-                           seed=calibrate_kwargs.get("seed", 0), backend=calibrate_kwargs.get("backend", "auto"),
+                           target, groups=sensitivity, seed=calibrate_kwargs.get("seed", 0),
+                           backend=calibrate_kwargs.get("backend", "auto"),
                            pipeline_kwargs=calibrate_kwargs.get("pipeline_kwargs"),
                            progress=calibrate_kwargs.get("progress"))
-    return solve_budget(scores, target_density=target, dense_warmup_steps=dense_warmup_steps)
+    return solve_budget(scores, target_density=target, **dense)
 
 
-def sensitive(pipe, scores: ScoreSet, prompts: Sequence[str], target_density: float, **kwargs) -> ScoreSet:
+def schedule_step_ranges(num_inference_steps: int, count: int, *, dense_warmup_steps: int = 0,
+                         dense_warmup_fraction: float | None = None, dense_last_steps: int = 0) -> list | None:
+    """:func:`equal_step_ranges` for a schedule's dense steps (the warm-up given as a count or a fraction);
+    None where that is one range (one map for every step)."""
+    from .solver import dense_step_counts
+
+    warmup, last = dense_step_counts(num_inference_steps, dense_warmup_steps, dense_warmup_fraction, dense_last_steps)
+    ranges = equal_step_ranges(num_inference_steps, count, warmup, last)
+    return ranges if len(ranges) > 1 else None
+
+
+def sensitive(pipe, scores, prompts: Sequence[str], target_density: float, *, groups: str = "ranges", **kwargs):
     """:func:`measure_sensitivity` with its probe at the target or at 0.25, whichever is sparser.
 
     A probe sparser than the target measures more clearly (fewer of its entries are FULL);
     when the scores cannot reach it (e.g. a long warm-up), the probe is the target itself. When
     no probe can be made (a target that leaves every head FULL), the scores come back unweighted,
-    with a warning: the calibration is the expensive part and stays usable.
+    with a warning: the calibration is the expensive part and stays usable. The scores also come
+    back as they are where there is nothing to weigh (by ranges, with one step range) and, with a
+    note, for two experts' scores (the probes would have to run both experts' maps at once: not
+    measured yet). The dense steps come from the scores' metadata.
     """
     from .sensitivity import measure_sensitivity
 
-    probes = dict.fromkeys((min(target_density, SENSITIVITY_PROBE_DENSITY), target_density))
-    for probe in probes:
+    if isinstance(scores, Mapping):
+        logger.warning("sensitivity is not measured for two experts' scores (Wan2.2): each expert's step ranges are "
+                       "solved by their scored errors alone")
+        return scores
+    if groups == "ranges" and scores.num_ranges < 2:
+        return scores
+    kwargs.setdefault("dense_warmup_steps", scores.metadata.get("dense_warmup_steps", 0))
+    kwargs.setdefault("dense_last_steps", scores.metadata.get("dense_last_steps", 0))
+    for probe in dict.fromkeys((min(target_density, SENSITIVITY_PROBE_DENSITY), target_density)):
         try:
-            return measure_sensitivity(pipe, scores, prompts, target_density=probe, **kwargs)
+            return measure_sensitivity(pipe, scores, prompts, target_density=probe, groups=groups, **kwargs)
         except ValueError as e:
             reason = e
     logger.warning(f"no sensitivity measured ({reason}); the map is solved from the unweighted scores")

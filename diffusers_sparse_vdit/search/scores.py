@@ -125,6 +125,14 @@ class ScoreSet:
         return tile_positions(sorted(tiles.tolist()), self.layout.video_tiles(self.tile_size))
 
     # Combining ----------------------------------------------------------------------------
+    def with_ranges(self, pick: Sequence[int], step_ranges: Sequence[Sequence[int]]) -> "ScoreSet":
+        """The scores of step ranges ``pick`` (repeats allowed: a range split in two), as ``step_ranges``."""
+        pick = torch.as_tensor(list(pick), dtype=torch.long)
+        return ScoreSet(self.layout, self.tile_size, self.candidates, self.errors[pick], self.counts[pick],
+                        self.densities.clone(), self.stripe_mass[pick], self.metric, [list(r) for r in step_ranges],
+                        self.sample_tiles, copy.deepcopy(self.metadata),
+                        sensitivity=None if self.sensitivity is None else self.sensitivity[pick].clone())
+
     def merge(self, *others: "ScoreSet") -> "ScoreSet":
         """Scores of several runs of the same set-up (e.g. prompt shards on several GPUs), call-weighted."""
         runs = (self, *others)
@@ -289,3 +297,35 @@ class ScoreSet:
 
 def as_step_ranges(step_ranges: Sequence[Sequence[int]] | None) -> list[list[int]]:
     return [[0, -1]] if step_ranges is None else [list(map(int, r)) for r in step_ranges]
+
+
+EXPERT_2 = "transformer_2"  # the subfolder of a scores folder that holds the second expert's scores
+
+
+def save_expert_scores(scores: "ScoreSet | dict[str, ScoreSet]", directory: str | Path) -> Path:
+    """Save what :func:`~.runner.calibrate` returned: one ScoreSet in ``directory``; two experts'
+    scores as ``directory`` (``transformer``) and ``directory/transformer_2``."""
+    directory = Path(directory)
+    if isinstance(scores, ScoreSet):
+        return scores.save(directory)
+    scores["transformer"].save(directory)
+    scores[EXPERT_2].save(directory / EXPERT_2)
+    return directory
+
+
+def load_expert_scores(directory: str | Path) -> "ScoreSet | dict[str, ScoreSet]":
+    """Load what :func:`save_expert_scores` wrote, checking that two experts' scores come from one run."""
+    directory = Path(directory)
+    first = ScoreSet.load(directory)
+    if not (directory / EXPERT_2 / SCORES_JSON).is_file():
+        return first
+    second = ScoreSet.load(directory / EXPERT_2)
+    run = [s.metadata.get("calibration_run") for s in (first, second)]
+    names = [s.metadata.get("expert") for s in (first, second)]
+    if names != ["transformer", EXPERT_2] or run[0] is None or run[0] != run[1]:
+        raise ValueError(
+            f"{directory} and {directory / EXPERT_2} are not from the same calibration run (experts {names}, runs "
+            f"{run}): the scores of two experts are solved together, so keep the folders one search wrote together; "
+            "re-run `sparse-vdit search` for new ones"
+        )
+    return {"transformer": first, EXPERT_2: second}

@@ -24,6 +24,7 @@ in the scores' metadata.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..logs import get_logger
 from .scores import ScoreSet
-from .solver import range_steps, solve_budget, solve_choices
+from .solver import range_steps, solve_budget, solve_choices, split_at_step
 
 __all__ = ["measure_sensitivity", "SENSITIVITY_GROUPS"]
 
@@ -55,6 +56,7 @@ def measure_sensitivity(
     target_density: float = 0.25,
     groups: str = "ranges",
     dense_warmup_steps: int = 0,
+    dense_last_steps: int = 0,
     seed: int = 0,
     backend: str = "auto",
     pipeline_kwargs: dict | None = None,
@@ -72,7 +74,8 @@ def measure_sensitivity(
             you will solve for.
         groups: ``"ranges"`` (one weight per step range, ``R`` probes a prompt) or ``"layers"``
             (one per step range and layer, ``R x L`` probes a prompt).
-        dense_warmup_steps: as you will pass to the solver.
+        dense_warmup_steps, dense_last_steps: as you will pass to the solver (the dense last steps
+            get a step range of their own in the returned scores when they have none).
         backend: the sparse kernel the probes run with.
         pipeline_kwargs: more pipeline call arguments.
         progress: a bar over the generations; None follows diffusers' progress-bar settings.
@@ -90,11 +93,14 @@ def measure_sensitivity(
     if "num_inference_steps" not in call:
         raise ValueError("the scores' metadata has no num_inference_steps: measure sensitivity on scores from calibrate()")
     call.update(pipeline_kwargs or {})
+    if dense_last_steps:  # the probe's ranges are the scores' ranges
+        scores = split_at_step(scores, call["num_inference_steps"] - dense_last_steps)
+    dense_steps = dict(dense_warmup_steps=dense_warmup_steps, dense_last_steps=dense_last_steps)
     plain = scores.with_sensitivity(None)
-    probe = solve_budget(plain, target_density=target_density, dense_warmup_steps=dense_warmup_steps).choices
+    probe = solve_budget(plain, target_density=target_density, **dense_steps).choices
     full = scores.full_index
     item_err = plain.errors.gather(3, probe[..., None])[..., 0]  # (R, L, H) error of each probe entry
-    steps = range_steps(plain, dense_warmup_steps=dense_warmup_steps)
+    steps = range_steps(plain, **dense_steps)
     weight = steps[:, None, None] / (scores.num_layers * scores.num_heads)
     predicted = (weight * item_err).sum(dim=2)  # (R, L): the solver's objective, entry group by entry group
 
@@ -109,7 +115,7 @@ def measure_sensitivity(
 
     def relative_errors(choices) -> float:
         """Mean over prompts of the final latents' squared relative error against dense."""
-        apply_sparse_vdit(pipe, solve_choices(plain, choices, dense_warmup_steps=dense_warmup_steps).config,
+        apply_sparse_vdit(pipe, solve_choices(plain, choices, **dense_steps).config,
                           backend=backend)
         try:
             total = 0.0
@@ -161,7 +167,9 @@ def measure_sensitivity(
     out = scores.with_sensitivity(ratio)
     out.metadata["sensitivity"] = {
         "groups": groups, "target_density": target_density, "prompts": len(prompts), "seed": seed,
-        "dense_warmup_steps": dense_warmup_steps, "final_error_everywhere": everywhere,
-        "final_error_summed": summed, "measured": measured.tolist(), "predicted": predicted.tolist(),
+        "dense_warmup_steps": dense_warmup_steps, "dense_last_steps": dense_last_steps,
+        "final_error_everywhere": everywhere, "final_error_summed": summed,
+        "measured": [[v if math.isfinite(v) else None for v in row] for row in measured.tolist()],  # None: not probed
+        "predicted": predicted.tolist(),
     }
     return out

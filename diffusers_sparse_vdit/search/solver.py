@@ -19,14 +19,28 @@ With ``metric="mse"`` the errors are the paper's own and its ``epsilon = 1`` is 
 
 Budget mode: the least total error with the mean attention density (over heads, layers and
 steps, dense warm-up steps counted dense) at or under a target, a multiple-choice knapsack
-(:func:`solve_mckp`). The end-to-end speedup is predicted with Amdahl's law from the share
+(:func:`solve_mckp`).
+
+Dense steps: ``dense_warmup_steps`` (or ``dense_warmup_fraction`` of the schedule, rounded up)
+at the start, ``dense_last_steps`` at the end. The last ones become a step range of the map whose
+heads are all FULL (the range is split off the scores' last one if needed), which runs the
+stock attention. Few-step checkpoints (4-8 steps) are solved the same way, step ranges keyed by
+the step index of the short schedule.
+
+Two experts (Wan2.2 A14B): the scores of each (``{"transformer": ..., "transformer_2": ...}``, as
+:func:`~.runner.calibrate` returns them) cover the steps that expert ran (``expert_steps`` in
+their metadata). The budget is solved jointly: every (range, layer, head) of either expert weighs
+the steps it runs, so the target holds over the whole run; the paper's rule solves each head on
+its own. The result's map is ``transformer``'s with ``transformer_2``'s nested in it. The end-to-end speedup is predicted with Amdahl's law from the share
 of a dense forward spent in attention (DESIGN §6, measured on one H100 with cuDNN).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import numpy as np
@@ -47,9 +61,11 @@ __all__ = [
     "paper_choice",
     "solve_mckp",
     "solve_paper",
+    "split_at_step",
     "solve_budget",
     "solve_choices",
     "range_steps",
+    "dense_step_counts",
     "SearchResult",
 ]
 
@@ -213,6 +229,9 @@ class SearchResult:
     attention_share: float | None
     kernel_efficiency: float
     settings: dict[str, Any] = field(default_factory=dict)
+    # two experts: each one's result (its own choices, density over its own steps); this one is for
+    # the whole run, its choices and candidates transformer's
+    experts: dict[str, "SearchResult"] = field(default_factory=dict)
 
     @property
     def attention_speedup(self) -> float:
@@ -243,46 +262,105 @@ class SearchResult:
                         f"kernel efficiency {self.kernel_efficiency:.2f}" if e2e else ""))
         lines.append(f"mean head error {self.error:.3e}"
                      + (f" (no better than {self.settings['lower_bound']:.3e} exists)" if "lower_bound" in self.settings else ""))
+        for name, expert in self.experts.items():
+            lo, hi = expert.settings["expert_steps"]
+            lines.append(f"  {name} (steps {lo} to {hi - 1}): attention density {expert.attention_density:.3f}, "
+                         f"mean head error {expert.error:.3e}, {expert.config!r}")
         return "\n".join(lines)
 
     __str__ = summary
 
 
-def _step_weights(scores, num_steps: int | None, warmup: int) -> tuple[torch.Tensor, float]:
-    """Sparse steps in each step range, and the dense (warm-up) fraction of all steps."""
+def dense_step_counts(num_steps: int, dense_warmup_steps: int = 0, dense_warmup_fraction: float | None = None,
+                      dense_last_steps: int = 0) -> tuple[int, int]:
+    """``(warm-up steps, last steps)`` that run dense in a schedule of ``num_steps``, checked.
+
+    ``dense_warmup_fraction`` (instead of ``dense_warmup_steps``) is a share of the schedule, rounded
+    up: 0.25 of 4 steps is 1, of 50 steps 13.
+    """
+    if dense_warmup_fraction is not None:
+        if dense_warmup_steps:
+            raise ValueError("give dense_warmup_steps or dense_warmup_fraction, not both")
+        if not 0 <= dense_warmup_fraction < 1:  # also refuses nan
+            raise ValueError(f"dense_warmup_fraction must be in [0, 1) (0.25 = the first quarter of the steps), "
+                             f"got {dense_warmup_fraction}")
+        dense_warmup_steps = math.ceil(dense_warmup_fraction * num_steps - 1e-9)
+    for name, value in (("dense_warmup_steps", dense_warmup_steps), ("dense_last_steps", dense_last_steps)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    if dense_warmup_steps + dense_last_steps > num_steps:
+        raise ValueError(f"{dense_warmup_steps} dense warm-up steps and {dense_last_steps} dense last steps are more "
+                         f"dense steps than the schedule's {num_steps} steps")
+    return dense_warmup_steps, dense_last_steps
+
+
+def _expert_window(scores, num_steps: int) -> tuple[int, int]:
+    """The steps ``[lo, hi)`` the scored transformer ran: all of them, or one expert's share."""
+    window = scores.metadata.get("expert_steps")
+    if window is None:
+        return 0, num_steps
+    lo, hi = window
+    if not 0 <= lo < hi <= num_steps:
+        raise ValueError(f"the scores' expert_steps {window} do not fit a schedule of {num_steps} steps")
+    return lo, hi
+
+
+def _step_weights(scores, num_steps: int | None, warmup: int, last: int) -> tuple[torch.Tensor, float]:
+    """Sparse steps in each step range, and the dense steps, of the steps this transformer runs."""
     if num_steps is None:
-        if scores.num_ranges > 1 or warmup:
-            raise ValueError("pass num_inference_steps (or keep it in the scores' metadata) to weigh step ranges and warm-up")
+        if scores.num_ranges > 1 or warmup or last or "expert_steps" in scores.metadata:
+            raise ValueError("pass num_inference_steps (or keep it in the scores' metadata) to weigh step ranges "
+                             "and dense steps")
         return torch.ones(1, dtype=torch.float64), 0.0
-    if not 0 <= warmup <= num_steps:
-        raise ValueError(f"dense_warmup_steps must be in 0..{num_steps}, got {warmup}")
+    lo, hi = _expert_window(scores, num_steps)
+    first, stop = max(lo, warmup), min(hi, num_steps - last)  # the sparse steps
     steps = []
     for start, end in scores.step_ranges:
-        end = num_steps if end < 0 else min(end, num_steps)
-        steps.append(max(0, end - max(start, warmup)))
-    return torch.tensor(steps, dtype=torch.float64), warmup / num_steps
+        end = hi if end < 0 else min(end, hi)
+        steps.append(max(0, min(end, stop) - max(start, first)))
+    return torch.tensor(steps, dtype=torch.float64), float(hi - lo - sum(steps))
 
 
-def range_steps(scores, *, dense_warmup_steps: int = 0, num_inference_steps: int | None = None) -> torch.Tensor:
-    """float64 ``(R,)``: the sparse (not warm-up) steps each of the scores' step ranges covers."""
+def range_steps(scores, *, dense_warmup_steps: int = 0, dense_last_steps: int = 0,
+                num_inference_steps: int | None = None) -> torch.Tensor:
+    """float64 ``(R,)``: the sparse (not dense) steps each of the scores' step ranges covers."""
     num_steps = num_inference_steps if num_inference_steps is not None else scores.metadata.get("num_inference_steps")
-    return _step_weights(scores, num_steps, dense_warmup_steps)[0]
+    return _step_weights(scores, num_steps, dense_warmup_steps, dense_last_steps)[0]
 
 
-def _prepare(scores, dense_layers, warmup, num_steps):
-    if (scores.counts == 0).any():
-        missing = (scores.counts == 0).nonzero().tolist()
-        raise ValueError(f"no scored calls for (step range, layer) {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+def split_at_step(scores, step: int):
+    """The scores with a step-range boundary at ``step``: the range holding it split in two, same scores
+    (the same object when ``step`` already starts a range)."""
+    ranges = scores.step_ranges
+    if any(start == step for start, _ in ranges):
+        return scores
+    r = next(i for i, (start, end) in enumerate(ranges) if start < step and (end < 0 or step < end))
+    new_ranges = [*ranges[:r], [ranges[r][0], step], [step, ranges[r][1]], *ranges[r + 1:]]
+    return scores.with_ranges([*range(r + 1), *range(r, len(ranges))], new_ranges)
+
+
+def _prepare(scores, dense_layers, warmup, last, num_steps):
+    """The scores (split for the dense last steps), sparse steps per range, dense steps, allowed candidates."""
     num_steps = num_steps if num_steps is not None else scores.metadata.get("num_inference_steps")
-    steps, dense_fraction = _step_weights(scores, num_steps, warmup)
+    if num_steps is not None and last:
+        scores = split_at_step(scores, num_steps - last)
+    steps, dense_steps = _step_weights(scores, num_steps, warmup, last)
+    sparse = steps > 0
+    if (scores.counts[sparse] == 0).any():
+        missing = [[r, layer] for r, layer in (scores.counts == 0).nonzero().tolist() if sparse[r]]
+        meta = scores.metadata
+        raise ValueError(f"no scored calls for (step range, layer) {missing[:8]}{' ...' if len(missing) > 8 else ''}"
+                         f"; the scores left {meta.get('dense_warmup_steps', 0)} warm-up and "
+                         f"{meta.get('dense_last_steps', 0)} last steps dense unscored: solve with at least those")
     allowed = torch.ones(scores.errors.shape, dtype=torch.bool)
     for layer in dense_layers:
         allowed[:, layer] = False
-        allowed[:, layer, :, scores.full_index] = True
-    return steps, dense_fraction, allowed, num_steps
+    allowed[~sparse] = False  # ranges of dense steps only (warm-up, last steps, the other expert's): FULL
+    allowed[..., scores.full_index] = True
+    return scores, steps, dense_steps, allowed, num_steps
 
 
-def _build(scores, choice, steps, dense_fraction, rule_settings, *, warmup, num_steps, attention_share,
+def _build(scores, choice, steps, dense_steps, rule_settings, *, warmup, last, num_steps, attention_share,
            kernel_efficiency, family, target_modules, transformer_class, base_model, lower_bound=None) -> SearchResult:
     meta = scores.metadata
     family = family or meta.get("family")
@@ -316,8 +394,7 @@ def _build(scores, choice, steps, dense_fraction, rule_settings, *, warmup, num_
     # single-stream blocks included), so a head's attention FLOPs are its density times a constant
     dens = scores.densities[choice]  # (R, L, H)
     per_range = dens.mean(dim=(1, 2))
-    sparse_fraction = 1.0 - dense_fraction
-    density = dense_fraction + sparse_fraction * float((steps * per_range).sum() / steps.sum().clamp(min=1e-300))
+    density = float((dense_steps + (steps * per_range).sum()) / (dense_steps + steps.sum()))  # over its own steps
     err = scores.errors.gather(3, choice[..., None])[..., 0].mean(dim=(1, 2))
     error = float((steps * err).sum() / steps.sum().clamp(min=1e-300))
     result = SearchResult(None, choice, scores.candidates, scores.densities, error, density, attention_share,
@@ -331,7 +408,8 @@ def _build(scores, choice, steps, dense_fraction, rule_settings, *, warmup, num_
                    "layout": str(scores.layout), "candidates": [str(c) for c in scores.candidates],
                    "calls_per_layer": [int(scores.counts.min()), int(scores.counts.max())],
                    "mean_error": error},
-        "solver": {**result.settings, "dense_warmup_steps": warmup, "num_inference_steps": num_steps},
+        "solver": {**result.settings, "dense_warmup_steps": warmup, "dense_last_steps": last,
+                   "num_inference_steps": num_steps},
         "predicted": {"attention_density": density,
                       "attention_flop_speedup": result.attention_speedup if density > 0 else None,
                       "end_to_end_speedup": e2e, "attention_share": attention_share,
@@ -365,20 +443,89 @@ def _warn_skipped_layers(scores, choice) -> None:
                        f"{' ...' if len(skipped) > 8 else ''}. Keep them dense with dense_layers= if that is not wanted.")
 
 
+def _experts_of(scores) -> dict:
+    """``{"transformer": scores}``, or the scores of two experts as given, checked."""
+    if not isinstance(scores, Mapping):
+        return {"transformer": scores}
+    if sorted(scores) != ["transformer", "transformer_2"]:
+        raise ValueError(f"scores of several transformers must be keyed 'transformer' and 'transformer_2' (the "
+                         f"pipeline's experts), got {sorted(scores)}")
+    return {name: scores[name] for name in ("transformer", "transformer_2")}
+
+
+def _prepared(experts: dict, dense_layers, num_inference_steps, warmup, fraction, last) -> dict:
+    """Each expert's scores prepared for solving (see :func:`_prepare`), with its step window in ``settings``."""
+    out = {}
+    for name, scores in experts.items():
+        num_steps = num_inference_steps if num_inference_steps is not None else scores.metadata.get("num_inference_steps")
+        if num_steps is not None:
+            w, l = dense_step_counts(num_steps, warmup, fraction, last)
+        elif fraction is not None:
+            raise ValueError("dense_warmup_fraction needs num_inference_steps (or the scores' metadata keeping it)")
+        else:
+            w, l = warmup, last
+        scores, steps, dense_steps, allowed, num_steps = _prepare(scores, dense_layers, w, l, num_steps)
+        window = list(_expert_window(scores, num_steps)) if num_steps is not None else [0, 1]
+        out[name] = dict(scores=scores, steps=steps, dense_steps=dense_steps, allowed=allowed, num_steps=num_steps,
+                         warmup=w, last=l, window=window)
+    if len(out) > 1:
+        windows = sorted(p["window"] for p in out.values())
+        num_steps = {p["num_steps"] for p in out.values()}
+        if len(num_steps) != 1 or windows[0][0] != 0 or windows[0][1] != windows[1][0] or windows[1][1] != max(num_steps):
+            raise ValueError(f"the two experts' scores must cover one schedule between them, expert after expert; "
+                             f"they cover steps {windows} of {sorted(num_steps)}: calibrate both in one run")
+    return out
+
+
+def _combine(results: dict, prepared: dict, *, error: float | None = None) -> SearchResult:
+    """One result for the run: ``transformer``'s, with ``transformer_2``'s map nested and whole-run figures."""
+    if len(results) == 1:
+        return results["transformer"]
+    high, low = results["transformer"], results["transformer_2"]
+    own = {name: float(p["steps"].sum() + p["dense_steps"]) for name, p in prepared.items()}
+    sparse = {name: float(p["steps"].sum()) for name, p in prepared.items()}
+    density = sum(own[n] * results[n].attention_density for n in results) / sum(own.values())
+    if error is None:
+        error = sum(sparse[n] * results[n].error for n in results) / max(sum(sparse.values()), 1e-300)
+    config = copy.copy(high.config)
+    config.transformer_2 = low.config
+    config.calibration = {**high.config.calibration}
+    config.validate()
+    result = SearchResult(config, high.choices, high.candidates, high.densities, error, density, high.attention_share,
+                          high.kernel_efficiency, {k: v for k, v in high.settings.items() if k != "expert_steps"},
+                          experts=dict(results))
+    config.calibration["predicted"] = {
+        **config.calibration.get("predicted", {}), "attention_density": density,
+        "attention_flop_speedup": result.attention_speedup if density > 0 else None,
+        "end_to_end_speedup": result.end_to_end_speedup,
+        "experts": {n: {"steps": results[n].settings["expert_steps"], "attention_density": results[n].attention_density}
+                    for n in results},
+    }
+    return result
+
+
 def solve_paper(scores, *, lam: float = DEFAULT_LAMBDA, epsilon: float | None = None, dense_warmup_steps: int = 0,
+                dense_warmup_fraction: float | None = None, dense_last_steps: int = 0,
                 num_inference_steps: int | None = None, dense_layers: Sequence[int] = (),
                 attention_share: float | None = None, kernel_efficiency: float = 1.0, family: str | None = None,
                 target_modules: Sequence[str] | None = None, transformer_class: str | None = None,
                 base_model: str | None = None) -> SearchResult:
-    """Every head by the paper's rule (module docstring) on the averaged scores."""
-    epsilon = default_epsilon(scores.metric) if epsilon is None else float(epsilon)
-    steps, dense_fraction, allowed, num_steps = _prepare(scores, dense_layers, dense_warmup_steps, num_inference_steps)
-    units = rule_units(scores.errors, scores.metric, scores.num_heads).masked_fill(~allowed, math.inf)
-    choice = paper_choice(units, scores.densities, lam=lam, epsilon=epsilon, full_index=scores.full_index)
-    settings = {"rule": "paper", "lambda": lam, "epsilon": epsilon, "dense_layers": list(dense_layers)}
-    return _build(scores, choice, steps, dense_fraction, settings, warmup=dense_warmup_steps, num_steps=num_steps,
-                  attention_share=attention_share, kernel_efficiency=kernel_efficiency, family=family,
-                  target_modules=target_modules, transformer_class=transformer_class, base_model=base_model)
+    """Every head by the paper's rule (module docstring) on the averaged scores (of one or two experts)."""
+    prepared = _prepared(_experts_of(scores), dense_layers, num_inference_steps, dense_warmup_steps,
+                         dense_warmup_fraction, dense_last_steps)
+    results = {}
+    for name, p in prepared.items():
+        scores = p["scores"]
+        eps = default_epsilon(scores.metric) if epsilon is None else float(epsilon)
+        units = rule_units(scores.errors, scores.metric, scores.num_heads).masked_fill(~p["allowed"], math.inf)
+        choice = paper_choice(units, scores.densities, lam=lam, epsilon=eps, full_index=scores.full_index)
+        settings = {"rule": "paper", "lambda": lam, "epsilon": eps, "dense_layers": list(dense_layers),
+                    **({"expert_steps": p["window"]} if len(prepared) > 1 else {})}
+        results[name] = _build(scores, choice, p["steps"], p["dense_steps"], settings, warmup=p["warmup"],
+                               last=p["last"], num_steps=p["num_steps"], attention_share=attention_share,
+                               kernel_efficiency=kernel_efficiency, family=family, target_modules=target_modules,
+                               transformer_class=transformer_class, base_model=base_model)
+    return _combine(results, prepared)
 
 
 def _check_reachable(scores, target_density, dense_fraction, item_w, allowed) -> None:
@@ -404,11 +551,12 @@ def _check_reachable(scores, target_density, dense_fraction, item_w, allowed) ->
 
 def solve_budget(scores, *, target_density: float | None = None, target_speedup: float | None = None,
                  target_end_to_end: float | None = None, dense_warmup_steps: int = 0,
+                 dense_warmup_fraction: float | None = None, dense_last_steps: int = 0,
                  num_inference_steps: int | None = None, dense_layers: Sequence[int] = (),
                  attention_share: float | None = None, kernel_efficiency: float = 1.0, family: str | None = None,
                  target_modules: Sequence[str] | None = None, transformer_class: str | None = None,
                  base_model: str | None = None) -> SearchResult:
-    """The least total error whose attention FLOPs meet one target.
+    """The least total error whose attention FLOPs meet one target (over both experts' steps, if two).
 
     ``target_density``: attention FLOPs as a fraction of dense over the whole run;
     ``target_speedup``: the attention FLOP reduction (``1 / density``);
@@ -417,7 +565,8 @@ def solve_budget(scores, *, target_density: float | None = None, target_speedup:
     """
     if sum(t is not None for t in (target_density, target_speedup, target_end_to_end)) != 1:
         raise ValueError("give exactly one of target_density, target_speedup, target_end_to_end")
-    meta = scores.metadata
+    experts = _experts_of(scores)
+    meta = experts["transformer"].metadata
     if target_density is not None and not 0 < target_density <= 1:  # also refuses nan
         raise ValueError(f"target_density must be in (0, 1] (0.5 = half the attention FLOPs), got {target_density}")
     for name, value in (("target_speedup", target_speedup), ("target_end_to_end", target_end_to_end)):
@@ -435,31 +584,54 @@ def solve_budget(scores, *, target_density: float | None = None, target_speedup:
         if target_density < 0:
             raise ValueError(f"an end-to-end {target_end_to_end}x is out of reach with attention at {share:.0%} of the "
                              f"forward: even free attention gives {1 / (1 - share):.2f}x")
-    steps, dense_fraction, allowed, num_steps = _prepare(scores, dense_layers, dense_warmup_steps, num_inference_steps)
-    sparse_fraction = 1.0 - dense_fraction
-    if sparse_fraction <= 0:
-        raise ValueError("every step is a dense warm-up step: there is nothing to make sparse")
+    prepared = _prepared(experts, dense_layers, num_inference_steps, dense_warmup_steps, dense_warmup_fraction,
+                         dense_last_steps)
+    first = prepared["transformer"]["scores"]
+    for p in prepared.values():
+        if p["scores"].candidates != first.candidates or not torch.equal(p["scores"].densities, first.densities):
+            raise ValueError("the two experts' scores must have the same candidates at the same densities: calibrate "
+                             "both in one run")
     # item weight: the share of the run's attention FLOPs one (range, layer, head) stands for
-    r, layers, heads, c = scores.errors.shape
-    item_w = (steps / steps.sum() * sparse_fraction / (layers * heads))[:, None, None].expand(r, layers, heads).reshape(-1)
+    total = sum(float(p["steps"].sum() + p["dense_steps"]) for p in prepared.values())
+    dense_fraction = sum(p["dense_steps"] for p in prepared.values()) / total
+    if dense_fraction >= 1:
+        raise ValueError("every step is a dense step (warm-up or last): there is nothing to make sparse")
+    c = len(first.candidates)
+    weights, errors, allowed = [], [], []
+    for p in prepared.values():
+        r, layers, heads, _ = p["scores"].errors.shape
+        weights.append((p["steps"] / total / (layers * heads))[:, None, None].expand(r, layers, heads).reshape(-1))
+        # with a measured sensitivity, each entry's error counts by how much it moves the final latents
+        errors.append(p["scores"].weighted_errors.reshape(-1, c))
+        allowed.append(p["allowed"].reshape(-1, c))
+    item_w, errors, allowed = torch.cat(weights), torch.cat(errors), torch.cat(allowed)
     budget = target_density - dense_fraction
     if budget < 0:
-        raise ValueError(f"the dense warm-up alone costs density {dense_fraction:.3f} > target {target_density:.3f}")
-    _check_reachable(scores, target_density, dense_fraction, item_w, allowed.reshape(-1, c))
-    # with a measured sensitivity, each entry's error counts by how much it moves the final latents
-    choice, info = solve_mckp(scores.weighted_errors.reshape(-1, c), scores.densities, budget, item_w,
-                              allowed.reshape(-1, c))
+        what = "warm-up and last steps" if any(p["last"] for p in prepared.values()) else "warm-up"
+        raise ValueError(f"the dense {what} alone costs density {dense_fraction:.3f} > target {target_density:.3f}")
+    _check_reachable(first, target_density, dense_fraction, item_w, allowed)
+    # items of dense steps only (weight 0) stay FULL; the knapsack takes the others
+    live = item_w > 0
+    choice = torch.full(item_w.shape, first.full_index, dtype=torch.long)
+    choice[live], info = solve_mckp(errors[live], first.densities, budget, item_w[live], allowed[live])
     norm = float(item_w.sum())
     settings = {"rule": "budget", "target_density": target_density, "target_speedup": target_speedup,
                 "target_end_to_end": target_end_to_end, "dense_layers": list(dense_layers),
-                "sensitivity": scores.metadata.get("sensitivity", {}).get("groups")}
-    return _build(scores, choice.reshape(r, layers, heads), steps, dense_fraction, settings, warmup=dense_warmup_steps,
-                  num_steps=num_steps, attention_share=attention_share, kernel_efficiency=kernel_efficiency,
-                  family=family, target_modules=target_modules, transformer_class=transformer_class,
-                  base_model=base_model, lower_bound=info["lower_bound"] / norm)
+                "sensitivity": first.metadata.get("sensitivity", {}).get("groups")}
+    results, offset = {}, 0
+    for name, p in prepared.items():
+        shape = p["scores"].errors.shape[:3]
+        mine, offset = choice[offset: offset + shape.numel()].reshape(shape), offset + shape.numel()
+        extra = {"expert_steps": p["window"]} if len(prepared) > 1 else {}
+        results[name] = _build(p["scores"], mine, p["steps"], p["dense_steps"], {**settings, **extra},
+                               warmup=p["warmup"], last=p["last"], num_steps=p["num_steps"],
+                               attention_share=attention_share, kernel_efficiency=kernel_efficiency, family=family,
+                               target_modules=target_modules, transformer_class=transformer_class,
+                               base_model=base_model, lower_bound=info["lower_bound"] / norm)
+    return _combine(results, prepared, error=info["error"] / norm)
 
 
-def solve_choices(scores, choices: torch.Tensor, *, dense_warmup_steps: int = 0,
+def solve_choices(scores, choices: torch.Tensor, *, dense_warmup_steps: int = 0, dense_last_steps: int = 0,
                   num_inference_steps: int | None = None) -> SearchResult:
     """The map of given candidate indices, int ``(ranges, layers, heads)``: for probes and hand-made maps."""
     choices = torch.as_tensor(choices, dtype=torch.int64)
@@ -468,7 +640,11 @@ def solve_choices(scores, choices: torch.Tensor, *, dense_warmup_steps: int = 0,
                          f"got {tuple(choices.shape)}")
     if (choices < 0).any() or (choices >= len(scores.candidates)).any():
         raise ValueError(f"choices must index the {len(scores.candidates)} candidates")
-    steps, dense_fraction, _, num_steps = _prepare(scores, (), dense_warmup_steps, num_inference_steps)
-    return _build(scores, choices, steps, dense_fraction, {"rule": "given"}, warmup=dense_warmup_steps,
+    num_steps = num_inference_steps if num_inference_steps is not None else scores.metadata.get("num_inference_steps")
+    if dense_last_steps and num_steps is not None and split_at_step(scores, num_steps - dense_last_steps) is not scores:
+        raise ValueError(f"with dense_last_steps={dense_last_steps}, the scores need a step range starting at step "
+                         f"{num_steps - dense_last_steps} (choices are per range): split them with split_at_step")
+    scores, steps, dense_steps, _, num_steps = _prepare(scores, (), dense_warmup_steps, dense_last_steps, num_steps)
+    return _build(scores, choices, steps, dense_steps, {"rule": "given"}, warmup=dense_warmup_steps, last=dense_last_steps,
                   num_steps=num_steps, attention_share=None, kernel_efficiency=1.0, family=None, target_modules=None,
                   transformer_class=None, base_model=None)

@@ -187,6 +187,9 @@ def test_equal_step_ranges_start_after_the_warm_up_and_are_capped():
     assert equal_step_ranges(50, 4, dense_warmup_steps=10) == [[0, 20], [20, 30], [30, 40], [40, -1]]
     assert equal_step_ranges(3, 8) == [[0, 1], [1, 2], [2, -1]]  # one range a step at most
     assert equal_step_ranges(5, 1) == [[0, -1]]
+    # the dense last steps are a range of their own; the count is capped at the steps between
+    assert equal_step_ranges(4, 8, dense_warmup_steps=1, dense_last_steps=1) == [[0, 2], [2, 3], [3, -1]]
+    assert equal_step_ranges(10, 2, dense_last_steps=2) == [[0, 4], [4, 8], [8, -1]]
     with pytest.raises(ValueError, match="no step after"):
         equal_step_ranges(4, 2, dense_warmup_steps=4)
 

@@ -188,3 +188,100 @@ def test_a_layer_of_skipped_heads_is_said(caplog):
     finally:
         logging.disable_propagation()
     assert "every head of 1 layer(s) is SKIP" in caplog.text and "blocks.1.attn1" in caplog.text
+
+
+# Few-step schedules ---------------------------------------------------------------------------
+def _four_steps(**kwargs):
+    return random_scores(ranges=2, num_inference_steps=4, **kwargs)
+
+
+def _range_density(scores, result, r):
+    return float(scores.densities[result.choices[r]].mean())
+
+
+def test_a_four_step_schedule_with_dense_first_and_last_steps():
+    scores = _four_steps()
+    scores.step_ranges = [[0, 2], [2, -1]]
+    result = solve_budget(scores, target_density=0.7, dense_warmup_fraction=0.25, dense_last_steps=1)
+    config = result.config
+    # the last step is split off range 1 as a range of FULL heads; step 0 is the warm-up
+    assert config.dense_warmup_steps == 1 and config.step_ranges == [[0, 2], [2, 3], [3, -1]]
+    assert config.mode_counts(2) == {"FULL": 12, "SKIP": 0, "DIAGONAL": 0, "MULTI_DIAGONAL": 0, "VERTICAL_STRIPE": 0}
+    assert config.is_dense(step=0) and not config.is_dense(step=1)
+    # steps 0 and 3 dense, step 1 in range 0, step 2 in range 1
+    expected = (1 + _range_density(scores, result, 0) + _range_density(scores, result, 1) + 1) / 4
+    assert result.attention_density == pytest.approx(expected) and expected <= 0.7 + 1e-9
+    assert max(_range_density(scores, result, r) for r in (0, 1)) < 1  # the sparse steps are sparse
+    assert config.calibration["solver"]["dense_last_steps"] == 1
+    paper = solve_paper(scores, dense_warmup_steps=1, dense_last_steps=1)
+    assert paper.config.step_ranges == [[0, 2], [2, 3], [3, -1]] and paper.config.mode_counts(2)["FULL"] == 12
+
+
+def test_a_step_range_inside_the_warm_up_needs_no_scored_calls():
+    scores = _four_steps()
+    scores.step_ranges = [[0, 1], [1, -1]]
+    scores.counts[0] = 0  # the calibration does not score warm-up steps
+    result = solve_budget(scores, target_density=0.6, dense_warmup_steps=1)
+    assert result.config.mode_counts(0)["FULL"] == 12
+    assert result.attention_density == pytest.approx((1 + 3 * _range_density(scores, result, 1)) / 4)
+    with pytest.raises(ValueError, match=r"no scored calls for \(step range, layer\) \[\[0, 0\]"):
+        solve_budget(scores, target_density=0.6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(dense_warmup_steps=3, dense_last_steps=2), "3 dense warm-up steps and 2 dense last steps are more dense steps than the schedule's 4"),
+    (dict(dense_warmup_fraction=1.0), r"dense_warmup_fraction must be in \[0, 1\)"),
+    (dict(dense_warmup_fraction=0.25, dense_warmup_steps=1), "not both"),
+    (dict(dense_last_steps=-1), "dense_last_steps must be an integer >= 0"),
+    (dict(dense_warmup_steps=2, dense_last_steps=2), "every step is a dense step"),
+    (dict(dense_warmup_steps=1, dense_last_steps=1, target_density=0.4), "warm-up and last steps alone costs density 0.500"),
+])
+def test_impossible_dense_steps_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        solve_budget(_four_steps(), **{"target_density": 0.6, **kwargs})
+
+
+# Two experts ---------------------------------------------------------------------------------
+def _experts(scale_low=1.0):
+    high = random_scores(num_inference_steps=4, expert_steps=[0, 2], seed=1)
+    low = random_scores(num_inference_steps=4, expert_steps=[2, 4], seed=2)
+    low.errors *= scale_low
+    return {"transformer": high, "transformer_2": low}
+
+
+def test_two_experts_share_one_budget_over_the_whole_run():
+    experts = _experts(scale_low=100.0)  # the low-noise expert's heads are far more sensitive
+    result = solve_budget(experts, target_density=0.5, dense_warmup_steps=1)
+    high, low = result.experts["transformer"], result.experts["transformer_2"]
+    d_high = float(experts["transformer"].densities[high.choices].mean())
+    d_low = float(experts["transformer_2"].densities[low.choices].mean())
+    # step 0 dense, step 1 on transformer, steps 2-3 on transformer_2
+    assert high.attention_density == pytest.approx((1 + d_high) / 2) and low.attention_density == pytest.approx(d_low)
+    assert result.attention_density == pytest.approx((1 + d_high + 2 * d_low) / 4)
+    assert result.attention_density <= 0.5 + 1e-9
+    assert d_low > d_high  # the budget went where the error is
+    config = result.config
+    assert config.transformer_2 is not None and config.transformer_2 == low.config
+    assert config.calibration["predicted"]["attention_density"] == pytest.approx(result.attention_density)
+    assert config.calibration["predicted"]["experts"]["transformer_2"]["steps"] == [2, 4]
+    assert "transformer_2 (steps 2 to 3)" in result.summary()
+    paper = solve_paper(experts)
+    assert paper.config.transformer_2 is not None and set(paper.experts) == {"transformer", "transformer_2"}
+
+
+def test_two_experts_must_cover_one_schedule():
+    experts = _experts()
+    experts["transformer_2"].metadata["expert_steps"] = [3, 4]
+    with pytest.raises(ValueError, match=r"cover steps \[\[0, 2\], \[3, 4\]\] of \[4\]"):
+        solve_budget(experts, target_density=0.5)
+    with pytest.raises(ValueError, match="keyed 'transformer' and 'transformer_2'"):
+        solve_paper({"transformer": experts["transformer"]})
+
+
+def test_splitting_off_the_dense_last_steps_keeps_the_measured_sensitivity():
+    scores = _four_steps()
+    scores.step_ranges = [[0, 2], [2, -1]]
+    scores = scores.with_sensitivity(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=torch.float64))
+    split = scores.with_ranges([0, 1, 1], [[0, 2], [2, 3], [3, -1]])
+    assert torch.equal(split.sensitivity, scores.sensitivity[[0, 1, 1]])
+    assert solve_budget(scores, target_density=0.8, dense_last_steps=1).config.step_ranges == [[0, 2], [2, 3], [3, -1]]
