@@ -67,22 +67,7 @@ class HunyuanVideoSparseAttnProcessor(SparseAttnProcessor):
 
         # 4. Encoder condition QKV projection and normalization
         if attn.add_q_proj is not None and encoder_hidden_states is not None:
-            encoder_query = attn.add_q_proj(encoder_hidden_states)
-            encoder_key = attn.add_k_proj(encoder_hidden_states)
-            encoder_value = attn.add_v_proj(encoder_hidden_states)
-
-            encoder_query = encoder_query.unflatten(2, (attn.heads, -1))
-            encoder_key = encoder_key.unflatten(2, (attn.heads, -1))
-            encoder_value = encoder_value.unflatten(2, (attn.heads, -1))
-
-            if attn.norm_added_q is not None:
-                encoder_query = attn.norm_added_q(encoder_query)
-            if attn.norm_added_k is not None:
-                encoder_key = attn.norm_added_k(encoder_key)
-
-            query = torch.cat([query, encoder_query], dim=1)
-            key = torch.cat([key, encoder_key], dim=1)
-            value = torch.cat([value, encoder_value], dim=1)
+            query, key, value = append_condition_qkv(attn, query, key, value, encoder_hidden_states)
 
         text_tokens = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         if attention_mask is not None:
@@ -160,3 +145,16 @@ HUNYUAN_VIDEO = Family(
     latent_grid=_latent_grid,
     call_text=call_text,
 )
+
+
+def append_condition_qkv(attn, query, key, value, encoder_hidden_states):
+    """The dual-stream blocks' text (condition) q, k, v, projected and normalized, after the video's."""
+    encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+    encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+    encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+    if attn.norm_added_q is not None:
+        encoder_query = attn.norm_added_q(encoder_query)
+    if attn.norm_added_k is not None:
+        encoder_key = attn.norm_added_k(encoder_key)
+    return (torch.cat([query, encoder_query], dim=1), torch.cat([key, encoder_key], dim=1),
+            torch.cat([value, encoder_value], dim=1))

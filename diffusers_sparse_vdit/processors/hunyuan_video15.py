@@ -28,7 +28,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
 
 from .base import AttentionCall, Family
-from .hunyuan_video import HunyuanVideoSparseAttnProcessor
+from .hunyuan_video import HunyuanVideoSparseAttnProcessor, append_condition_qkv
 from .hunyuan_video import _latent_grid as _hunyuan_latent_grid
 
 __all__ = ["HunyuanVideo15SparseAttnProcessor", "HUNYUAN_VIDEO15", "call_text"]
@@ -56,18 +56,7 @@ class HunyuanVideo15SparseAttnProcessor(HunyuanVideoSparseAttnProcessor):
         text_tokens = 0
         if encoder_hidden_states is not None:
             text_tokens = encoder_hidden_states.shape[1]
-            encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-
-            if attn.norm_added_q is not None:
-                encoder_query = attn.norm_added_q(encoder_query)
-            if attn.norm_added_k is not None:
-                encoder_key = attn.norm_added_k(encoder_key)
-
-            query = torch.cat([query, encoder_query], dim=1)
-            key = torch.cat([key, encoder_key], dim=1)
-            value = torch.cat([value, encoder_value], dim=1)
+            query, key, value = append_condition_qkv(attn, query, key, value, encoder_hidden_states)
 
         _check_condition_mask(attention_mask, query.shape[0], text_tokens)
         return AttentionCall(
