@@ -124,44 +124,47 @@ def compare(dense, run) -> dict:
 
 
 # Methods ----------------------------------------------------------------------------------------
+def cached_scores(cache: Path, settings: dict, compute) -> ScoreSet:
+    """``compute()``'s scores, or the ones saved in ``cache`` for the same ``settings``."""
+    stamp = cache / "settings.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == _jsonable(settings):
+        return ScoreSet.load(cache)
+    stamp.unlink(missing_ok=True)  # the scores below replace the cached ones
+    scores = compute()
+    scores.save(cache)
+    write_atomic(stamp, json.dumps(_jsonable(settings), indent=2) + "\n")  # last: a half-written cache has none
+    return scores
+
+
+def _pipeline_kwargs(info: dict) -> dict:
+    return {k: v for k, v in info["generate"].items() if k not in _CALIBRATE_KEYS}
+
+
 def calibrated_scores(pipe, info: dict, cache: Path, args, layout, step_ranges=None) -> ScoreSet:
     """``calibrate`` on the calibration captions, or its cached result for the same settings."""
     gen = info["generate"]
     settings = {"prompts": info["calibration_prompts"], "generate": gen, "tile_size": info["tile_size"],
                 "step_ranges": step_ranges, "seed": args.seed, "dtype": args.dtype, "device": args.device,
                 "backend": args.backend, "band_densities": args.band_densities}
-    stamp = cache / "settings.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == _jsonable(settings):
-        return ScoreSet.load(cache)
-    stamp.unlink(missing_ok=True)  # the scores below replace the cached ones
-    kwargs = {k: gen[k] for k in _CALIBRATE_KEYS if k in gen}
-    candidates = None if args.band_densities is None else default_candidates(
-        layout, info["tile_size"], band_densities=args.band_densities)
-    scores = calibrate(pipe, info["calibration_prompts"], seed=args.seed, tile_size=info["tile_size"],
-                       step_ranges=step_ranges, backend=args.backend, candidates=candidates,
-                       pipeline_kwargs={k: v for k, v in gen.items() if k not in _CALIBRATE_KEYS}, **kwargs)
-    scores.save(cache)
-    write_atomic(stamp, json.dumps(_jsonable(settings), indent=2) + "\n")  # last: a half-written cache has none
-    return scores
+
+    def compute():
+        candidates = None if args.band_densities is None else default_candidates(
+            layout, info["tile_size"], band_densities=args.band_densities)
+        return calibrate(pipe, info["calibration_prompts"], seed=args.seed, tile_size=info["tile_size"],
+                         step_ranges=step_ranges, backend=args.backend, candidates=candidates,
+                         pipeline_kwargs=_pipeline_kwargs(info), **{k: gen[k] for k in _CALIBRATE_KEYS if k in gen})
+
+    return cached_scores(cache, settings, compute)
 
 
 def sensitive_scores(pipe, info: dict, scores: ScoreSet, cache: Path, args, groups: str) -> ScoreSet:
     """``measure_sensitivity`` of ``scores`` on the calibration captions, or its cached result."""
+    prompts = info["calibration_prompts"][: args.sensitivity_prompts]
     settings = {"scores": scores.to_dict(), "groups": groups, "density": args.sensitivity_density,
-                "prompts": info["calibration_prompts"][: args.sensitivity_prompts], "seed": args.seed,
-                "backend": args.backend}
-    stamp = cache / "settings.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == _jsonable(settings):
-        return ScoreSet.load(cache)
-    stamp.unlink(missing_ok=True)
-    gen = info["generate"]
-    weighted = measure_sensitivity(pipe, scores, info["calibration_prompts"][: args.sensitivity_prompts],
-                                   target_density=args.sensitivity_density,
-                                   groups=groups, seed=args.seed, backend=args.backend,
-                                   pipeline_kwargs={k: v for k, v in gen.items() if k not in _CALIBRATE_KEYS})
-    weighted.save(cache)
-    write_atomic(stamp, json.dumps(_jsonable(settings), indent=2) + "\n")
-    return weighted
+                "prompts": prompts, "seed": args.seed, "backend": args.backend}
+    return cached_scores(cache, settings, lambda: measure_sensitivity(
+        pipe, scores, prompts, target_density=args.sensitivity_density, groups=groups, seed=args.seed,
+        backend=args.backend, pipeline_kwargs=_pipeline_kwargs(info)))
 
 
 def install(pipe, method: str, density: float | None, ctx: dict) -> dict:

@@ -48,3 +48,20 @@ def test_tiny_wan_end_to_end(tmp_path, capsys):
     assert rows["ours_warmup"]["dense_warmup_steps"] == 1
     assert (tmp_path / "quality_tiny_wan_scores" / "single" / "settings.json").exists()  # cached for the next run
     assert "ours_ranges" in capsys.readouterr().out  # the table
+
+
+def test_the_sensitivity_weighted_search_is_measured_once_and_cached(tmp_path, monkeypatch):
+    bench = load_script()
+    args = ["--tiny", "wan", "--max-prompts", "1", "--densities", "0.5", "--methods", "ours_ranges_sens",
+            "--ranges", "3", "--sensitivity-prompts", "1", "--floors", "--name", "sens", "--out", str(tmp_path)]
+    assert bench.main(args) == 0
+    row = json.loads((tmp_path / "quality_sens.json").read_text())["rows"][0]
+    weights = row["details"]["sensitivity"]
+    assert len(weights) == 3 and all(w[0] > 0 for w in weights)  # one weight per step range, every layer alike
+    assert (tmp_path / "quality_tiny_wan_scores" / "ranges3_sens_ranges" / "settings.json").exists()
+
+    def measured_again(*args, **kwargs):
+        raise AssertionError("the cached sensitivity was measured again")
+
+    monkeypatch.setattr(bench, "measure_sensitivity", measured_again)
+    assert bench.main(args) == 0  # same settings: read from the cache
