@@ -134,15 +134,17 @@ def fastest_dense():
 
     original = F.scaled_dot_product_attention
 
-    def fast(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
-        if not is_causal and not dropout_p and scale is None and not kwargs and query.shape == key.shape:
+    def fast(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
+             **kwargs):
+        # diffusers' native backend passes enable_gqa=False explicitly: without it here, every call fell back
+        if not is_causal and not dropout_p and scale is None and not enable_gqa and not kwargs and query.shape == key.shape:
             lengths = key_prefix_lengths(attn_mask, query.shape[0], key.shape[-2])
             if attn_mask is None or lengths is not None:
                 backend = choose_dense_backend(query, attn_mask, key_lengths=lengths)
                 if backend != "stock":
                     return dense_attention_fast(backend, query, key, value, lengths)
         return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
-                        **kwargs)
+                        enable_gqa=enable_gqa, **kwargs)
 
     order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     F.scaled_dot_product_attention = fast

@@ -29,3 +29,31 @@ def test_key_prefix_lengths(bench_e2e):
     assert bench_e2e.key_prefix_lengths(mask, 2, 10) is None
     assert bench_e2e.key_prefix_lengths(torch.ones(2, 1, 10, 10, dtype=torch.bool), 2, 10) is None  # per-query mask
     assert bench_e2e.key_prefix_lengths(None, 2, 10) is None
+
+
+@pytest.mark.parametrize("variant", ["wan", "hunyuan_video"])
+def test_the_fastest_dense_baseline_takes_diffusers_own_attention_calls(bench_e2e, monkeypatch, variant):
+    """diffusers' native backend calls SDPA with enable_gqa=False: the baseline must still route those calls."""
+    import torch.nn.functional as F
+
+    from diffusers_sparse_vdit.testing import tiny_transformer, tiny_transformer_inputs
+
+    routed, sdpa = [], F.scaled_dot_product_attention  # the real one: the baseline patches F's
+
+    def fake_fast(backend, query, key, value, lengths):
+        routed.append(lengths)
+        mask = None if lengths is None else (torch.arange(key.shape[-2])[None, :] < lengths[:, None])[:, None, None, :]
+        return sdpa(query, key, value, attn_mask=mask)
+
+    monkeypatch.setattr(bench_e2e, "choose_dense_backend", lambda *a, **k: "fa3")
+    monkeypatch.setattr(bench_e2e, "dense_attention_fast", fake_fast)
+    transformer = tiny_transformer(variant)
+    inputs = tiny_transformer_inputs(transformer)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with bench_e2e.fastest_dense():
+            fast = transformer(**inputs)[0]
+    assert routed, "no attention call reached the fast kernel"
+    if variant == "hunyuan_video":  # the padded prompt's key mask became per-item key counts
+        assert any(lengths is not None for lengths in routed)
+    torch.testing.assert_close(fast, stock, atol=1e-5, rtol=1e-5)
