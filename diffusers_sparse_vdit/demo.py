@@ -99,7 +99,9 @@ def search_demo(out: str = "out/demo", target_density: float = 0.35) -> None:
     prompts = info["calibration_prompts"][:2]
     print(f"\n[2/2] search on the trained Wan reference pipeline (reference_models/wan: 6 layers x 6 heads, "
           f"{info['video_tokens']} video tokens), {len(prompts)} calibration captions x {size['num_inference_steps']} steps:")
-    result = search(pipe, prompts, target_density=target_density, tile_size=info["tile_size"], sample_tiles=16, progress=True,
+    # the default recipe, smaller so a CPU finishes in minutes: 4 step ranges, sensitivity on one caption
+    result = search(pipe, prompts, target_density=target_density, step_ranges=4, sensitivity_prompts=1,
+                    tile_size=info["tile_size"], sample_tiles=16, progress=True,
                     backend="torch" if device.type == "cpu" else "auto", pipeline_kwargs=call, **size)
     print("      " + result.summary().replace("\n", "\n      "))
 
