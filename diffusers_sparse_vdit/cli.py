@@ -553,6 +553,7 @@ def _cmd_solve(args, parser) -> None:
     except ValueError as e:
         raise CommandError(str(e)) from None
     out = _check_out(parser, args, keeps=source)
+    _dense_steps_from(scores, args)
     result = _solve(scores, args)
     stage = _new_sibling(out)
     try:
@@ -566,6 +567,32 @@ def _cmd_solve(args, parser) -> None:
     _swap_in(stage, out)
     print(result.summary())
     print(f"\nwrote {out}: {_written(out)}")
+
+
+def _dense_steps_from(scores, args) -> None:
+    """Dense steps not given on the command line: the ones the scores were calibrated with.
+
+    Fewer would make steps sparse that the calibration never scored; say so when they differ.
+    """
+    meta = (next(iter(scores.values())) if isinstance(scores, dict) else scores).metadata
+    recorded = {"dense_warmup_steps": meta.get("dense_warmup_steps") or 0,
+                "dense_warmup_fraction": meta.get("dense_warmup_fraction"),
+                "dense_last_steps": meta.get("dense_last_steps") or 0}
+    given = args.dense_warmup_steps is not None or args.dense_warmup_fraction is not None
+    if not given:  # a fraction was resolved into steps at calibration: keep the fraction, as given then
+        fraction = recorded["dense_warmup_fraction"]
+        args.dense_warmup_steps, args.dense_warmup_fraction = (0, fraction) if fraction is not None else (
+            recorded["dense_warmup_steps"], None)
+    last_given = args.dense_last_steps is not None
+    if not last_given:
+        args.dense_last_steps = recorded["dense_last_steps"]
+    if args.dense_warmup_steps is None:
+        args.dense_warmup_steps = 0
+    if not (given and last_given):
+        warmup = (f"{args.dense_warmup_fraction:g} of the steps" if args.dense_warmup_fraction is not None
+                  else str(args.dense_warmup_steps))
+        print(f"dense steps as calibrated: warm-up {warmup}, last {args.dense_last_steps} "
+              "(pass --dense-warmup-steps / --dense-last-steps for others)")
 
 
 # show -------------------------------------------------------------------------------------
@@ -771,6 +798,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("scores", metavar="SCORES_DIR", help="OUT/scores of a search (or OUT itself)")
     _add_solver_args(sub)
+    sub.set_defaults(dense_warmup_steps=None, dense_last_steps=None)  # unset: the scores' own (see _dense_steps_from)
     sub.add_argument("--out", required=True, metavar="DIR", help="folder for the map")
     _add_overwrite_arg(sub)
 

@@ -206,13 +206,15 @@ def test_search_a_two_expert_pipeline_with_few_steps_then_solve_and_show(capsys,
     assert (out / "scores" / "transformer_2" / "scores.json").is_file()
 
     code, stdout, err = run(capsys, "solve", out, "--target-density", 0.95, "--dense-warmup-steps", 1,
-                            "--out", tmp_path / "re-solved")
+                            "--dense-last-steps", 0, "--out", tmp_path / "re-solved")
     assert code == 1 and "1 last steps dense unscored: solve with at least those" in err  # step 3 has no scores
-    code, stdout, err = run(capsys, "solve", out, "--target-density", 0.95, "--dense-warmup-steps", 1,
-                            "--dense-last-steps", 1, "--out", tmp_path / "re-solved")
+    # without the flags, solve keeps the dense steps the scores were calibrated with
+    code, stdout, err = run(capsys, "solve", out, "--target-density", 0.95, "--out", tmp_path / "re-solved")
     assert code == 0, err
+    assert "dense steps as calibrated: warm-up 0.25 of the steps, last 1" in stdout
     re_solved = SparseVDiTConfig.from_pretrained(tmp_path / "re-solved")
     assert re_solved.transformer_2 is not None and re_solved.calibration["predicted"]["attention_density"] <= 0.95
+    assert re_solved.dense_warmup_steps == 1 and re_solved.transformer_2.step_ranges == [[0, 3], [3, -1]]
 
     code, stdout, err = run(capsys, "show", out, "--no-png")
     assert code == 0, err
@@ -265,6 +267,13 @@ def test_solve_from_saved_scores(capsys, tmp_path):
     code, stdout, err = run(capsys, "solve", tmp_path / "scores", "--lambda", 0.25, "--out", tmp_path / "paper")
     assert code == 0, err
     assert SparseVDiTConfig.from_pretrained(tmp_path / "paper").calibration["solver"]["lambda"] == 0.25
+
+    # scores calibrated with dense warm-up steps keep them unless told otherwise
+    random_scores(layers=3, heads=4, dense_warmup_steps=3).save(tmp_path / "warm")
+    code, stdout, err = run(capsys, "solve", tmp_path / "warm", "--target-speedup", 2, "--out", tmp_path / "warm-map")
+    assert code == 0, err
+    assert "dense steps as calibrated: warm-up 3, last 0" in stdout
+    assert SparseVDiTConfig.from_pretrained(tmp_path / "warm-map").dense_warmup_steps == 3
 
 
 def test_solve_errors(capsys, tmp_path):
