@@ -104,12 +104,17 @@ def measure_sensitivity(
     weight = steps[:, None, None] / (scores.num_layers * scores.num_heads)
     predicted = (weight * item_err).sum(dim=2)  # (R, L): the solver's objective, entry group by entry group
 
-    cells = [(r, None) for r in range(scores.num_ranges)] if groups == "ranges" else [
-        (r, layer) for r in range(scores.num_ranges) for layer in range(scores.num_layers)]
+    ranges = range(scores.num_ranges)
+    cells = [(slice(r, r + 1), slice(None)) for r in ranges] if groups == "ranges" else [
+        (slice(r, r + 1), slice(layer, layer + 1)) for r in ranges for layer in range(scores.num_layers)]
+    probed = [where for where in cells if not bool((probe[where] == full).all())]  # the rest has nothing sparse
+    if not probed:  # before generating anything
+        raise ValueError(f"the probe map at density {target_density} is dense everywhere: nothing to measure; "
+                         "pass a lower target_density")
     bar_config = dict(getattr(pipe, "_progress_bar_config", {}))
     if progress is None:
         progress = logging.is_progress_bar_enabled() and not bar_config.get("disable", False)
-    bar = tqdm(total=len(prompts) * (len(cells) + 2), desc="Sparse-vDiT sensitivity", unit="video",
+    bar = tqdm(total=len(prompts) * (len(probed) + 2), desc="Sparse-vDiT sensitivity", unit="video",
                disable=not progress)
     pipe.set_progress_bar_config(disable=True)
 
@@ -133,10 +138,7 @@ def measure_sensitivity(
             dense.append(_final_latents(pipe, prompt, seed + i, call))
             bar.update(1)
         measured = torch.full((scores.num_ranges, scores.num_layers), float("nan"), dtype=torch.float64)
-        for r, layer in cells:
-            where = (slice(r, r + 1), slice(None) if layer is None else slice(layer, layer + 1))
-            if bool((probe[where] == full).all()):  # nothing sparse to probe here
-                continue
+        for where in probed:
             choices = torch.full_like(probe, full)
             choices[where] = probe[where]
             measured[where] = relative_errors(choices)
@@ -147,14 +149,13 @@ def measure_sensitivity(
 
     # per group: measured final error over predicted local error
     ratio = torch.full_like(measured, float("nan"))
-    for r, layer in cells:
-        where = (slice(r, r + 1), slice(None) if layer is None else slice(layer, layer + 1))
+    for where in probed:
         pred = float(predicted[where].sum())
-        if torch.isfinite(measured[where]).all() and pred > 0:
+        if pred > 0:
             ratio[where] = measured[where][0, 0] / pred
     known = torch.isfinite(ratio)
     if not known.any():
-        raise ValueError(f"the probe map at density {target_density} is dense everywhere: nothing to measure; "
+        raise ValueError(f"the probe map at density {target_density} predicts no error anywhere: nothing to weigh; "
                          "pass a lower target_density")
     entry_w = weight[..., 0].expand_as(ratio)  # FLOP share of each (range, layer)
     fill = float((ratio[known] * entry_w[known]).sum() / entry_w[known].sum())

@@ -83,3 +83,15 @@ def test_a_target_with_nothing_to_probe_keeps_the_scores_unweighted(caplog, monk
     assert tried == [0.25, 0.6]  # the sparser probe first, then the target itself
     assert out is scores and out.sensitivity is None  # the calibration stays usable
     assert "no sensitivity measured" in caplog.text
+
+
+def test_a_probe_with_nothing_sparse_is_refused_before_generating(monkeypatch):
+    from diffusers_sparse_vdit.search import sensitivity
+
+    pipe = tiny_pipeline("wan")
+    kwargs = run(pipe, "wan")
+    scores = calibrate(pipe, PROMPTS[:1], step_ranges=[[0, 2], [2, -1]], **kwargs)
+    monkeypatch.setattr(sensitivity, "_final_latents", lambda *a, **k: pytest.fail("generated for nothing"))
+    with pytest.raises(ValueError, match="dense everywhere"):  # density 1: the best map is all FULL
+        measure_sensitivity(pipe, scores, PROMPTS[:1], target_density=1.0, backend="torch", progress=False,
+                            pipeline_kwargs=kwargs["pipeline_kwargs"])
