@@ -44,6 +44,8 @@ from diffusers_sparse_vdit import ModeSpec, SparseVDiTConfig, apply_sparse_vdit,
 from diffusers_sparse_vdit.processors import family_of, sparse_targets  # noqa: E402
 from diffusers_sparse_vdit.testing import tiny_transformer, tiny_transformer_inputs  # noqa: E402
 
+from bench_e2e import MODELS as E2E_MODELS  # noqa: E402
+
 MODELS = {
     # name: (diffusers class, real config, latent grid after patchify, text tokens, paper FLOP reduction)
     "wan2.1-14b-720p": (
@@ -53,14 +55,7 @@ MODELS = {
              qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
         (21, 45, 80), 512, 1.7,
     ),
-    "hunyuanvideo-720p": (
-        "HunyuanVideoTransformer3DModel",
-        dict(in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
-             num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
-             qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768,
-             rope_theta=256.0, rope_axes_dim=(16, 56, 56)),
-        (33, 45, 80), 256, 2.4,
-    ),
+    "hunyuanvideo-720p": E2E_MODELS["hunyuanvideo-720p"],  # the single-GPU benchmark's model, as it is there
 }
 # --tiny: the test models at 4 heads (2 per rank at 2 processes), a 4 x 4 x 6 grid
 TINY = {"wan": ((4, 4, 6), 7), "hunyuan_video": ((4, 4, 6), 7), "cogvideox": ((4, 4, 6), 7)}
