@@ -33,7 +33,11 @@ from .layout import FRAME_MAJOR, TOKEN_MAJOR, TokenLayout
 from .masks import video_key_tiles, video_tile_mask
 from .modes import Mode, ModeSpec
 
-__all__ = ["SparsePlan", "build_plan", "spec_density", "spec_tile_mask", "MIN_TILE_SIZE"]
+__all__ = ["SparsePlan", "build_plan", "spec_density", "spec_tile_mask", "MIN_TILE_SIZE", "PRECISIONS"]
+
+#: How a head's products are computed: ``"native"`` in the inputs' dtype, ``"fp8"`` with Q, K, P and V
+#: quantized to float8 e4m3 on Hopper's FP8 tensor cores (:mod:`.kernels.quantize` says how)
+PRECISIONS = ("native", "fp8")
 
 MIN_TILE_SIZE = 16
 _WEIGHT_CLASSES = 4
@@ -183,11 +187,14 @@ class SparsePlan:
     work: torch.Tensor  # int32 (n_work, 5): head, query tile, pool start, n_full, n_total; heaviest first
     head_order: torch.Tensor  # int32 (H,): FRAME_MAJOR or TOKEN_MAJOR
     tile_lengths: torch.Tensor  # int32 (num_tiles,)
+    precision: tuple[str, ...] = ()  # one of PRECISIONS per head; () means all "native"
     _device: dict = field(default_factory=dict, repr=False)
     # a process-wide id, so a compiled graph can name the plan as an int (see kernels/attention.py)
     uid: int = field(default_factory=lambda: next(_UIDS), repr=False)
 
     def __post_init__(self):
+        if not self.precision:
+            object.__setattr__(self, "precision", ("native",) * len(self.specs))
         _LIVE_PLANS[self.uid] = self
 
     # Shape ------------------------------------------------------------------------------
@@ -227,6 +234,11 @@ class SparsePlan:
     @property
     def skip_heads(self) -> list[int]:
         return [h for h, s in enumerate(self.specs) if s.mode is Mode.SKIP]
+
+    @property
+    def fp8_heads(self) -> list[int]:
+        """Heads computed in FP8 (:data:`PRECISIONS`); SKIP heads compute nothing, so they are never listed."""
+        return [h for h, (p, s) in enumerate(zip(self.precision, self.specs)) if p == "fp8" and s.mode is not Mode.SKIP]
 
     # Tile lists -------------------------------------------------------------------------
     def row_maps(self) -> torch.Tensor:
@@ -273,7 +285,20 @@ class SparsePlan:
         rows = keep[self.work[:, 1].long()]
         if head_order is not None:
             rows |= self.head_order[self.work[:, 0].long()] != head_order
-        return SparsePlan(self.specs, self.layout, self.tile_size, self.work[rows].contiguous(), self.head_order, self.tile_lengths)
+        return self._with_work(rows)
+
+    def restrict_heads(self, heads: Sequence[int]) -> "SparsePlan":
+        """The same plan computing only ``heads``; the other heads' outputs are left unwritten.
+
+        A plan whose heads differ in precision runs as two launches of this kind, one per precision.
+        """
+        keep = torch.zeros(self.num_heads, dtype=torch.bool)
+        keep[torch.as_tensor(list(heads), dtype=torch.long)] = True
+        return self._with_work(keep[self.work[:, 0].long()])
+
+    def _with_work(self, rows: torch.Tensor) -> "SparsePlan":
+        return SparsePlan(self.specs, self.layout, self.tile_size, self.work[rows].contiguous(), self.head_order,
+                          self.tile_lengths, self.precision)
 
     # Oracle -----------------------------------------------------------------------------
     def mask_rows(self, head: int, query_tokens: torch.Tensor) -> torch.Tensor:
@@ -343,24 +368,49 @@ class SparsePlan:
         for spec in self.specs:
             counts[spec.mode.name] = counts.get(spec.mode.name, 0) + 1
         modes = ", ".join(f"{k} x{v}" for k, v in counts.items())
+        fp8 = f", {len(self.fp8_heads)} in fp8" if self.fp8_heads else ""
         return (
-            f"SparsePlan({self.num_heads} heads: {modes}; {self.layout}; tile {self.tile_size}; "
+            f"SparsePlan({self.num_heads} heads: {modes}{fp8}; {self.layout}; tile {self.tile_size}; "
             f"density {self.density:.3f}, tile density {self.tile_density:.3f})"
         )
 
     __str__ = summary
 
 
-def build_plan(specs: Sequence[ModeSpec | Mode | str], layout: TokenLayout, tile_size: int = 128) -> SparsePlan:
-    """Plan for one attention call: one spec per head (a bare mode means its default knob)."""
+def build_plan(
+    specs: Sequence[ModeSpec | Mode | str], layout: TokenLayout, tile_size: int = 128, *,
+    precision: str | Sequence[str] = "native",
+) -> SparsePlan:
+    """Plan for one attention call: one spec per head (a bare mode means its default knob).
+
+    ``precision``: one of :data:`PRECISIONS` for every head, or one per head.
+    """
     specs = tuple(_as_spec(s) for s in specs)
     if not specs:
         raise ValueError("build_plan needs at least one head spec")
+    precision = _as_precision(precision, len(specs))
     if not isinstance(layout, TokenLayout):
         raise TypeError(f"layout must be a TokenLayout, got {type(layout).__name__}")
     if not isinstance(tile_size, int) or tile_size < MIN_TILE_SIZE or tile_size & (tile_size - 1):
         raise ValueError(f"tile_size must be a power of two >= {MIN_TILE_SIZE}, got {tile_size!r}")
-    return _build_plan(specs, layout, tile_size)
+    plan = _build_plan(specs, layout, tile_size)
+    return plan if precision == plan.precision else _with_precision(plan, precision)
+
+
+def _as_precision(precision, heads: int) -> tuple[str, ...]:
+    per_head = (precision,) * heads if isinstance(precision, str) else tuple(precision)
+    if len(per_head) != heads:
+        raise ValueError(f"precision needs one entry per head ({heads}), got {len(per_head)}")
+    bad = sorted({p for p in per_head if p not in PRECISIONS}, key=str)
+    if bad:
+        raise ValueError(f"unknown precision {bad[0]!r}; choose one of {PRECISIONS} (per head or for all heads)")
+    return per_head
+
+
+@functools.lru_cache(maxsize=1024)
+def _with_precision(plan: SparsePlan, precision: tuple[str, ...]) -> SparsePlan:
+    """``plan`` with other precisions, cached like the plans themselves (the tile lists are shared)."""
+    return SparsePlan(plan.specs, plan.layout, plan.tile_size, plan.work, plan.head_order, plan.tile_lengths, precision)
 
 
 def _as_spec(spec) -> ModeSpec:

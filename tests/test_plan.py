@@ -206,3 +206,31 @@ def test_bad_plan_arguments():
         build_plan(["full"], (2, 2, 2))
     with pytest.raises(ValueError, match="refusing"):
         build_plan(["full"], TokenLayout(20, 30, 30), 128).dense_mask()
+
+
+# Precision -------------------------------------------------------------------------------
+def test_precision_is_per_head_and_shares_the_tile_lists():
+    layout = TokenLayout(frames=3, height=4, width=6, text_tokens=5, text_position="after")
+    specs = [ModeSpec.full(), ModeSpec.diagonal(1.0), ModeSpec.skip()]
+    native = build_plan(specs, layout, 16)
+    mixed = build_plan(specs, layout, 16, precision=("fp8", "native", "fp8"))
+    assert native.precision == ("native",) * 3
+    assert mixed.precision == ("fp8", "native", "fp8")
+    assert mixed.fp8_heads == [0]  # a SKIP head computes nothing, in any precision
+    assert mixed.work is native.work and build_plan(specs, layout, 16, precision=("fp8", "native", "fp8")) is mixed
+    assert build_plan(specs, layout, 16, precision="fp8").fp8_heads == [0, 1]
+    assert "1 in fp8" in mixed.summary()
+    with pytest.raises(ValueError, match="one entry per head"):
+        build_plan(specs, layout, 16, precision=("fp8",))
+    with pytest.raises(ValueError, match="unknown precision 'int4'"):
+        build_plan(specs, layout, 16, precision="int4")
+
+
+def test_restrict_heads_keeps_only_their_work_and_the_precision():
+    layout = TokenLayout(frames=3, height=4, width=6, text_tokens=5, text_position="after")
+    plan = build_plan([ModeSpec.full(), ModeSpec.diagonal(1.0), ModeSpec.multi_diagonal(1.0)], layout, 16,
+                      precision=("fp8", "native", "fp8"))
+    part = plan.restrict_heads([0, 2])
+    assert set(part.work[:, 0].tolist()) == {0, 2}
+    assert part.precision == plan.precision
+    assert len(part.work) == int((plan.work[:, 0] != 1).sum())
