@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
 import torch
 
+from ..logs import get_logger
 from ..plan import SparsePlan, plan_by_uid
 
 __all__ = ["sparse_attention", "BACKENDS"]
@@ -45,6 +47,38 @@ def fa4_supported(q, plan) -> bool:
     from .fa4 import fa4_unavailable_reason
 
     return q.dtype in (torch.float16, torch.bfloat16) and plan.tile_size == 128 and fa4_unavailable_reason(q.device) is None
+
+
+def fp8_supported(q, k, v, plan, out=None) -> bool:
+    """Whether the FP8 Hopper kernel (:mod:`.gluon_fp8`) can run this call's fp8 heads."""
+    if q.device.type != "cuda":
+        return False
+    try:
+        from .gluon_fp8 import supported
+    except ImportError:
+        return False
+    return supported(q, k, v, plan, out)
+
+
+def _route_fp8(requested: str, backend: str, q, k, v, plan, out):
+    """The plan a call runs: its fp8 heads stay fp8 where they can run (the FP8 Hopper kernel on CUDA,
+    the torch simulation with ``backend="torch"`` or on CPU); under ``"auto"`` elsewhere they run
+    in 16 bits, with a warning; a backend asked for by name that cannot run them is an error."""
+    if backend == "torch" or q.device.type == "cpu" or fp8_supported(q, k, v, plan, out):
+        return plan
+    why = (f"the FP8 kernel runs on Hopper GPUs (compute capability 9.x) with Triton >= 3.6, float16/bfloat16 "
+           f"inputs, head_dim 64 or 128 and plans of 128-token tiles; this call is {q.dtype}, head_dim "
+           f"{q.shape[-1]}, tile {plan.tile_size} on {q.device}")
+    if requested != "auto":
+        raise ValueError(f"the plan has fp8 heads but {why}; use backend='auto' (runs them in 16 bits) or "
+                         "backend='torch' (simulates FP8 exactly, slowly), or build the plan with precision='native'")
+    _warn_once(f"fp8 heads run in 16 bits: {why}")
+    return plan.with_precision("native")
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    get_logger(__name__).warning("Sparse-vDiT: %s", message)
 
 
 def auto_cuda_kernel(q, k, v, plan, out) -> str:
@@ -144,6 +178,8 @@ def sparse_attention(
         )
     if requested == "auto" and backend == "triton":
         backend = auto_cuda_kernel(q, k, v, plan, out)
+    if plan.fp8_heads:
+        plan = _route_fp8(requested, backend, q, k, v, plan, out)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if out is None:
         if backend == "flex":
@@ -170,17 +206,40 @@ def _items_per_launch(*tensors) -> int:
 
 
 def _run(backend, q, k, v, plan, scale, out, text_lengths):
+    fp8 = plan.fp8_heads
+    if not fp8:
+        return _run_native(backend, q, k, v, plan, scale, out, text_lengths)
+    # one launch per precision, each writing only its heads (SKIP heads write zeros in the first)
+    native = sorted(set(range(plan.num_heads)) - set(fp8))
+    if native:
+        _run_native(backend, q, k, v, plan.restrict_heads(native), scale, out, text_lengths)
+    fp8_plan = plan.restrict_heads(fp8)
+    if backend == "torch" or q.device.type != "cuda":
+        from .reference import sparse_attention_torch
+
+        return sparse_attention_torch(q, k, v, fp8_plan, scale=scale, out=out, text_lengths=text_lengths, fp8=True)
+    from .gluon_fp8 import sparse_attention_gluon_fp8
+
+    return _batched(sparse_attention_gluon_fp8, q, k, v, fp8_plan, scale, out, text_lengths)
+
+
+def _batched(kernel, q, k, v, plan, scale, out, text_lengths):
+    """``kernel`` over the batch, as many items a launch as int32 offsets allow."""
+    step = _items_per_launch(q, k, v, out)
+    for b in range(0, q.shape[0], step):
+        items = slice(b, b + step)
+        kernel(q[items], k[items], v[items], plan, scale=scale, out=out[items],
+               text_lengths=text_lengths[items] if text_lengths is not None else None)
+    return out
+
+
+def _run_native(backend, q, k, v, plan, scale, out, text_lengths):
     if backend in ("gluon", "triton"):
         if backend == "gluon":
             from .gluon_sparse import sparse_attention_gluon as kernel
         else:
             from .triton_sparse import sparse_attention_triton as kernel
-        step = _items_per_launch(q, k, v, out)
-        for b in range(0, q.shape[0], step):
-            items = slice(b, b + step)
-            kernel(q[items], k[items], v[items], plan, scale=scale, out=out[items],
-                   text_lengths=text_lengths[items] if text_lengths is not None else None)
-        return out
+        return _batched(kernel, q, k, v, plan, scale, out, text_lengths)
     if backend == "fa4":
         from .fa4 import sparse_attention_fa4
 

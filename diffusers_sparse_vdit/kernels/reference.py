@@ -9,6 +9,10 @@ reference pipelines: 40 tiles x 6 heads a call). When a head's whole ``N x N`` s
 small (:data:`WHOLE_HEAD_SCORES`), the head is computed in one masked softmax instead, with a
 token mask drawn from the same tile lists (cached per plan): the same keys per row, so the
 same numbers up to float32 rounding (``tests/kernels`` compares the two).
+
+With ``fp8=True`` it computes the FP8 kernel's arithmetic: the inputs carry its roundings
+(:func:`.quantize.simulated_inputs`) and the probabilities are rounded as it rounds P
+(:func:`.quantize.fp8_probs`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..modes import Mode
+from .quantize import fp8_probs, simulated_inputs
 
 __all__ = ["sparse_attention_torch", "WHOLE_HEAD_SCORES"]
 
@@ -23,8 +28,11 @@ __all__ = ["sparse_attention_torch", "WHOLE_HEAD_SCORES"]
 WHOLE_HEAD_SCORES = 1 << 25
 
 
-def sparse_attention_torch(q, k, v, plan, *, scale: float, out: torch.Tensor, text_lengths=None):
+def sparse_attention_torch(q, k, v, plan, *, scale: float, out: torch.Tensor, text_lengths=None, fp8: bool = False):
     batch = q.shape[0]
+    softmax = fp8_probs if fp8 else (lambda scores: torch.softmax(scores, dim=-1))
+    if fp8:
+        q, k, v = simulated_inputs(q, k, v, plan)
     layout, tile = plan.layout, plan.tile_size
     nvt = plan.video_tiles
     maps = plan.row_maps().to(q.device).long()
@@ -36,7 +44,7 @@ def sparse_attention_torch(q, k, v, plan, *, scale: float, out: torch.Tensor, te
     )
     order_rows = [maps[o].view(-1, tile) for o in range(maps.shape[0])]
     if batch * plan.num_tokens**2 <= WHOLE_HEAD_SCORES:
-        return _whole_heads(q, k, v, plan, scale, out, text_len, order_rows, lengths)
+        return _whole_heads(q, k, v, plan, scale, out, text_len, order_rows, lengths, softmax)
     for h, t, _, _, n_total in plan.work.tolist():  # the plan's work list: every computed query tile
         rows_of = order_rows[int(plan.head_order[h])]
         if n_total == 0:  # SKIP head
@@ -57,7 +65,7 @@ def sparse_attention_torch(q, k, v, plan, *, scale: float, out: torch.Tensor, te
         key_ok = text_pos[None, :] < text_len  # (B, keys)
         scores = torch.einsum("bqd,bkd->bqk", q[:, h, q_rows].float(), k[:, h, k_rows].float()) * scale
         scores = scores.masked_fill(~key_ok[:, None, :], float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
+        probs = softmax(scores)
         out[:, h, q_rows] = torch.einsum("bqk,bkd->bqd", probs, v[:, h, k_rows].float()).to(out.dtype)
     return out
 
@@ -83,7 +91,7 @@ def _key_list_mask(plan, head: int, order_rows, lengths, device) -> tuple[torch.
     return plan._device[key]
 
 
-def _whole_heads(q, k, v, plan, scale, out, text_len, order_rows, lengths):
+def _whole_heads(q, k, v, plan, scale, out, text_len, order_rows, lengths, softmax):
     layout, n = plan.layout, plan.num_tokens
     text_pos = torch.arange(n, device=q.device) - layout.text_start
     is_text = (text_pos >= 0) & (text_pos < layout.text_tokens)
@@ -97,5 +105,5 @@ def _whole_heads(q, k, v, plan, scale, out, text_len, order_rows, lengths):
             continue
         scores = torch.einsum("bqd,bkd->bqk", q[:, h, rows].float(), k[:, h].float()) * scale
         scores = scores.masked_fill(~(visits[None] & key_ok[:, None, :]), float("-inf"))
-        out[:, h, rows] = torch.einsum("bqk,bkd->bqd", torch.softmax(scores, dim=-1), v[:, h].float()).to(out.dtype)
+        out[:, h, rows] = torch.einsum("bqk,bkd->bqd", softmax(scores), v[:, h].float()).to(out.dtype)
     return out

@@ -1,0 +1,297 @@
+"""The warp-specialized Hopper kernel of :mod:`.gluon_sparse` on FP8 tensor cores.
+
+Same plans, same program structure (one producer warp streaming key/value sub-tiles by TMA
+into a ring of shared-memory stages; two consumer warpgroups of 64 query rows, the softmax of
+sub-tile ``i`` overlapping the PV product of ``i - 1``), with both matrix products in float8
+e4m3 and float32 accumulation, as :mod:`.quantize` describes:
+
+* each consumer quantizes its own 64 Q rows as it loads them (per-row scales, no extra pass);
+* K and V are quantized before the launch (:func:`.quantize.kernel_kv`: one read of each, half
+  the bytes written), smoothed K with one scale per tile, which multiplies the row's score
+  scale once per tile, and V per channel, undone on the output;
+* V arrives transposed (keys contiguous): FP8 ``wgmma`` reads its shared-memory operand only in
+  reduction-major order, which for PV means along the keys;
+* P is rounded to e4m3 as ``P * 256`` in registers and fed to the PV product from there.
+
+Shared memory per stage is half the 16-bit kernel's, so the ring holds more stages.
+"""
+
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+from . import gluon_sparse
+from .gluon_sparse import _item, _query_rows, _tma_load
+from .quantize import FP8_MAX, P_SCALE, kernel_kv
+from .triton_sparse import _LOG2E, _set_allocator, gather_reordered_kv
+
+__all__ = ["fp8_config", "sparse_attention_gluon_fp8", "supported"]
+
+_FP8_MAX = gl.constexpr(FP8_MAX)
+_P_SCALE = gl.constexpr(P_SCALE)
+
+
+@gluon.jit
+def _loader(K8, VT8, KP8, VPT8, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vd,
+            stride_pb, stride_ph, stride_pn, stride_pvb, stride_pvh, stride_pvd,
+            work, kv_tiles, head_order, head_slot, n_work, n_tokens, n_cols, n_video_tiles, rows_per_order,
+            video_start, text_start, k_bufs, v_bufs, ready, empty,
+            HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+            GATHER: gl.constexpr):
+    """Producer warp: TMA loads of K sub-tiles ``(keys, D)`` and V^T sub-tiles ``(D, keys)``."""
+    b, head, q_tile, first, n_full, n_total = _item(work, n_work)
+    k_base = K8 + b * stride_kb + head * stride_kh
+    v_base = VT8 + b * stride_vb + head * stride_vh
+    kv_rows = n_tokens
+    v_cols = n_cols
+    kv_video_start = video_start
+    kv_text_start = text_start
+    if GATHER:
+        if gl.load(head_order + head) != 0:  # a token-major head reads the copy in kernel order
+            slot = gl.load(head_slot + head)
+            k_base = KP8 + b * stride_pb + slot * stride_ph
+            v_base = VPT8 + b * stride_pvb + slot * stride_pvh
+            kv_rows = rows_per_order
+            v_cols = rows_per_order
+            kv_video_start = 0
+            kv_text_start = n_video_tiles * TILE
+            stride_kn = stride_pn
+            stride_vd = stride_pvd
+    k_desc = tma.make_tensor_descriptor(k_base, [kv_rows, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM],
+                                        k_bufs.type.layout)
+    v_desc = tma.make_tensor_descriptor(v_base, [HEAD_DIM, v_cols], [stride_vd, 1], [HEAD_DIM, BLOCK_N],
+                                        v_bufs.type.layout)
+    SUB: gl.constexpr = TILE // BLOCK_N
+    for i in range(n_total * SUB):
+        tile = gl.load(kv_tiles + first + i // SUB)
+        if tile < n_video_tiles:
+            row0 = kv_video_start + tile * TILE
+        else:
+            row0 = kv_text_start + (tile - n_video_tiles) * TILE
+        row0 += (i % SUB) * BLOCK_N
+        stage = i % STAGES
+        mbarrier.wait(empty.index(stage), ((i // STAGES) & 1) ^ 1)
+        mbarrier.expect(ready.index(stage), k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+        # keys past the tensor's end arrive as zeros; the consumers mask them
+        _tma_load(k_desc, [row0, 0], ready.index(stage), k_bufs.index(stage))
+        _tma_load(v_desc, [0, row0], ready.index(stage), v_bufs.index(stage))
+
+
+@gluon.jit
+def _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, k_scales, row_scale, tile_lengths, text_len,
+             n_video_tiles, TILE: gl.constexpr, BLOCK_N: gl.constexpr, s_layout: gl.constexpr,
+             p_layout: gl.constexpr):
+    """Scores of sub-tile ``i`` (still in units of the Q and K scales) to e4m3 ``P * 256``."""
+    SUB: gl.constexpr = TILE // BLOCK_N
+    tile = gl.load(kv_tiles + first + i // SUB)
+    if i >= mask_from:
+        valid = gl.load(tile_lengths + tile)
+        if tile >= n_video_tiles:
+            valid = gl.minimum(valid, text_len - (tile - n_video_tiles) * TILE)
+        offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)) + (i % SUB) * BLOCK_N
+        qk = gl.where((offs_n < valid)[None, :], qk, float("-inf"))
+    scale = row_scale * gl.load(k_scales + tile)  # log2-domain score per unit, this row and tile
+    m_new = gl.maximum(m_i, gl.max(qk, 1) * scale)
+    m_new = gl.where(m_new == float("-inf"), 0.0, m_new)  # a tile with no valid key leaves the row as it was
+    p = gl.exp2(qk * scale[:, None] - m_new[:, None])
+    alpha = gl.exp2(m_i - m_new)
+    p8 = (p * _P_SCALE).to(gl.float8e4nv)
+    return gl.convert_layout(p8, p_layout), alpha, m_new, l_i * alpha + gl.sum(p, 1)
+
+
+@gluon.jit
+def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, kv_tiles, first, k_scales,
+            row_scale, tile_lengths, text_len, n_video_tiles,
+            TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+            s_layout: gl.constexpr, p_layout: gl.constexpr):
+    """The key loop of :func:`.gluon_sparse._attend`, V^T stages read transposed."""
+    ROWS: gl.constexpr = 64
+    zero = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
+    if n > 0:
+        mbarrier.wait(ready.index(0), 0)
+        qk = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
+        qk = warpgroup_mma_wait(0, deps=(qk,))
+        p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, 0, mask_from, kv_tiles, first, k_scales, row_scale,
+                                      tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, s_layout, p_layout)
+        for i in range(1, n):
+            stage = i % STAGES
+            prev = (i - 1) % STAGES
+            mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
+            qk = warpgroup_mma(q_smem, k_bufs.index(stage).permute((1, 0)), zero, use_acc=False, is_async=True)
+            acc = warpgroup_mma(p, v_bufs.index(prev).permute((1, 0)), acc, is_async=True)
+            qk = warpgroup_mma_wait(1, deps=(qk,))
+            p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, k_scales, row_scale,
+                                          tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, s_layout, p_layout)
+            acc = warpgroup_mma_wait(0, deps=(acc,))
+            mbarrier.arrive(empty.index(prev), count=1)
+            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
+        last = (n - 1) % STAGES
+        acc = warpgroup_mma(p, v_bufs.index(last).permute((1, 0)), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(acc,))
+        mbarrier.arrive(empty.index(last), count=1)
+    return acc, m_i, l_i
+
+
+@gluon.jit
+def _consumer(Q, O, KS, KPS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on,
+              work, kv_tiles, row_maps, head_order, head_slot, tile_lengths, text_lengths, n_work, n_heads,
+              n_reordered, n_tokens, n_tiles, n_video_tiles, rows_per_order, video_start, text_start, text_tokens,
+              qk_scale, q_smem, k_bufs, v_bufs, ready, empty,
+              HALF: gl.constexpr, HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr,
+              STAGES: gl.constexpr, GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr):
+    """One warpgroup: query rows ``HALF * 64 ..`` of the program's tile, quantized here, against its key list."""
+    ROWS: gl.constexpr = 64
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 32])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 32])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
+    io_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    b, head, q_tile, first, n_full, n_total = _item(work, n_work)
+    k_scales = KS + (b * n_heads + head) * n_tiles
+    if GATHER:
+        order = gl.load(head_order + head)
+        if order != 0:
+            k_scales = KPS + (b * n_reordered + gl.load(head_slot + head)) * n_tiles
+    else:
+        order = 0
+    if HAS_TEXT_LENGTHS:
+        text_len = gl.load(text_lengths + b)
+    else:
+        text_len = text_tokens
+
+    rows, row_ok = _query_rows(q_tile, order, row_maps, rows_per_order, tile_lengths, n_video_tiles, n_tokens,
+                               video_start, text_start, HALF * ROWS, ROWS, TILE, GATHER, gl.SliceLayout(1, io_layout))
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
+    q = gl.load(Q + b * stride_qb + head * stride_qh + rows[:, None] * stride_qn + offs_d[None, :],
+                mask=(row_ok & (n_total > 0))[:, None], other=0.0).to(gl.float32)
+    q_scale = gl.maximum(gl.max(gl.abs(q), 1), 1e-12) / _FP8_MAX
+    q_smem.store((q / q_scale[:, None]).to(gl.float8e4nv))
+    fence_async_shared()
+    row_scale = gl.convert_layout(q_scale * qk_scale, gl.SliceLayout(1, s_layout))
+
+    m_i = gl.full([ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
+    l_i = gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
+    acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
+    acc, m_i, l_i = _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n_total * (TILE // BLOCK_N),
+                            n_full * (TILE // BLOCK_N), kv_tiles, first, k_scales, row_scale, tile_lengths,
+                            text_len, n_video_tiles, TILE, BLOCK_N, STAGES, s_layout, p_layout)
+    l_i = gl.where(l_i == 0.0, 1.0, l_i)
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+    v_scale = gl.load(VS + (b * n_heads + head) * HEAD_DIM + offs_d) / _P_SCALE
+    out = acc * v_scale[None, :] / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
+    rows, row_ok = _query_rows(q_tile, order, row_maps, rows_per_order, tile_lengths, n_video_tiles, n_tokens,
+                               video_start, text_start, HALF * ROWS, ROWS, TILE, GATHER, gl.SliceLayout(1, o_layout))
+    gl.store(O + b * stride_ob + head * stride_oh + rows[:, None] * stride_on + offs_d[None, :],
+             out.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+
+@gluon.jit
+def _sparse_attention_fp8_fwd(
+    Q, O, K8, VT8, KP8, VPT8, KS, KPS, VS,
+    stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on,
+    stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vd,
+    stride_pb, stride_ph, stride_pn, stride_pvb, stride_pvh, stride_pvd,
+    work, kv_tiles, row_maps, head_order, head_slot, tile_lengths, text_lengths,
+    n_work, n_heads, n_reordered, n_tokens, n_cols, n_tiles, n_video_tiles, rows_per_order, video_start, text_start,
+    text_tokens, qk_scale,
+    HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+    GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+):
+    ROWS: gl.constexpr = 64
+    fp8: gl.constexpr = gl.float8e4nv
+    k_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], fp8)
+    v_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HEAD_DIM, BLOCK_N], fp8)
+    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([ROWS, HEAD_DIM], fp8)
+    k_bufs = gl.allocate_shared_memory(fp8, [STAGES, BLOCK_N, HEAD_DIM], k_layout)
+    v_bufs = gl.allocate_shared_memory(fp8, [STAGES, HEAD_DIM, BLOCK_N], v_layout)
+    q0 = gl.allocate_shared_memory(fp8, [ROWS, HEAD_DIM], q_layout)
+    q1 = gl.allocate_shared_memory(fp8, [ROWS, HEAD_DIM], q_layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(STAGES):
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=2)
+
+    LOWER: gl.constexpr = 0
+    UPPER: gl.constexpr = 1
+    gl.warp_specialize([
+        (_consumer, (Q, O, KS, KPS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, work,
+                     kv_tiles, row_maps, head_order, head_slot, tile_lengths, text_lengths, n_work, n_heads,
+                     n_reordered, n_tokens, n_tiles, n_video_tiles, rows_per_order, video_start, text_start,
+                     text_tokens, qk_scale, q0, k_bufs, v_bufs, ready, empty,
+                     LOWER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS)),
+        (_consumer, (Q, O, KS, KPS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, work,
+                     kv_tiles, row_maps, head_order, head_slot, tile_lengths, text_lengths, n_work, n_heads,
+                     n_reordered, n_tokens, n_tiles, n_video_tiles, rows_per_order, video_start, text_start,
+                     text_tokens, qk_scale, q1, k_bufs, v_bufs, ready, empty,
+                     UPPER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS)),
+        (_loader, (K8, VT8, KP8, VPT8, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vd,
+                   stride_pb, stride_ph, stride_pn, stride_pvb, stride_pvh, stride_pvd,
+                   work, kv_tiles, head_order, head_slot, n_work, n_tokens, n_cols, n_video_tiles, rows_per_order,
+                   video_start, text_start, k_bufs, v_bufs, ready, empty,
+                   HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER)),
+    ], [4, 1], [CONSUMER_REGS, 24])
+
+
+def supported(q, k, v, plan, out=None) -> bool:
+    """Where the 16-bit Gluon kernel runs, this one does (K and V are copied, so their strides are free)."""
+    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device)[0] != 9 or not gluon_sparse._TRITON_OK:
+        return False
+    if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in (64, 128) or plan.tile_size != 128:
+        return False
+    return all(x.stride(-1) == 1 for x in (q,) + ((out,) if out is not None else ()))
+
+
+def fp8_config(head_dim: int) -> dict:
+    """Key sub-tile, stages and register budgets (the 16-bit kernel's split; stages use half the bytes)."""
+    return {"BLOCK_N": 128, "STAGES": 4, "CONSUMER_REGS": 240, "maxnreg": 168}
+
+
+def sparse_attention_gluon_fp8(q, k, v, plan, *, scale: float, out: torch.Tensor, text_lengths=None, config=None,
+                               quantized=None):
+    """Quantize K and V (:func:`.quantize.kernel_kv`) and launch; the call must satisfy :func:`supported`.
+
+    ``quantized``: the result of :func:`.quantize.kernel_kv` for these ``k, v`` (benchmarks time the
+    kernel with and without the quantization).
+    """
+    batch, heads, n_tokens, head_dim = q.shape
+    tensors = plan.device_tensors(q.device)
+    cfg = dict(config) if config is not None else fp8_config(head_dim)
+    _set_allocator(q.device)
+    if quantized is None:
+        quantized = quantize_for_kernel(k, v, plan, tensors)
+    kq = quantized
+    k8, vt8 = kq["k8"], kq["vt8"]
+    kp8, vpt8 = kq.get("kp8", k8), kq.get("vpt8", vt8)
+    kp_scale = kq.get("kp_scale", kq["k_scale"])
+    layout = plan.layout
+    has_text_lengths = text_lengths is not None
+    n_work = tensors["work"].shape[0]
+    _sparse_attention_fp8_fwd[(n_work * batch,)](
+        q, out, k8, vt8, kp8, vpt8, kq["k_scale"], kp_scale, kq["v_scale"],
+        *q.stride()[:3], *out.stride()[:3], *k8.stride()[:3], *vt8.stride()[:3], *kp8.stride()[:3],
+        *vpt8.stride()[:3],
+        tensors["work"], tensors["kv_tiles"], tensors["row_maps"], tensors["head_order"], tensors["head_slot"],
+        tensors["tile_lengths"], text_lengths if has_text_lengths else tensors["tile_lengths"],
+        n_work, heads, kp8.shape[1], n_tokens, vt8.shape[-1], plan.num_tiles, plan.video_tiles,
+        tensors["row_maps"].shape[1], layout.video_start, layout.text_start, layout.text_tokens, scale * _LOG2E,
+        HEAD_DIM=head_dim, TILE=plan.tile_size, GATHER=plan.has_reordered_heads, HAS_TEXT_LENGTHS=has_text_lengths,
+        num_warps=4, **cfg,
+    )
+    return out
+
+
+def quantize_for_kernel(k, v, plan, tensors=None) -> dict[str, torch.Tensor]:
+    """:func:`.quantize.kernel_kv` of ``k, v``, with the token-major heads' copy when the plan has such heads."""
+    kp, vp = gather_reordered_kv(k, v, plan, tensors) if plan.has_reordered_heads else (None, None)
+    return kernel_kv(k, v, plan, kp, vp)

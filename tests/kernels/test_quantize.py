@@ -1,0 +1,126 @@
+"""FP8 quantization (kernels/quantize.py) and fp8 heads on the torch backend, against exact fp32 attention."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffusers_sparse_vdit import ModeSpec, TokenLayout, build_plan, sparse_attention
+from diffusers_sparse_vdit.kernels import attention, quantize
+from diffusers_sparse_vdit.layout import FRAME_MAJOR
+
+from .gpu_cases import MIXED, rel_err
+
+LAYOUTS = [
+    TokenLayout(3, 5, 7),  # 105 tokens: partial tiles at 16
+    TokenLayout(2, 4, 5, text_tokens=19, text_position="before"),
+    TokenLayout(3, 3, 6, text_tokens=11, text_position="after"),
+]
+TILE = 16
+
+
+def inputs(layout, heads, dim=32, batch=2, seed=0, offset=0.0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, heads, layout.num_tokens, dim, generator=g) for _ in range(3))
+    return q, k + offset, v
+
+
+def exact(q, k, v, plan, lengths=None):
+    mask = plan.dense_mask(lengths) if lengths is not None else plan.dense_mask()
+    return F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=str)
+def test_fp8_heads_are_close_to_exact_but_not_exact(layout):
+    plan = build_plan(MIXED, layout, TILE, precision="fp8")
+    q, k, v = inputs(layout, len(MIXED))
+    lengths = torch.tensor([layout.text_tokens // 2, layout.text_tokens]) if layout.text_tokens else None
+    out = torch.full_like(q, float("nan"))
+    sparse_attention(q, k, v, plan, backend="torch", out=out, text_lengths=lengths)
+    ref = exact(q, k, v, plan, lengths)
+    assert not out.isnan().any()
+    assert (out[:, plan.skip_heads] == 0).all()
+    heads = plan.fp8_heads
+    err = rel_err(out[:, heads], ref[:, heads])
+    native = sparse_attention(q, k, v, plan.with_precision("native"), backend="torch", text_lengths=lengths)
+    assert 1e-2 < err < 0.08, err  # e4m3 keeps 3 mantissa bits: a few percent on random inputs
+    assert rel_err(native[:, heads], ref[:, heads]) < 1e-5
+
+
+def test_mixed_precision_runs_each_head_in_its_own():
+    layout = LAYOUTS[2]
+    precision = ("fp8", "native", "native", "fp8", "native", "fp8")
+    plan = build_plan(MIXED, layout, TILE, precision=precision)
+    q, k, v = inputs(layout, len(MIXED))
+    out = sparse_attention(q, k, v, plan, backend="torch")
+    all_fp8 = sparse_attention(q, k, v, plan.with_precision("fp8"), backend="torch")
+    all_native = sparse_attention(q, k, v, plan.with_precision("native"), backend="torch")
+    for h, p in enumerate(precision):
+        assert torch.equal(out[:, h], (all_fp8 if p == "fp8" else all_native)[:, h]), h
+
+
+def test_smoothing_makes_a_shared_key_offset_free():
+    # a large mean key sets the scale of every tile; subtracting it is exact for softmax
+    layout = TokenLayout(4, 6, 8)
+    q, k, v = inputs(layout, 2, dim=64)
+    plan = build_plan(["full", "diagonal"], layout, TILE, precision="fp8")
+    shifted = k + 40 * torch.randn(1, 2, 1, 64)
+    a = sparse_attention(q, k, v, plan, backend="torch")
+    b = sparse_attention(q, shifted, v, plan, backend="torch")
+    ref = exact(q, k, v, plan)
+    assert rel_err(b, ref) < 1.1 * rel_err(a, ref) + 1e-4
+    errors = quantize.fp8_attention_error(q, shifted, v)
+    # random scores are the hard case: e4m3's 3 mantissa bits in P and V give ~4% each
+    assert errors.shape == (2,) and (errors > 1e-2).all() and (errors < 0.08).all()
+    assert torch.allclose(errors, quantize.fp8_attention_error(q, k, v), rtol=0.02)
+
+
+def test_probabilities_round_like_e4m3_and_keep_small_ones():
+    scores = torch.tensor([[0.0, -1.0, -9.0, float("-inf")], [float("-inf")] * 4])
+    p = quantize.fp8_probs(scores)
+    e = torch.exp(torch.tensor([0.0, -1.0, -9.0]))
+    assert torch.allclose(p[0, :3], e / e.sum(), rtol=0.07)
+    assert p[0, 2] > 0  # e^-9 = 1.2e-4 is below e4m3's smallest normal (2^-6) unless P is scaled up
+    assert p[0, 3] == 0 and (p[1] == 0).all()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=str)
+def test_kernel_layout_holds_the_simulated_values(layout):
+    plan = build_plan(MIXED, layout, TILE)
+    q, k, v = inputs(layout, len(MIXED), offset=3.0)
+    kp, vp = _gather(k, v, plan)
+    got = quantize.kernel_kv(k, v, plan, kp, vp)
+    _, kf, vf = quantize.simulated_inputs(q, k, v, plan)
+    tiles = layout.tile_of_token(FRAME_MAJOR, TILE)
+    frame_major = [h for h, s in enumerate(plan.specs) if not s.reordered]
+    k_deq = got["k8"].float() * got["k_scale"][:, :, tiles, None]
+    assert torch.equal(k_deq[:, frame_major], kf[:, frame_major])
+    n = layout.num_tokens
+    vt = got["vt8"]
+    assert vt.shape[-1] % 16 == 0 and (vt[..., n:].float() == 0).all()
+    assert torch.equal(vt[..., :n].float().transpose(-1, -2) * got["v_scale"][:, :, None, :], vf)
+    # token-major heads: their copy in kernel order holds the same values, padding rows left out of the scales
+    rows = plan.row_maps()[1].long()
+    valid = torch.cat([torch.arange(TILE) < n for n in plan.tile_lengths.tolist()])
+    reordered = plan.reordered_heads
+    kp_deq = got["kp8"].float() * got["kp_scale"].repeat_interleave(TILE, dim=2)[..., None]
+    assert torch.equal(kp_deq[:, :, valid], kf[:, reordered][:, :, rows[valid]])
+    assert torch.equal(got["vpt8"].float().transpose(-1, -2)[:, :, valid] * got["v_scale"][:, reordered, None, :],
+                       vf[:, reordered][:, :, rows[valid]])
+
+
+def _gather(k, v, plan):
+    """The token-major heads' K/V in kernel order, as the GPU gather writes them (row_maps[1])."""
+    rows, heads = plan.row_maps()[1].long(), plan.reordered_heads
+    return k[:, heads][:, :, rows], v[:, heads][:, :, rows]
+
+
+def test_fp8_heads_where_they_cannot_run(caplog):
+    layout = LAYOUTS[0]
+    plan = build_plan(MIXED, layout, TILE, precision="fp8")
+    q = torch.empty(1, len(MIXED), layout.num_tokens, 32, device="meta")  # neither CPU nor a Hopper GPU
+    with pytest.raises(ValueError, match="fp8 heads.*backend='auto'.*precision='native'"):
+        attention._route_fp8("triton", "triton", q, q, q, plan, None)
+    routed = attention._route_fp8("auto", "triton", q, q, q, plan, None)
+    assert routed.fp8_heads == [] and routed.work is plan.work
+    cpu = torch.empty(1, len(MIXED), layout.num_tokens, 32)
+    assert attention._route_fp8("triton", "triton", cpu, cpu, cpu, plan, None) is plan  # CPU: the simulation
