@@ -1,4 +1,4 @@
-"""The Gluon kernel builds for Hopper without a GPU: Triton compiles it for sm_90a here, so CI sees
+"""The Gluon kernels (16-bit and FP8) build for Hopper without a GPU: Triton compiles it for sm_90a here, so CI sees
 what the H100/H200 would run (wgmma, the register split, no spills, shared memory that fits).
 
 The build runs in a child process: under ``TRITON_INTERPRET=1`` (this suite's setting) Triton's own
@@ -14,26 +14,31 @@ import sys
 import pytest
 
 HOPPER_SHARED_BYTES = 227 * 1024  # the most one block may take on an H100/H200
-VARIANTS = [(64, False), (64, True), (128, False), (128, True)]  # head_dim, token-major heads in the plan
+# head_dim, token-major heads in the plan, FP8 kernel
+VARIANTS = [(d, g, f) for f in (False, True) for d in (64, 128) for g in (False, True)]
+FP8_POINTERS = {"Q": "*bf16", "O": "*bf16", "K8": "*fp8e4nv", "VT8": "*fp8e4nv", "KP8": "*fp8e4nv", "VPT8": "*fp8e4nv",
+                "KS": "*fp32", "KPS": "*fp32", "VS": "*fp32"}
 
 
-def build(head_dim, gather):
-    """Compile the kernel for sm_90a under its default config; what the tests read of the result."""
+def build(head_dim, gather, fp8):
+    """Compile a kernel for sm_90a under its default config; what the tests read of the result."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    from diffusers_sparse_vdit.kernels import gluon_sparse
+    from diffusers_sparse_vdit.kernels import gluon_fp8, gluon_sparse
 
-    pointers = {"Q", "K", "V", "O", "KP", "VP"}
+    if fp8:
+        pointers, fn, config = FP8_POINTERS, gluon_fp8._sparse_attention_fp8_fwd, gluon_fp8.fp8_config(head_dim)
+    else:
+        pointers = dict.fromkeys(("Q", "K", "V", "O", "KP", "VP"), "*bf16")
+        fn, config = gluon_sparse._sparse_attention_ws_fwd, gluon_sparse.gluon_config(head_dim)
     index_tensors = {"work", "kv_tiles", "row_maps", "head_order", "head_slot", "tile_lengths", "text_lengths"}
-    fn = gluon_sparse._sparse_attention_ws_fwd
     params = list(inspect.signature(fn.fn).parameters)
-    config = gluon_sparse.gluon_config(head_dim)
     launch = {"num_warps": 4, "maxnreg": config.pop("maxnreg")}
     const = dict(HEAD_DIM=head_dim, TILE=128, GATHER=gather, HAS_TEXT_LENGTHS=True, **config)
-    sig = {p: "constexpr" if p in const else "*bf16" if p in pointers else "*i32" if p in index_tensors
-           else "fp32" if p == "qk_scale" else "i32" for p in params}
+    sig = {p: "constexpr" if p in const else pointers.get(p) or ("*i32" if p in index_tensors
+           else "fp32" if p == "qk_scale" else "i32") for p in params}
     src = GluonASTSource(fn, sig, constexprs={(params.index(k),): v for k, v in const.items()},
                          attrs={(params.index(p),): [["tt.divisibility", 16]] for p in pointers})
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=launch)
@@ -52,12 +57,15 @@ def builds():
     return {tuple(k): v for k, v in json.loads(done.stdout.splitlines()[-1])}
 
 
-@pytest.mark.parametrize("head_dim,gather", VARIANTS, ids=[f"hd{d}-{'gather' if g else 'frame-major'}" for d, g in VARIANTS])
-def test_default_config_builds_for_hopper(builds, head_dim, gather):
-    got = builds[(head_dim, gather)]
-    # QK (n = 128 keys) and PV (n = head_dim) on the tensor cores, both from wgmma
-    assert any("m64n128k16.f32.bf16.bf16" in w for w in got["ptx_wgmma"])
-    assert any(f"m64n{head_dim}k16.f32.bf16.bf16" in w for w in got["ptx_wgmma"])
+@pytest.mark.parametrize("head_dim,gather,fp8", VARIANTS, ids=[
+    f"{'fp8' if f else 'bf16'}-hd{d}-{'gather' if g else 'frame-major'}" for d, g, f in VARIANTS])
+def test_default_config_builds_for_hopper(builds, head_dim, gather, fp8):
+    got = builds[(head_dim, gather, fp8)]
+    # QK (n = 128 keys) and PV (n = head_dim) on the tensor cores, both from wgmma (FP8: k = 32, e4m3 operands)
+    kind = "k32.f32.e4m3.e4m3" if fp8 else "k16.f32.bf16.bf16"
+    assert any(f"m64n128{kind}" in w for w in got["ptx_wgmma"])
+    assert any(f"m64n{head_dim}{kind}" in w for w in got["ptx_wgmma"])
+    assert all(kind in w for w in got["ptx_wgmma"])  # no product left in 16 bits
     assert got["tma_loads"] >= 2  # K and V by TMA
     assert "setmaxnreg.inc.sync.aligned.u32 240" in " ".join(got["setmaxnreg"])  # consumers get the registers
     assert not got["local_memory"]  # nothing spilled
