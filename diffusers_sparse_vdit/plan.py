@@ -292,9 +292,18 @@ class SparsePlan:
 
         A plan whose heads differ in precision runs as two launches of this kind, one per precision.
         """
-        keep = torch.zeros(self.num_heads, dtype=torch.bool)
-        keep[torch.as_tensor(list(heads), dtype=torch.long)] = True
-        return self._with_work(keep[self.work[:, 0].long()])
+        heads = tuple(sorted(set(int(h) for h in heads)))
+        key = ("restrict_heads", heads)  # cached: a mixed plan splits on every call
+        if key not in self._device:
+            keep = torch.zeros(self.num_heads, dtype=torch.bool)
+            keep[torch.as_tensor(heads, dtype=torch.long)] = True
+            self._device[key] = self._with_work(keep[self.work[:, 0].long()])
+        return self._device[key]
+
+    def with_precision(self, precision: str | Sequence[str]) -> "SparsePlan":
+        """The same plan (the same work) with other precisions: one of :data:`PRECISIONS`, or one per head."""
+        precision = _as_precision(precision, self.num_heads)
+        return self if precision == self.precision else _with_precision(self, precision)
 
     def _with_work(self, rows: torch.Tensor) -> "SparsePlan":
         return SparsePlan(self.specs, self.layout, self.tile_size, self.work[rows].contiguous(), self.head_order,
