@@ -32,7 +32,8 @@ from bench_kernel import SHAPES, mixed_specs, spec_for_tile_density, time_ms  # 
 
 from diffusers_sparse_vdit import Mode, ModeSpec, build_plan, sparse_attention  # noqa: E402
 from diffusers_sparse_vdit.kernels.check import sampled_error  # noqa: E402
-from diffusers_sparse_vdit.kernels.gluon_fp8 import quantize_for_kernel, sparse_attention_gluon_fp8  # noqa: E402
+from diffusers_sparse_vdit.kernels.gluon_fp8 import sparse_attention_gluon_fp8  # noqa: E402
+from diffusers_sparse_vdit.kernels.quantize import kernel_kv  # noqa: E402
 from diffusers_sparse_vdit.kernels.gluon_sparse import sparse_attention_gluon  # noqa: E402
 
 
@@ -84,9 +85,9 @@ def bench_shape(name, heads, head_dim, layout, densities, rows):
         flops = native.flops(head_dim)
         out16, out8 = torch.full_like(q, float("nan")), torch.full_like(q, float("nan"))
         t16 = time_ms(lambda: sparse_attention_gluon(q, k, v, native, scale=scale, out=out16))
-        quantized = quantize_for_kernel(k, v, fp8)
+        quantized = kernel_kv(k, v, fp8)
         t8 = time_ms(lambda: sparse_attention_gluon_fp8(q, k, v, fp8, scale=scale, out=out8, quantized=quantized))
-        tq = time_ms(lambda: quantize_for_kernel(k, v, fp8))
+        tq = time_ms(lambda: kernel_kv(k, v, fp8))
         tcall = time_ms(lambda: sparse_attention(q, k, v, fp8, out=out8))
         err16 = sampled_error(q, k, v, native, out16)
         err8 = sampled_error(q, k, v, fp8, out8)

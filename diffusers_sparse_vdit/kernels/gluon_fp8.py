@@ -6,9 +6,10 @@ sub-tile ``i`` overlapping the PV product of ``i - 1``), with both matrix produc
 e4m3 and float32 accumulation, as :mod:`.quantize` describes:
 
 * each consumer quantizes its own 64 Q rows as it loads them (per-row scales, no extra pass);
-* K and V are quantized before the launch (:func:`.quantize.kernel_kv`: one read of each, half
-  the bytes written), smoothed K with one scale per tile, which multiplies the row's score
-  scale once per tile, and V per channel, undone on the output;
+* K and V are quantized before the launch by one Triton pass (:func:`.quantize.kernel_kv`: a
+  read of each, half the bytes written) into every head's kernel order, so token-major heads
+  need no copy of their own: smoothed K with one scale per tile, which multiplies the row's
+  score scale once per tile, and V per channel, undone on the output;
 * V arrives transposed (keys contiguous): FP8 ``wgmma`` reads its shared-memory operand only in
   reduction-major order, which for PV means along the keys;
 * P is rounded to e4m3 as ``P * 256`` in registers and fed to the PV product from there.
@@ -32,7 +33,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from . import gluon_sparse
 from .gluon_sparse import _item, _query_rows, _tma_load
 from .quantize import FP8_MAX, P_SCALE, kernel_kv
-from .triton_sparse import _LOG2E, _set_allocator, gather_reordered_kv
+from .triton_sparse import _LOG2E, _set_allocator
 
 __all__ = ["fp8_config", "sparse_attention_gluon_fp8", "supported"]
 
@@ -41,47 +42,21 @@ _P_SCALE = gl.constexpr(P_SCALE)
 
 
 @gluon.jit
-def _loader(K8, VT8, KP8, VPT8, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vd,
-            stride_pb, stride_ph, stride_pn, stride_pvb, stride_pvh, stride_pvd,
-            work, kv_tiles, head_order, head_slot, n_work, n_tokens, n_cols, n_video_tiles, rows_per_order,
-            video_start, text_start, k_bufs, v_bufs, ready, empty,
-            HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-            GATHER: gl.constexpr):
-    """Producer warp: TMA loads of K sub-tiles ``(keys, D)`` and V^T sub-tiles ``(D, keys)``."""
+def _loader(K8, VT8, stride_kb, stride_kh, stride_vb, stride_vh, work, kv_tiles, n_work, n_rows,
+            k_bufs, v_bufs, ready, empty,
+            HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    """Producer warp: TMA loads of K sub-tiles ``(keys, D)`` and V^T sub-tiles ``(D, keys)``, both in kernel order."""
     b, head, q_tile, first, n_full, n_total = _item(work, n_work)
-    k_base = K8 + b * stride_kb + head * stride_kh
-    v_base = VT8 + b * stride_vb + head * stride_vh
-    kv_rows = n_tokens
-    v_cols = n_cols
-    kv_video_start = video_start
-    kv_text_start = text_start
-    if GATHER:
-        if gl.load(head_order + head) != 0:  # a token-major head reads the copy in kernel order
-            slot = gl.load(head_slot + head)
-            k_base = KP8 + b * stride_pb + slot * stride_ph
-            v_base = VPT8 + b * stride_pvb + slot * stride_pvh
-            kv_rows = rows_per_order
-            v_cols = rows_per_order
-            kv_video_start = 0
-            kv_text_start = n_video_tiles * TILE
-            stride_kn = stride_pn
-            stride_vd = stride_pvd
-    k_desc = tma.make_tensor_descriptor(k_base, [kv_rows, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM],
-                                        k_bufs.type.layout)
-    v_desc = tma.make_tensor_descriptor(v_base, [HEAD_DIM, v_cols], [stride_vd, 1], [HEAD_DIM, BLOCK_N],
-                                        v_bufs.type.layout)
+    k_desc = tma.make_tensor_descriptor(K8 + b * stride_kb + head * stride_kh, [n_rows, HEAD_DIM], [HEAD_DIM, 1],
+                                        [BLOCK_N, HEAD_DIM], k_bufs.type.layout)
+    v_desc = tma.make_tensor_descriptor(VT8 + b * stride_vb + head * stride_vh, [HEAD_DIM, n_rows], [n_rows, 1],
+                                        [HEAD_DIM, BLOCK_N], v_bufs.type.layout)
     SUB: gl.constexpr = TILE // BLOCK_N
     for i in range(n_total * SUB):
-        tile = gl.load(kv_tiles + first + i // SUB)
-        if tile < n_video_tiles:
-            row0 = kv_video_start + tile * TILE
-        else:
-            row0 = kv_text_start + (tile - n_video_tiles) * TILE
-        row0 += (i % SUB) * BLOCK_N
+        row0 = gl.load(kv_tiles + first + i // SUB) * TILE + (i % SUB) * BLOCK_N
         stage = i % STAGES
         mbarrier.wait(empty.index(stage), ((i // STAGES) & 1) ^ 1)
         mbarrier.expect(ready.index(stage), k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-        # keys past the tensor's end arrive as zeros; the consumers mask them
         _tma_load(k_desc, [row0, 0], ready.index(stage), k_bufs.index(stage))
         _tma_load(v_desc, [0, row0], ready.index(stage), v_bufs.index(stage))
 
@@ -142,9 +117,9 @@ def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, k
 
 
 @gluon.jit
-def _consumer(Q, O, KS, KPS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on,
-              work, kv_tiles, row_maps, head_order, head_slot, tile_lengths, text_lengths, n_work, n_heads,
-              n_reordered, n_tokens, n_tiles, n_video_tiles, rows_per_order, video_start, text_start, text_tokens,
+def _consumer(Q, O, KS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on,
+              work, kv_tiles, row_maps, head_order, tile_lengths, text_lengths, n_work, n_heads,
+              n_tokens, n_tiles, n_video_tiles, rows_per_order, video_start, text_start, text_tokens,
               qk_scale, q_smem, k_bufs, v_bufs, ready, empty,
               HALF: gl.constexpr, HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr,
               STAGES: gl.constexpr, GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr):
@@ -160,8 +135,6 @@ def _consumer(Q, O, KS, KPS, VS, stride_qb, stride_qh, stride_qn, stride_ob, str
     k_scales = KS + (b * n_heads + head) * n_tiles
     if GATHER:
         order = gl.load(head_order + head)
-        if order != 0:
-            k_scales = KPS + (b * n_reordered + gl.load(head_slot + head)) * n_tiles
     else:
         order = 0
     if HAS_TEXT_LENGTHS:
@@ -197,13 +170,10 @@ def _consumer(Q, O, KS, KPS, VS, stride_qb, stride_qh, stride_qn, stride_ob, str
 
 @gluon.jit
 def _sparse_attention_fp8_fwd(
-    Q, O, K8, VT8, KP8, VPT8, KS, KPS, VS,
-    stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on,
-    stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vd,
-    stride_pb, stride_ph, stride_pn, stride_pvb, stride_pvh, stride_pvd,
-    work, kv_tiles, row_maps, head_order, head_slot, tile_lengths, text_lengths,
-    n_work, n_heads, n_reordered, n_tokens, n_cols, n_tiles, n_video_tiles, rows_per_order, video_start, text_start,
-    text_tokens, qk_scale,
+    Q, O, K8, VT8, KS, VS,
+    stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, stride_kb, stride_kh, stride_vb, stride_vh,
+    work, kv_tiles, row_maps, head_order, tile_lengths, text_lengths,
+    n_work, n_heads, n_tokens, n_rows, n_tiles, n_video_tiles, video_start, text_start, text_tokens, qk_scale,
     HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
     GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
 ):
@@ -225,21 +195,16 @@ def _sparse_attention_fp8_fwd(
     LOWER: gl.constexpr = 0
     UPPER: gl.constexpr = 1
     gl.warp_specialize([
-        (_consumer, (Q, O, KS, KPS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, work,
-                     kv_tiles, row_maps, head_order, head_slot, tile_lengths, text_lengths, n_work, n_heads,
-                     n_reordered, n_tokens, n_tiles, n_video_tiles, rows_per_order, video_start, text_start,
-                     text_tokens, qk_scale, q0, k_bufs, v_bufs, ready, empty,
-                     LOWER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS)),
-        (_consumer, (Q, O, KS, KPS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, work,
-                     kv_tiles, row_maps, head_order, head_slot, tile_lengths, text_lengths, n_work, n_heads,
-                     n_reordered, n_tokens, n_tiles, n_video_tiles, rows_per_order, video_start, text_start,
-                     text_tokens, qk_scale, q1, k_bufs, v_bufs, ready, empty,
-                     UPPER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS)),
-        (_loader, (K8, VT8, KP8, VPT8, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vd,
-                   stride_pb, stride_ph, stride_pn, stride_pvb, stride_pvh, stride_pvd,
-                   work, kv_tiles, head_order, head_slot, n_work, n_tokens, n_cols, n_video_tiles, rows_per_order,
-                   video_start, text_start, k_bufs, v_bufs, ready, empty,
-                   HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER)),
+        (_consumer, (Q, O, KS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, work, kv_tiles,
+                     row_maps, head_order, tile_lengths, text_lengths, n_work, n_heads, n_tokens, n_tiles,
+                     n_video_tiles, n_rows, video_start, text_start, text_tokens, qk_scale, q0, k_bufs, v_bufs,
+                     ready, empty, LOWER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS)),
+        (_consumer, (Q, O, KS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, work, kv_tiles,
+                     row_maps, head_order, tile_lengths, text_lengths, n_work, n_heads, n_tokens, n_tiles,
+                     n_video_tiles, n_rows, video_start, text_start, text_tokens, qk_scale, q1, k_bufs, v_bufs,
+                     ready, empty, UPPER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS)),
+        (_loader, (K8, VT8, stride_kb, stride_kh, stride_vb, stride_vh, work, kv_tiles, n_work, n_rows,
+                   k_bufs, v_bufs, ready, empty, HEAD_DIM, TILE, BLOCK_N, STAGES)),
     ], [4, 1], [CONSUMER_REGS, 24])
 
 
@@ -261,37 +226,26 @@ def sparse_attention_gluon_fp8(q, k, v, plan, *, scale: float, out: torch.Tensor
                                quantized=None):
     """Quantize K and V (:func:`.quantize.kernel_kv`) and launch; the call must satisfy :func:`supported`.
 
-    ``quantized``: the result of :func:`.quantize.kernel_kv` for these ``k, v`` (benchmarks time the
-    kernel with and without the quantization).
+    ``quantized``: :func:`.quantize.kernel_kv` of these ``k, v`` already (benchmarks time the kernel
+    with and without the quantization).
     """
     batch, heads, n_tokens, head_dim = q.shape
     tensors = plan.device_tensors(q.device)
     cfg = dict(config) if config is not None else fp8_config(head_dim)
     _set_allocator(q.device)
-    if quantized is None:
-        quantized = quantize_for_kernel(k, v, plan, tensors)
-    kq = quantized
+    kq = kernel_kv(k, v, plan) if quantized is None else quantized
     k8, vt8 = kq["k8"], kq["vt8"]
-    kp8, vpt8 = kq.get("kp8", k8), kq.get("vpt8", vt8)
-    kp_scale = kq.get("kp_scale", kq["k_scale"])
     layout = plan.layout
     has_text_lengths = text_lengths is not None
     n_work = tensors["work"].shape[0]
     _sparse_attention_fp8_fwd[(n_work * batch,)](
-        q, out, k8, vt8, kp8, vpt8, kq["k_scale"], kp_scale, kq["v_scale"],
-        *q.stride()[:3], *out.stride()[:3], *k8.stride()[:3], *vt8.stride()[:3], *kp8.stride()[:3],
-        *vpt8.stride()[:3],
-        tensors["work"], tensors["kv_tiles"], tensors["row_maps"], tensors["head_order"], tensors["head_slot"],
-        tensors["tile_lengths"], text_lengths if has_text_lengths else tensors["tile_lengths"],
-        n_work, heads, kp8.shape[1], n_tokens, vt8.shape[-1], plan.num_tiles, plan.video_tiles,
-        tensors["row_maps"].shape[1], layout.video_start, layout.text_start, layout.text_tokens, scale * _LOG2E,
+        q, out, k8, vt8, kq["k_scale"], kq["v_scale"],
+        *q.stride()[:3], *out.stride()[:3], *k8.stride()[:2], *vt8.stride()[:2],
+        tensors["work"], tensors["kv_tiles"], tensors["row_maps"], tensors["head_order"], tensors["tile_lengths"],
+        text_lengths if has_text_lengths else tensors["tile_lengths"],
+        n_work, heads, n_tokens, k8.shape[2], plan.num_tiles, plan.video_tiles, layout.video_start, layout.text_start,
+        layout.text_tokens, scale * _LOG2E,
         HEAD_DIM=head_dim, TILE=plan.tile_size, GATHER=plan.has_reordered_heads, HAS_TEXT_LENGTHS=has_text_lengths,
         num_warps=4, **cfg,
     )
     return out
-
-
-def quantize_for_kernel(k, v, plan, tensors=None) -> dict[str, torch.Tensor]:
-    """:func:`.quantize.kernel_kv` of ``k, v``, with the token-major heads' copy when the plan has such heads."""
-    kp, vp = gather_reordered_kv(k, v, plan, tensors) if plan.has_reordered_heads else (None, None)
-    return kernel_kv(k, v, plan, kp, vp)

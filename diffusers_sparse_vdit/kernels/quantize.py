@@ -14,8 +14,9 @@ scheme keeps that cost small where attention is sensitive to it:
   The row sum ``l`` adds the unrounded values in float32.
 * **V**, per channel: ``v / s_v`` with ``s_v = max over keys |v[:, d]| / 448``, undone on the output.
 
-Products accumulate in float32. :func:`kernel_kv` lays K and V out for the kernel (V transposed:
-FP8 matrix products read their second operand reduction-major); :func:`simulated_inputs` and
+Products accumulate in float32. :func:`kernel_kv` lays K and V out for the kernel (in each head's
+kernel order, V transposed: FP8 matrix products read their second operand reduction-major);
+:func:`simulated_inputs` and
 :func:`fp8_probs` make the same roundings in PyTorch, so the torch backend computes FP8 heads
 the way the GPU does and FP8 quality can be measured on any device.
 """
@@ -23,10 +24,11 @@ the way the GPU does and FP8 quality can be measured on any device.
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
-from ..layout import FRAME_MAJOR
-
-__all__ = ["FP8_DTYPE", "FP8_MAX", "P_SCALE", "fp8_attention_error", "fp8_probs", "kernel_kv", "simulated_inputs"]
+__all__ = ["FP8_DTYPE", "FP8_MAX", "P_SCALE", "fp8_attention_error", "fp8_probs", "kernel_kv", "kv_stats",
+           "simulated_inputs"]
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -67,42 +69,79 @@ def channel_scales(v: torch.Tensor) -> torch.Tensor:
 
 
 # For the kernel ---------------------------------------------------------------------------
-def _transposed_fp8(x: torch.Tensor, scale: torch.Tensor, pad_to: int) -> torch.Tensor:
-    """``(x / scale)`` in e4m3 as ``(B, H, D, R')``, keys contiguous and ``R'`` padded to ``pad_to`` (zeros)."""
-    batch, heads, rows, dim = x.shape
-    padded = -(-rows // pad_to) * pad_to
-    out = torch.zeros(batch, heads, dim, padded, device=x.device, dtype=FP8_DTYPE)
-    out[..., :rows] = _to_fp8(x.float() / scale[:, :, None, :]).transpose(-1, -2)
-    return out
+def kv_stats(k, v) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each head's mean key and V's channel scales, float32 ``(B, H, D)``: reductions over the tokens, no copies."""
+    mean = k.mean(dim=2, dtype=torch.float32)
+    low, high = torch.aminmax(v, dim=2)
+    return mean, torch.maximum(high.float(), -low.float()).clamp_(min=_TINY) / FP8_MAX
 
 
-def kernel_kv(k, v, plan, kp=None, vp=None) -> dict[str, torch.Tensor]:
-    """K and V quantized and laid out for the FP8 kernel.
+def kernel_kv(k, v, plan) -> dict[str, torch.Tensor]:
+    """K and V quantized and laid out for the FP8 kernel, every head in its own kernel order.
 
-    ``k8 (B, H, N, D)`` e4m3 with ``k_scale (B, H, T)`` per frame-major kernel tile; ``vt8 (B, H, D, N')``
-    (transposed, N' a multiple of 16 for the bulk copy) with ``v_scale (B, H, D)``. With ``kp, vp``
-    (the token-major heads' K/V in kernel order, :func:`.triton_sparse.gather_reordered_kv`), also
-    ``kp8``, ``kp_scale`` (per 128-row tile, padding rows left out) and ``vpt8``.
+    ``k8 (B, H, R, D)`` e4m3, row ``r`` holding caller token ``row_maps[head_order[h]][r]`` (R =
+    tiles x tile size; padding rows zero), with ``k_scale (B, H, tiles)``; ``vt8 (B, H, D, R)``
+    (transposed: FP8 products read V along the keys) with ``v_scale (B, H, D)``. On CUDA one
+    Triton pass writes them (:func:`_quantize_kv_kernel`); elsewhere the same in PyTorch.
     """
-    layout, tile, n_tiles = plan.layout, plan.tile_size, plan.num_tiles
-    mean = k.float().mean(dim=2, keepdim=True)
-    k_s = k.float() - mean
-    tiles = layout.tile_of_token(FRAME_MAJOR, tile).to(k.device)
-    k_scale = tile_scales(k_s, tiles, n_tiles)
-    out = {"k8": _to_fp8(k_s / k_scale.gather(2, tiles.expand(*k_scale.shape[:2], -1))[..., None]),
-           "k_scale": k_scale, "v_scale": channel_scales(v)}
-    out["vt8"] = _transposed_fp8(v, out["v_scale"], 16)
-    if kp is not None and kp.shape[1]:
-        heads = plan.device_tensors(k.device)["reordered_heads"]
-        kp_s = kp.float() - mean[:, heads]
-        rows = torch.arange(kp.shape[2], device=k.device)
-        lengths = plan.tile_lengths.to(k.device).long()
-        kp_tiles = torch.where(rows % tile < lengths[rows // tile], rows // tile, -1)  # padding rows: no tile
-        kp_scale = tile_scales(kp_s, kp_tiles, n_tiles)
-        out["kp8"] = _to_fp8(kp_s / kp_scale.repeat_interleave(tile, dim=2)[..., None])
-        out["kp_scale"] = kp_scale
-        out["vpt8"] = _transposed_fp8(vp, out["v_scale"][:, heads], tile)
-    return out
+    mean, v_scale = kv_stats(k, v)
+    # the CPU interpreter rounds some values to float8 a binade low, so CPU runs take the PyTorch path
+    return (_kernel_kv_triton if k.device.type == "cuda" else _kernel_kv_torch)(k, v, plan, mean, v_scale)
+
+
+def _kernel_kv_torch(k, v, plan, mean, v_scale):
+    batch, heads, _, dim = k.shape
+    tile, n_tiles = plan.tile_size, plan.num_tiles
+    rows = plan.row_maps().long()[plan.head_order.long()].to(k.device)  # (H, R)
+    lengths = plan.tile_lengths.to(k.device).long()
+    r = torch.arange(rows.shape[1], device=k.device)
+    valid = (r % tile < lengths[r // tile])[None, None, :, None]
+    index = rows[None, :, :, None].expand(batch, -1, -1, dim)
+    kr = torch.where(valid, (k.float() - mean[:, :, None]).gather(2, index), 0.0)
+    k_scale = kr.abs().amax(-1).view(batch, heads, n_tiles, tile).amax(-1).clamp_(min=_TINY) / FP8_MAX
+    k8 = _to_fp8(kr / k_scale.repeat_interleave(tile, dim=2)[..., None])
+    vr = torch.where(valid, v.float().gather(2, index) / v_scale[:, :, None], 0.0)
+    return {"k8": k8, "k_scale": k_scale, "vt8": _to_fp8(vr).transpose(-1, -2).contiguous(), "v_scale": v_scale}
+
+
+@triton.jit
+def _quantize_kv_kernel(K, V, K8, VT8, KS, mean, v_scale, row_maps, head_order, tile_lengths,
+                        stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, n_heads, n_rows,
+                        HEAD_DIM: tl.constexpr, TILE: tl.constexpr, FP8_MAX: tl.constexpr):
+    """One (tile, head, batch item): gather the tile's K/V rows in the head's order, quantize, write in kernel order."""
+    t = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    offs_r = tl.arange(0, TILE)
+    offs_d = tl.arange(0, HEAD_DIM)
+    valid = offs_r < tl.load(tile_lengths + t)
+    rows = tl.load(row_maps + tl.load(head_order + h) * n_rows + t * TILE + offs_r)
+    stats = (b * n_heads + h) * HEAD_DIM + offs_d
+    k = tl.load(K + b * stride_kb + h * stride_kh + rows[:, None] * stride_kn + offs_d[None, :],
+                mask=valid[:, None], other=0.0).to(tl.float32)
+    k = tl.where(valid[:, None], k - tl.load(mean + stats)[None, :], 0.0)
+    scale = tl.maximum(tl.max(tl.max(tl.abs(k), 1), 0), 1e-12) / FP8_MAX
+    tl.store(KS + (b * n_heads + h) * tl.num_programs(0) + t, scale)
+    out = (b * n_heads + h) * n_rows * HEAD_DIM
+    tl.store(K8 + out + (t * TILE + offs_r)[:, None] * HEAD_DIM + offs_d[None, :], (k / scale).to(tl.float8e4nv))
+    v = tl.load(V + b * stride_vb + h * stride_vh + rows[:, None] * stride_vn + offs_d[None, :],
+                mask=valid[:, None], other=0.0).to(tl.float32) / tl.load(v_scale + stats)[None, :]
+    tl.store(VT8 + out + offs_d[None, :] * n_rows + (t * TILE + offs_r)[:, None], v.to(tl.float8e4nv))
+
+
+def _kernel_kv_triton(k, v, plan, mean, v_scale):
+    batch, heads, _, dim = k.shape
+    tensors = plan.device_tensors(k.device)
+    n_rows = plan.num_tiles * plan.tile_size
+    k8 = torch.empty(batch, heads, n_rows, dim, device=k.device, dtype=FP8_DTYPE)
+    vt8 = torch.empty(batch, heads, dim, n_rows, device=k.device, dtype=FP8_DTYPE)
+    k_scale = torch.empty(batch, heads, plan.num_tiles, device=k.device, dtype=torch.float32)
+    _quantize_kv_kernel[(plan.num_tiles, heads, batch)](
+        k, v, k8, vt8, k_scale, mean.contiguous(), v_scale.contiguous(), tensors["row_maps"], tensors["head_order"],
+        tensors["tile_lengths"], *k.stride()[:3], *v.stride()[:3], heads, n_rows,
+        HEAD_DIM=dim, TILE=plan.tile_size, FP8_MAX=FP8_MAX, num_warps=4,
+    )
+    return {"k8": k8, "k_scale": k_scale, "vt8": vt8, "v_scale": v_scale}
 
 
 # The same roundings in PyTorch ------------------------------------------------------------

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusers_sparse_vdit import TokenLayout, build_plan, sparse_attention
-from diffusers_sparse_vdit.kernels import gluon_fp8, gluon_sparse
+from diffusers_sparse_vdit.kernels import gluon_fp8, gluon_sparse, quantize
 from diffusers_sparse_vdit.kernels.attention import fp8_supported
 
 from .gpu_cases import LAYOUTS, MIXED, rel_err
@@ -61,3 +61,20 @@ def test_auto_runs_each_precision_on_its_kernel(monkeypatch):
             assert torch.equal(out[:, h], native[:, h])
         else:
             assert 0 < rel_err(out[:, h], native[:, h].float()) < 8e-2
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=str)
+def test_the_triton_quantizer_writes_what_the_pytorch_one_does(layout):
+    plan = build_plan(MIXED, layout)
+    k, v = (torch.randn(2, layout.num_tokens, len(MIXED), 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+            for _ in range(2))
+    k = k + 3.0
+    mean, v_scale = quantize.kv_stats(k, v)
+    got = quantize.kernel_kv(k, v, plan)
+    want = quantize._kernel_kv_torch(k, v, plan, mean, v_scale)
+    for key in ("k_scale", "v_scale"):
+        assert torch.allclose(got[key], want[key], rtol=1e-6), key
+    for key in ("k8", "vt8"):
+        a, b = got[key].float(), want[key].float()
+        assert a.shape == b.shape and got[key].stride() == want[key].stride(), key
+        assert (a != b).float().mean() < 1e-3 and torch.allclose(a, b, rtol=0.13, atol=2 ** -9), key  # 1 ulp at most

@@ -87,31 +87,18 @@ def test_probabilities_round_like_e4m3_and_keep_small_ones():
 def test_kernel_layout_holds_the_simulated_values(layout):
     plan = build_plan(MIXED, layout, TILE)
     q, k, v = inputs(layout, len(MIXED), offset=3.0)
-    kp, vp = _gather(k, v, plan)
-    got = quantize.kernel_kv(k, v, plan, kp, vp)
+    got = quantize.kernel_kv(k, v, plan)
     _, kf, vf = quantize.simulated_inputs(q, k, v, plan)
-    tiles = layout.tile_of_token(FRAME_MAJOR, TILE)
-    frame_major = [h for h, s in enumerate(plan.specs) if not s.reordered]
-    k_deq = got["k8"].float() * got["k_scale"][:, :, tiles, None]
-    assert torch.equal(k_deq[:, frame_major], kf[:, frame_major])
-    n = layout.num_tokens
-    vt = got["vt8"]
-    assert vt.shape[-1] % 16 == 0 and (vt[..., n:].float() == 0).all()
-    assert torch.equal(vt[..., :n].float().transpose(-1, -2) * got["v_scale"][:, :, None, :], vf)
-    # token-major heads: their copy in kernel order holds the same values, padding rows left out of the scales
-    rows = plan.row_maps()[1].long()
+    # row r of head h is caller token rows[order of h][r]; padding rows of partial tiles are zero
+    rows = plan.row_maps().long()[plan.head_order.long()]
     valid = torch.cat([torch.arange(TILE) < n for n in plan.tile_lengths.tolist()])
-    reordered = plan.reordered_heads
-    kp_deq = got["kp8"].float() * got["kp_scale"].repeat_interleave(TILE, dim=2)[..., None]
-    assert torch.equal(kp_deq[:, :, valid], kf[:, reordered][:, :, rows[valid]])
-    assert torch.equal(got["vpt8"].float().transpose(-1, -2)[:, :, valid] * got["v_scale"][:, reordered, None, :],
-                       vf[:, reordered][:, :, rows[valid]])
-
-
-def _gather(k, v, plan):
-    """The token-major heads' K/V in kernel order, as the GPU gather writes them (row_maps[1])."""
-    rows, heads = plan.row_maps()[1].long(), plan.reordered_heads
-    return k[:, heads][:, :, rows], v[:, heads][:, :, rows]
+    k_deq = got["k8"].float() * got["k_scale"].repeat_interleave(TILE, dim=2)[..., None]
+    v_deq = got["vt8"].float().transpose(-1, -2) * got["v_scale"][:, :, None, :]
+    assert got["k8"].shape == (2, len(MIXED), plan.num_tiles * TILE, 32) and got["vt8"].stride(-1) == 1
+    for h in range(len(MIXED)):
+        assert torch.equal(k_deq[:, h, valid], kf[:, h, rows[h, valid]]), h
+        assert torch.equal(v_deq[:, h, valid], vf[:, h, rows[h, valid]]), h
+    assert (k_deq[:, :, ~valid] == 0).all() and (v_deq[:, :, ~valid] == 0).all()
 
 
 def test_fp8_heads_where_they_cannot_run(caplog):
