@@ -29,6 +29,11 @@ STALL = re.compile(r"smsp__average_warps_issue_stalled_(\w+)_per_issue_active\.r
 TOP_STALLS = 8
 
 
+def ncu_metrics() -> str:
+    """The ``ncu --metrics`` argument that collects every counter this table prints."""
+    return ",".join([*METRICS.values(), "regex:" + STALL.pattern.replace(r"(\w+)", ".*")])
+
+
 def read_ncu_csv(path) -> dict[str, str]:
     """The first profiled launch of an ncu raw-page CSV as ``{metric: value}`` (the app's own output lines skipped)."""
     lines = Path(path).read_text().splitlines()
@@ -69,8 +74,11 @@ def table(results: dict[str, dict[str, str]]) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("csv", nargs="+", help="ncu --csv --page raw outputs; the column is the file's stem")
+    parser.add_argument("csv", nargs="*", help="ncu --csv --page raw outputs; the column is the file's stem")
+    parser.add_argument("--metrics", action="store_true", help="print the ncu --metrics argument for these counters")
     args = parser.parse_args(argv)
+    if args.metrics:
+        return print(ncu_metrics())
     results = {}
     for path in args.csv:
         try:

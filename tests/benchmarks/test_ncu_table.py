@@ -46,3 +46,13 @@ def test_a_csv_without_a_launch_says_why(ncu_table, tmp_path, capsys):
         ncu_table.read_ncu_csv(empty)
     ncu_table.main([str(empty)])
     assert "skipped" in capsys.readouterr().out
+
+
+def test_metrics_argument_collects_what_the_table_prints(ncu_table, capsys):
+    import re
+
+    ncu_table.main(["--metrics"])
+    names = capsys.readouterr().out.strip().split(",")
+    assert "sm__warps_active.avg.pct_of_peak_sustained_active" in names  # achieved occupancy
+    stall = re.compile(names[-1].removeprefix("regex:"))
+    assert stall.fullmatch("smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio")
