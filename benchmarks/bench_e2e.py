@@ -8,7 +8,9 @@ For each family, in one run (bf16, batch 1, ``torch.no_grad``):
   ``backend="auto"`` picks; else cuDNN, then FLASH, EFFICIENT): the honest baseline;
 * the same with the sparse self-attention replaced by a no-op: the attention share ``a``;
 * our processors with a paper-like mixed map at the paper's attention FLOP reduction
-  (1.7x Wan2.1, 2.1x CogVideoX1.5, 2.4x HunyuanVideo); dense paths under the same fast backend.
+  (1.7x Wan2.1, 2.1x CogVideoX1.5, 2.4x HunyuanVideo); dense paths under the same fast backend;
+  with ``--frontier-psnr``, also at the lowest total density where the search's default recipe
+  reached that PSNR on the quality frontier (``results/quality_h200.json``), one row per map.
 
 It prints the measured speedups beside the Amdahl bound ``1 / ((1 - a) + a * density)`` and
 writes JSON. ``--layers`` cuts the depth (same per-layer shapes); a correctness check runs
@@ -114,6 +116,18 @@ def paper_like_map(model, grid, text_tokens, reduction: float, seed: int = 0) ->
                                        target_modules=targets), layout
 
 
+QUALITY_FRONTIER = Path(__file__).resolve().parent / "results" / "quality_h200.json"
+FRONTIER_METHOD = "ours_ranges_sens[default]"  # search() at its defaults (docs/search.md's "ours" column)
+
+
+def frontier_density(family: str, min_psnr: float, path: Path = QUALITY_FRONTIER) -> float | None:
+    """The lowest total attention density at which the default search recipe reached ``min_psnr`` dB for ``family``."""
+    rows = json.loads(Path(path).read_text())["rows"]
+    ok = [r["attention_density"] for r in rows
+          if r["family"] == family and r["method"] == FRONTIER_METHOD and r["psnr"] >= min_psnr]
+    return min(ok) if ok else None
+
+
 def key_prefix_lengths(mask, batch: int, keys: int):
     """Per-item key counts of a boolean mask that keeps a prefix of the keys for every query, else None."""
     if mask is None or mask.dtype != torch.bool or mask.shape[-1] != keys or any(n != 1 for n in mask.shape[1:-1]):
@@ -189,11 +203,21 @@ def bench_model(name: str, args, rows: list):
     model = build(name, cut)
     inputs = tiny_transformer_inputs(model, grid=grid, text_tokens=text_tokens, device="cuda", dtype=torch.bfloat16,
                                      text_lengths=[text_tokens // 2] if name.startswith("hunyuan") else None)
-    sparse_map, layout = paper_like_map(model, grid, text_tokens, reduction)
-    density = sum(build_plan(sparse_map.head_specs(i), layout).density for i in range(sparse_map.num_layers))
-    density /= sparse_map.num_layers
-    print(f"{name}: {cls_name} {cut or '(full depth)'}, {layout}, map density {density:.3f} "
-          f"({1 / density:.2f}x fewer attention FLOPs)", flush=True)
+    maps = {"paper": paper_like_map(model, grid, text_tokens, reduction)}
+    if args.frontier_psnr is not None:
+        target = frontier_density(family_of(model).name, args.frontier_psnr)
+        if target is None:
+            print(f"  no density on the quality frontier reaches {args.frontier_psnr} dB for {name}", flush=True)
+        else:
+            maps[f"frontier>={args.frontier_psnr:g}dB"] = paper_like_map(model, grid, text_tokens, 1 / target)
+    sparse_map, layout = maps["paper"]
+
+    def map_density(config) -> float:
+        return sum(build_plan(config.head_specs(i), layout).density for i in range(config.num_layers)) / config.num_layers
+
+    densities = {key: map_density(config) for key, (config, _) in maps.items()}
+    print(f"{name}: {cls_name} {cut or '(full depth)'}, {layout}, map densities "
+          + ", ".join(f"{key} {d:.3f} ({1 / d:.2f}x fewer attention FLOPs)" for key, d in densities.items()), flush=True)
 
     @torch.no_grad()
     def forward():
@@ -222,9 +246,11 @@ def bench_model(name: str, args, rows: list):
         t_fast = time_ms(forward, min_reps=3)
         with no_self_attention(layout.num_tokens):
             t_rest = time_ms(forward, min_reps=3)
-        apply_sparse_vdit(model, sparse_map)
-        t_ours = time_ms(forward, min_reps=3)
-        remove_sparse_vdit(model)
+        t_sparse = {}
+        for key, (config, _) in maps.items():
+            apply_sparse_vdit(model, config)
+            t_sparse[key] = time_ms(forward, min_reps=3)
+            remove_sparse_vdit(model)
     compiled = {}
     if args.compile:
         # torch.compile of the whole transformer, dense (same fast SDPA order) and sparse: the
@@ -240,21 +266,31 @@ def bench_model(name: str, args, rows: list):
         print(f"  compiled: fastest dense {compiled['ms_fastest_dense_compiled']:.1f} ms | sparse "
               f"{compiled['ms_sparse_compiled']:.1f} ms ({compiled['speedup_compiled']:.2f}x)", flush=True)
     share = (t_fast - t_rest) / t_fast
-    bound = 1 / ((1 - share) + share * density)
-    row = {
-        "model": name, "class": cls_name, "depth_cut": cut, "layout": str(layout), "map_density": density,
-        "flop_reduction": 1 / density, "ms_stock_default": t_default, "ms_fastest_dense": t_fast,
+    common = {
+        "model": name, "class": cls_name, "depth_cut": cut, "layout": str(layout), "ms_stock_default": t_default,
+        "ms_fastest_dense": t_fast,
         "fastest_dense_kernel": choose_dense_backend(torch.empty(1, 1, 1, 128, device="cuda", dtype=torch.bfloat16), None),
-        "ms_without_attention": t_rest, "ms_sparse": t_ours, "attention_share": share, "amdahl_bound": bound,
-        "speedup_vs_fastest_dense": t_fast / t_ours, "fraction_of_amdahl": t_fast / t_ours / bound,
-        "speedup_vs_stock_default": t_default / t_ours, "check_full_rel_err": err_full,
-        "mixed_vs_dense_rel_err": err_sparse, "mode_counts": sparse_map.mode_counts(), **compiled,
+        "ms_without_attention": t_rest, "attention_share": share, "check_full_rel_err": err_full,
+        "mixed_vs_dense_rel_err": err_sparse, **compiled,
     }
-    rows.append(row)
     print(f"  stock default {t_default:.1f} ms | fastest dense {t_fast:.1f} ms | without attention {t_rest:.1f} ms "
-          f"(share {share:.2f}) | sparse {t_ours:.1f} ms", flush=True)
-    print(f"  speedup {t_fast / t_ours:.2f}x vs fastest dense (Amdahl bound {bound:.2f}x, "
-          f"{t_fast / t_ours / bound:.0%} of it), {t_default / t_ours:.2f}x vs stock default", flush=True)
+          f"(share {share:.2f})", flush=True)
+    for key, (config, _) in maps.items():
+        rows.append(sparse_row(common, key, config, densities[key], t_sparse[key]))
+
+
+def sparse_row(common: dict, key: str, config, density: float, t_ours: float) -> dict:
+    """One map's result row: its speedups against the dense timings of the same run (``common``)."""
+    t_fast, t_default, share = common["ms_fastest_dense"], common["ms_stock_default"], common["attention_share"]
+    bound = 1 / ((1 - share) + share * density)
+    print(f"  {key} map (density {density:.3f}): sparse {t_ours:.1f} ms, {t_fast / t_ours:.2f}x vs fastest dense "
+          f"(Amdahl bound {bound:.2f}x, {t_fast / t_ours / bound:.0%} of it), {t_default / t_ours:.2f}x vs stock default",
+          flush=True)
+    return {
+        **common, "map": key, "map_density": density, "flop_reduction": 1 / density, "ms_sparse": t_ours,
+        "amdahl_bound": bound, "speedup_vs_fastest_dense": t_fast / t_ours, "fraction_of_amdahl": t_fast / t_ours / bound,
+        "speedup_vs_stock_default": t_default / t_ours, "mode_counts": config.mode_counts(),
+    }
 
 
 def main():
@@ -263,6 +299,8 @@ def main():
     parser.add_argument("--full-depth", action="store_true", help="all layers (default: the depth cut in DEFAULT_CUT)")
     parser.add_argument("--layers", type=int, help="cut every model to this many (dual-stream) layers")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd dense and sparse forwards")
+    parser.add_argument("--frontier-psnr", type=float, help="also time a map at the lowest density where the default "
+                        "search recipe reached this PSNR (dB) on the committed quality frontier (quality_h200.json)")
     parser.add_argument("--out", default="benchmarks/results/e2e.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -284,12 +322,12 @@ def main():
         torch.cuda.empty_cache()
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"\n{'model':22s} {'density':>7s} {'default':>9s} {'fastest':>9s} {'no-attn':>9s} {'share':>6s} "
+    print(f"\n{'model':22s} {'map':14s} {'density':>7s} {'default':>9s} {'fastest':>9s} {'no-attn':>9s} {'share':>6s} "
           f"{'sparse':>9s} {'x fast':>7s} {'bound':>6s} {'of bnd':>6s} {'x dflt':>7s}")
     for r in rows:
         if "error" in r:
             continue
-        print(f"{r['model']:22s} {r['map_density']:7.3f} {r['ms_stock_default']:9.1f} {r['ms_fastest_dense']:9.1f} "
+        print(f"{r['model']:22s} {r.get('map', 'paper'):14s} {r['map_density']:7.3f} {r['ms_stock_default']:9.1f} {r['ms_fastest_dense']:9.1f} "
               f"{r['ms_without_attention']:9.1f} {r['attention_share']:6.2f} {r['ms_sparse']:9.1f} "
               f"{r['speedup_vs_fastest_dense']:7.2f} {r['amdahl_bound']:6.2f} {r['fraction_of_amdahl']:6.0%} "
               f"{r['speedup_vs_stock_default']:7.2f}")

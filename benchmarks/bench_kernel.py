@@ -363,6 +363,59 @@ def bench_shape(name, heads, head_dim, layout, densities, args, rows):
         print(f"  {key:24s} density {density:.3f}: ours ({kernel}) {t_ours:.2f} ms, {t_best / t_ours * density:.2f} of ideal{flex_txt}", flush=True)
 
 
+AUTO_PLANS = ("DIAGONAL@0.25", "MIXED")
+AUTO_TOLERANCE = 1.02  # "auto" within 2% of the faster of ours and FA4 counts as the right pick (timing noise)
+
+
+def bench_auto(name, heads, head_dim, layout, rows):
+    """What ``backend="auto"`` runs on this shape, timed as whole ``sparse_attention`` calls (FA4's gather into
+    kernel order and output scatter included) beside ``backend="gluon"`` and ``backend="fa4"``."""
+    from diffusers_sparse_vdit.kernels.attention import auto_cuda_kernel
+    from diffusers_sparse_vdit.kernels.dense import choose_dense_backend
+
+    dev, tile = torch.device("cuda"), 128
+    q, k, v = (torch.randn(1, layout.num_tokens, heads, head_dim, device=dev, dtype=torch.bfloat16).transpose(1, 2)
+               for _ in range(3))
+    # HunyuanVideo's prompts are padded (text after video): half the text valid, as bench_e2e runs it
+    text_lengths = torch.tensor([layout.text_tokens // 2], device=dev) if layout.text_position == "after" else None
+    plans = {"DIAGONAL@0.25": build_plan([spec_for_tile_density(Mode.DIAGONAL, 0.25, layout, tile)] * heads, layout, tile),
+             "MIXED": build_plan(mixed_specs(heads, layout, tile), layout, tile)}
+    for key in AUTO_PLANS:
+        plan, out = plans[key], torch.empty_like(q)
+        times = {}
+        for backend in ("auto", "gluon", "fa4"):
+            try:
+                times[backend] = time_ms(lambda: sparse_attention(q, k, v, plan, backend=backend, out=out,
+                                                                  text_lengths=text_lengths))
+            except Exception as e:  # FA4 not installed, or a call it cannot take
+                print(f"  {key} backend={backend} failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
+        row = auto_row(name, key, plan.tile_density, auto_cuda_kernel(q, k, v, plan, out), times)
+        row["dense_kernel"] = choose_dense_backend(q, None)
+        rows.append(row)
+        print(f"  {key}: auto runs {row['auto_kernel']} " + ", ".join(f"{b} {t:.2f} ms" for b, t in times.items()), flush=True)
+
+
+def auto_row(shape: str, plan: str, tile_density: float, auto_kernel: str, times: dict) -> dict:
+    """One ``--auto`` result: "auto"'s time over the fastest of the forced backends that ran."""
+    forced = {b: t for b, t in times.items() if b != "auto"}
+    row = {"shape": shape, "plan": plan, "tile_density": tile_density, "auto_kernel": auto_kernel, "ms": times}
+    if "auto" in times and forced:
+        fastest = min(forced, key=forced.get)
+        row.update(fastest=fastest, auto_over_fastest=times["auto"] / forced[fastest])
+    return row
+
+
+def print_auto_table(rows):
+    print(f"\n{'shape':20s} {'plan':14s} {'dens':>5s} {'auto runs':9s} {'dense':6s} {'auto ms':>9s} {'gluon ms':>9s} "
+          f"{'fa4 ms':>9s} {'auto/best':>9s}   (whole sparse_attention calls, FA4's gather and scatter included)")
+    for r in rows:
+        ms = {b: f"{r['ms'][b]:9.2f}" if b in r["ms"] else f"{'-':>9s}" for b in ("auto", "gluon", "fa4")}
+        ratio = r.get("auto_over_fastest")
+        verdict = "" if ratio is None else f"{ratio:9.3f}" + ("" if ratio <= AUTO_TOLERANCE else f"  SLOWER than {r['fastest']}")
+        print(f"{r['shape']:20s} {r['plan']:14s} {r['tile_density']:5.3f} {r['auto_kernel']:9s} {r.get('dense_kernel', ''):6s} "
+              f"{ms['auto']} {ms['gluon']} {ms['fa4']} {verdict}")
+
+
 def mufu_counts(compiled) -> dict:
     """Special-function (MUFU) instructions in a compiled kernel's SASS, by opcode (needs cuobjdump)."""
     try:
@@ -412,10 +465,14 @@ def main():
                         "(the Gluon kernel's sweep: bench_gluon.py)")
     parser.add_argument("--no-flex", action="store_true")
     parser.add_argument("--budget-ms", type=float, default=1500.0, help="GPU time spent per timing (median of the reps)")
+    parser.add_argument("--auto", action="store_true", help='only time what backend="auto" picks per shape against '
+                        'backend="gluon" and "fa4" (whole calls, on a DIAGONAL@0.25 and a mixed plan)')
     parser.add_argument("--out", default="benchmarks/results/kernel.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU")
+    if args.auto:
+        return main_auto(args)
     import triton
 
     global BUDGET_MS
@@ -451,6 +508,25 @@ def main():
         print(f"compiled: {c['regs']} regs, {c['spills']} spills, {c['warps']} warps, {c['stages']} stages, "
               f"{c['shared_bytes']} B shared, MUFU {c['mufu']}", flush=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+def main_auto(args):
+    global BUDGET_MS
+    BUDGET_MS = args.budget_ms
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "dtype": "bfloat16", "batch": 1}
+    rows = []
+    for name in args.shapes.split(","):
+        heads, head_dim, layout = SHAPES[name]
+        print(f"{name}: {heads} heads x {head_dim}, {layout}", flush=True)
+        try:
+            bench_auto(name, heads, head_dim, layout, rows)
+        except Exception as e:
+            print(f"  {name} failed: {type(e).__name__}: {e}", flush=True)
+        torch.cuda.empty_cache()
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print_auto_table(rows)
 
 
 if __name__ == "__main__":

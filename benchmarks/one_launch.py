@@ -1,4 +1,5 @@
-"""Run one of our kernels on one benchmark shape and plan, a few launches: the program to put under a profiler.
+"""Run one of our kernels (or FA4's block-sparse kernel on the plan's lists) on one benchmark shape and plan, a few
+launches: the program to put under a profiler.
 
     ncu --clock-control none -k regex:_sparse_attention -s 2 -c 1 --section ComputeWorkloadAnalysis \\
         python benchmarks/one_launch.py --shape cogvideox1.5-768p --plan FULL@1.0 --kernel triton --exp2 bf16x2
@@ -15,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_kernel import SHAPES, mixed_specs, spec_for_tile_density  # noqa: E402
+from bench_kernel import SHAPES, fa4_sparse_call, mixed_specs, spec_for_tile_density  # noqa: E402
 from diffusers_sparse_vdit import Mode, ModeSpec, build_plan  # noqa: E402
 from diffusers_sparse_vdit.kernels.gluon_sparse import gluon_config, sparse_attention_gluon  # noqa: E402
 from diffusers_sparse_vdit.kernels.triton_sparse import kernel_config, sparse_attention_triton  # noqa: E402
@@ -25,7 +26,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", default="wan2.1-1.3b-480p", choices=sorted(SHAPES))
     parser.add_argument("--plan", default="FULL@1.0", help="MODE@tile_density, or MIXED")
-    parser.add_argument("--kernel", default="gluon", choices=("gluon", "triton"))
+    parser.add_argument("--kernel", default="gluon", choices=("gluon", "triton", "fa4"),
+                        help="fa4: FA4 block-sparse on pre-gathered inputs, as bench_kernel times it")
     parser.add_argument("--exp2", default=None, help="override the Triton launch config's EXP2")
     parser.add_argument("--launches", type=int, default=3)
     args = parser.parse_args()
@@ -40,6 +42,13 @@ def main():
     q, k, v = (torch.randn(1, layout.num_tokens, heads, head_dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
                for _ in range(3))
     out = torch.empty_like(q)
+    if args.kernel == "fa4":
+        call = fa4_sparse_call(q, k, v, plan)
+        for _ in range(args.launches):
+            call()
+        torch.cuda.synchronize()
+        print(f"{args.shape} {args.plan} fa4 block-sparse: ok")
+        return
     if args.kernel == "gluon":
         run, config = sparse_attention_gluon, gluon_config(head_dim)
     else:

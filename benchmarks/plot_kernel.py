@@ -1,7 +1,8 @@
 """Plot a kernel benchmark JSON: fraction of ideal against tile density, per shape and mode.
 
 Solid lines are ours, dashed lines FlexAttention on the same tile lists (where the run timed it);
-the grey line at 1.0 is cuDNN's dense efficiency, the dotted one cuDNN on the same work per query
+the grey line at 1.0 is the dense efficiency of the run's fastest dense kernel for that shape (named in
+each panel's title; cuDNN in files older than v10), the dotted one cuDNN on the same work per query
 row (all queries against density x N keys; where the run timed it). Needs matplotlib.
 
     python benchmarks/plot_kernel.py benchmarks/results/kernel_h200_v8.json
@@ -27,7 +28,10 @@ def curves(rows: list[dict]) -> dict:
     """{shape: {(impl, mode name): [(tile density, fraction of ideal), ...]}} from the ours/flex rows,
     and cuDNN's equal-work rows as ``("cudnn", "EQUAL_WORK")``."""
     out: dict = defaultdict(lambda: defaultdict(list))
+    cudnn_dense = {}  # cuDNN's own dense fraction of ideal per shape: below 1 when FA3/FA4 was faster
     for r in rows:
+        if r.get("impl") == "sdpa-cudnn" and r.get("plan") == "dense":
+            cudnn_dense[r["shape"]] = r["fraction_of_ideal"]
         if r.get("impl") == "sdpa-cudnn-equal-work":
             out[r["shape"]][("cudnn", "EQUAL_WORK")].append((r["tile_density"], r["fraction_of_ideal"]))
             continue
@@ -35,21 +39,30 @@ def curves(rows: list[dict]) -> dict:
             continue
         mode = r["plan"].split("@")[0]
         out[r["shape"]][(r["impl"], mode)].append((r["tile_density"], r["fraction_of_ideal"]))
-    for per_shape in out.values():
+    for shape, per_shape in out.items():
         full = {impl: pts for (impl, mode), pts in per_shape.items() if mode == "FULL"}
         for (impl, mode), pts in per_shape.items():
             if impl == "cudnn":
-                pts.append((1.0, 1.0))  # the dense run itself
+                pts.append((1.0, cudnn_dense.get(shape, 1.0)))  # cuDNN's dense run itself
             elif mode != "FULL":
                 pts.extend(full.get(impl, []))  # every mode ends at the all-FULL plan
             pts.sort()
     return out
 
 
+def baselines(rows: list[dict]) -> dict[str, str]:
+    """{shape: the dense kernel its fractions of ideal are against} (files older than v10 name none: cuDNN)."""
+    out = {}
+    for r in rows:
+        if "shape" in r:
+            out.setdefault(r["shape"], r.get("baseline", "cuDNN"))
+    return out
+
+
 def plot(data: dict, title: str, path: Path) -> Path:
     from matplotlib.figure import Figure
 
-    shapes = list(curves(data["rows"]).items())
+    shapes, baseline_of = list(curves(data["rows"]).items()), baselines(data["rows"])
     if not shapes:
         raise ValueError("no 'ours' rows with per-mode plans in this JSON")
     fig = Figure(figsize=(4.2 * len(shapes), 3.6), layout="constrained")
@@ -68,11 +81,10 @@ def plot(data: dict, title: str, path: Path) -> Path:
                     ax.plot(xs, ys, style, marker="o", ms=3, color=MODE_COLORS[mode], label=label)
         ax.set_xscale("log")
         ax.set_xticks([0.1, 0.25, 0.5, 1.0], labels=["0.1", "0.25", "0.5", "1"])
-        ax.set_title(shape, fontsize=10)
+        ax.set_title(f"{shape}\n1.0 = {baseline_of[shape]}, the fastest dense kernel", fontsize=10)
         ax.set_xlabel("tile density")
         ax.grid(alpha=0.3)
-    baseline = next((r["baseline"] for r in data["rows"] if "baseline" in r), "cuDNN")  # older files: cuDNN
-    axes[0].set_ylabel(f"fraction of ideal (1 = the fastest dense kernel, {baseline})")
+    axes[0].set_ylabel("fraction of ideal")
     axes[0].legend(fontsize=8, loc="lower left", title="ours (solid), Flex (dashed), FA4 block-sparse (dotted)",
                    title_fontsize=8)
     fig.suptitle(title, fontsize=11)

@@ -23,7 +23,7 @@ def _interpreting() -> bool:
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """The backend a call on ``device`` takes: ``"auto"`` is Triton on CUDA, the torch reference elsewhere
-    (:func:`sparse_attention` then picks the Gluon kernel for the calls it supports)."""
+    (:func:`sparse_attention` then picks the CUDA kernel with :func:`auto_cuda_kernel`)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
@@ -81,15 +81,43 @@ def _warn_once(message: str) -> None:
     get_logger(__name__).warning("Sparse-vDiT: %s", message)
 
 
+# Where FA4's block-sparse kernel beats ours on Hopper, from benchmarks/results/kernel_h200_v10_fa4.json
+# (H200, bf16, batch 1, identical tile lists, every mode at tile density 1 / 0.5 / 0.25 / 0.1 and a mixed
+# layer): ours ran 0.83-0.94x as fast as FA4 at Wan2.1 480p (head_dim 128, 32,760 tokens), 0.91-1.01x at
+# HunyuanVideo 720p (head_dim 128, 119,056 tokens; mixed layer 1.00x) and 0.97-1.03x at CogVideoX1.5 768p
+# (head_dim 64). FA4 takes only the calls like those where it led on every plan, by 6% or more: FA4 was
+# timed on pre-gathered inputs, and the backend's gather into kernel order and output scatter come on top.
+# head_dim -> the longest sequence (tokens) FA4 takes; a head_dim not listed stays on ours.
+FA4_ON_HOPPER_UP_TO_TOKENS = {128: 32_768}
+
+
+def fa4_faster_on_hopper(head_dim: int, num_tokens: int) -> bool:
+    """Whether the committed H200 measurements put FA4's block-sparse kernel ahead of ours for this call shape."""
+    return num_tokens <= FA4_ON_HOPPER_UP_TO_TOKENS.get(head_dim, 0)
+
+
 def auto_cuda_kernel(q, k, v, plan, out) -> str:
-    """The kernel ``"auto"`` runs on a CUDA call: ours in Gluon on Hopper where it runs (benchmarks/NOTES.md
-    v9), else FA4's block-sparse kernel where it runs (Blackwell SM100: the Gluon kernel is Hopper-only),
-    else our portable Triton kernel."""
+    """The kernel ``"auto"`` runs on a CUDA call (native-precision heads), the choice logged once per reason.
+
+    On Hopper: FA4's block-sparse kernel where it runs and was measured faster (:func:`fa4_faster_on_hopper`),
+    else ours in Gluon where it runs; on Blackwell SM100 FA4 where it runs (the Gluon kernel is Hopper-only);
+    else our portable Triton kernel. ``backend="gluon"`` or ``"fa4"`` forces one.
+    """
+    head_dim = q.shape[-1]
     if gluon_supported(q, k, v, plan, out):
-        return "gluon"
+        if fa4_faster_on_hopper(head_dim, plan.num_tokens) and fa4_supported(q, plan):
+            return _chosen("fa4", f"measured faster than ours on Hopper at head_dim {head_dim} up to "
+                                  f"{FA4_ON_HOPPER_UP_TO_TOKENS[head_dim]:,} tokens; its first call per shape compiles")
+        return _chosen("gluon", "our Hopper kernel")
     if torch.cuda.get_device_capability(q.device)[0] == 10 and fa4_supported(q, plan):
-        return "fa4"
-    return "triton"
+        return _chosen("fa4", "Blackwell: our Gluon kernel is Hopper-only; its first call per shape compiles")
+    return _chosen("triton", "our portable kernel (no Gluon or FA4 for this call)")
+
+
+@functools.cache
+def _chosen(kernel: str, reason: str) -> str:
+    get_logger(__name__).info("Sparse-vDiT sparse attention: %s (%s)", kernel, reason)
+    return kernel
 
 
 def _check(q, k, v, plan, text_lengths, backend):

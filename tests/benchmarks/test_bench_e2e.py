@@ -57,3 +57,25 @@ def test_the_fastest_dense_baseline_takes_diffusers_own_attention_calls(bench_e2
     if variant == "hunyuan_video":  # the padded prompt's key mask became per-item key counts
         assert any(lengths is not None for lengths in routed)
     torch.testing.assert_close(fast, stock, atol=1e-5, rtol=1e-5)
+
+
+def test_frontier_density_reads_the_committed_quality_frontier(bench_e2e):
+    # docs/search.md: the default recipe's PSNR is 21.1 / 19.7 dB at density 0.35 / 0.25 (Wan),
+    # 22.8 / 18.4 at 0.45 / 0.35 (CogVideoX), 20.6 / 18.3 at 0.35 / 0.25 (HunyuanVideo)
+    assert bench_e2e.frontier_density("wan", 20.0) == pytest.approx(0.35, abs=1e-3)
+    assert bench_e2e.frontier_density("cogvideox", 20.0) == pytest.approx(0.45, abs=1e-3)
+    assert bench_e2e.frontier_density("hunyuan_video", 20.0) == pytest.approx(0.35, abs=1e-3)
+    assert bench_e2e.frontier_density("wan", 40.0) is None
+
+
+def test_sparse_row_is_against_the_fastest_dense_of_the_run(bench_e2e, capsys):
+    common = {"ms_fastest_dense": 600.0, "ms_stock_default": 900.0, "attention_share": 0.5}
+
+    class Map:
+        def mode_counts(self):
+            return {"FULL": 1}
+
+    row = bench_e2e.sparse_row(common, "paper", Map(), 0.5, 400.0)
+    assert row["speedup_vs_fastest_dense"] == 1.5 and row["speedup_vs_stock_default"] == 2.25
+    assert row["amdahl_bound"] == pytest.approx(1 / 0.75) and row["map"] == "paper"
+    assert "1.50x vs fastest dense" in capsys.readouterr().out

@@ -39,3 +39,13 @@ def test_plot_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no 'ours' rows"):
         script.plot({"rows": []}, "empty", tmp_path / "e.png")
+
+
+def test_each_panel_names_its_own_baseline():
+    """v10 runs have a baseline per shape (FA3 at Wan and HunyuanVideo, FA4 dense at CogVideoX1.5)."""
+    script = load_script()
+    v10 = json.loads((RESULTS.parent / "kernel_h200_v10_fa4.json").read_text())["rows"]
+    assert script.baselines(v10) == {"wan2.1-1.3b-480p": "fa3", "cogvideox1.5-768p": "fa4-dense", "hunyuanvideo-720p": "fa3"}
+    assert set(script.baselines(json.loads(RESULTS.read_text())["rows"]).values()) == {"cuDNN"}  # before v10
+    cudnn = script.curves(v10)["wan2.1-1.3b-480p"][("cudnn", "EQUAL_WORK")]
+    assert cudnn[-1] == (1.0, pytest.approx(0.823, abs=1e-3))  # cuDNN's dense run, 0.82 of FA3's rate

@@ -1,5 +1,7 @@
 """Every backend of sparse_attention against plain SDPA with the plan's dense boolean mask."""
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -339,22 +341,58 @@ def test_whole_head_reference_matches_the_tile_walk(layout, restricted, monkeypa
     assert outs[0].isnan().any() == restricted  # rows outside the restriction stay untouched
 
 
+WAN_480P = TokenLayout(21, 30, 52)  # 32,760 tokens: the shape where FA4 was measured faster at head_dim 128
+HUNYUAN_720P = TokenLayout(33, 45, 80, text_tokens=256, text_position="after")  # 119,056 tokens: ours measured as fast
+
+
 @pytest.mark.parametrize(
-    "gluon, capability, fa4, expected",
+    "gluon, capability, fa4, head_dim, layout, expected",
     [
-        (True, (9, 0), True, "gluon"),  # Hopper: ours where it runs
-        (False, (9, 0), True, "triton"),  # Hopper call Gluon cannot take (e.g. head_dim 96): ours, portable
-        (False, (10, 0), True, "fa4"),  # Blackwell: FA4's block-sparse kernel where installed
-        (False, (10, 0), False, "triton"),
-        (False, (8, 0), False, "triton"),
+        (True, (9, 0), True, 128, WAN_480P, "fa4"),  # Hopper, FA4 measured faster: FA4
+        (True, (9, 0), False, 128, WAN_480P, "gluon"),  # ... but flash-attn-4 missing (or fp32, tile 64)
+        (True, (9, 0), True, 128, HUNYUAN_720P, "gluon"),  # long sequence: ours measured as fast
+        (True, (9, 0), True, 64, WAN_480P, "gluon"),  # head_dim 64: ours measured as fast
+        (False, (9, 0), True, 128, WAN_480P, "triton"),  # Hopper call Gluon cannot take (e.g. strided last dim)
+        (False, (10, 0), True, 64, WAN_480P, "fa4"),  # Blackwell: FA4's block-sparse kernel where installed
+        (False, (10, 0), False, 64, WAN_480P, "triton"),
+        (False, (8, 0), False, 64, WAN_480P, "triton"),
     ],
 )
-def test_auto_kernel_on_cuda(monkeypatch, gluon, capability, fa4, expected):
+def test_auto_kernel_on_cuda(monkeypatch, caplog, gluon, capability, fa4, head_dim, layout, expected):
     from diffusers_sparse_vdit.kernels import attention
 
     monkeypatch.setattr(attention, "gluon_supported", lambda *args: gluon)
     monkeypatch.setattr(attention, "fa4_supported", lambda q, plan: fa4)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    attention._chosen.cache_clear()
+    plan = build_plan([ModeSpec.full()], layout)
+    q = torch.empty(1, 1, plan.num_tokens, head_dim, dtype=torch.bfloat16)
+    with caplog.at_level(logging.INFO, logger="diffusers.sparse_vdit"):
+        assert attention.auto_cuda_kernel(q, q, q, plan, None) == expected
+        assert attention.auto_cuda_kernel(q, q, q, plan, None) == expected
+    chosen = [r.getMessage() for r in caplog.records if "sparse attention:" in r.getMessage()]
+    assert len(chosen) == 1 and f": {expected} (" in chosen[0]  # logged once per kernel and reason
+    attention._chosen.cache_clear()
+
+
+def test_fa4_rule_follows_the_measured_shapes():
+    from diffusers_sparse_vdit.kernels.attention import fa4_faster_on_hopper
+
+    assert fa4_faster_on_hopper(128, WAN_480P.num_tokens)
+    assert not fa4_faster_on_hopper(128, HUNYUAN_720P.num_tokens)
+    assert not fa4_faster_on_hopper(64, 45_106)  # CogVideoX1.5 768p
+    assert not fa4_faster_on_hopper(96, 1024)  # never measured
+
+
+def test_gluon_backend_is_not_rerouted_by_auto(monkeypatch):
+    """backend="gluon" runs ours even where "auto" would take FA4."""
+    from diffusers_sparse_vdit.kernels import attention
+
+    ran = []
+    monkeypatch.setattr(attention, "gluon_supported", lambda *args: True)
+    monkeypatch.setattr(attention, "fa4_supported", lambda q, plan: True)
+    monkeypatch.setattr(attention, "_run", lambda backend, *args: ran.append(backend) or args[-2])
     plan = build_plan([ModeSpec.full()], TokenLayout(2, 4, 8))
-    q = torch.empty(1, 1, plan.num_tokens, 64, dtype=torch.bfloat16)
-    assert attention.auto_cuda_kernel(q, q, q, plan, None) == expected
+    q = torch.zeros(1, 1, plan.num_tokens, 128)
+    sparse_attention(q, q, q, plan, backend="gluon", out=torch.empty_like(q))
+    assert ran == ["gluon"]
