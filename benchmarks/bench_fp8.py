@@ -32,9 +32,13 @@ from bench_kernel import SHAPES, mixed_specs, spec_for_tile_density, time_ms  # 
 
 from diffusers_sparse_vdit import Mode, ModeSpec, build_plan, sparse_attention  # noqa: E402
 from diffusers_sparse_vdit.kernels.check import sampled_error  # noqa: E402
-from diffusers_sparse_vdit.kernels.gluon_fp8 import sparse_attention_gluon_fp8  # noqa: E402
+from diffusers_sparse_vdit.kernels.gluon_fp8 import fp8_config, sparse_attention_gluon_fp8  # noqa: E402
 from diffusers_sparse_vdit.kernels.quantize import kernel_kv  # noqa: E402
 from diffusers_sparse_vdit.kernels.gluon_sparse import sparse_attention_gluon  # noqa: E402
+
+
+# FP8 kernel variants timed beside the default (fp8_config), kernel alone
+VARIANTS = {"f16x2-exp": {"EXP": "f16x2"}, "f16x2-exp-6-stages": {"EXP": "f16x2", "STAGES": 6}}
 
 
 def fa3_calls(q, k, v) -> dict:
@@ -87,13 +91,20 @@ def bench_shape(name, heads, head_dim, layout, densities, rows):
         t16 = time_ms(lambda: sparse_attention_gluon(q, k, v, native, scale=scale, out=out16))
         quantized = kernel_kv(k, v, fp8)
         t8 = time_ms(lambda: sparse_attention_gluon_fp8(q, k, v, fp8, scale=scale, out=out8, quantized=quantized))
+        variants = {}
+        for tag, change in VARIANTS.items():
+            cfg = {**fp8_config(head_dim), **change}
+            o = torch.full_like(q, float("nan"))
+            run = lambda: sparse_attention_gluon_fp8(q, k, v, fp8, scale=scale, out=o, quantized=quantized, config=cfg)  # noqa: E731
+            variants[tag] = (time_ms(run), sampled_error(q, k, v, fp8, o))
         tq = time_ms(lambda: kernel_kv(k, v, fp8))
         tcall = time_ms(lambda: sparse_attention(q, k, v, fp8, out=out8))
         err16 = sampled_error(q, k, v, native, out16)
         err8 = sampled_error(q, k, v, fp8, out8)
         common = {"shape": name, "plan": label, "density": native.density, "tile_density": native.tile_density}
         for impl, ms, err in (("ours-bf16", t16, err16), ("ours-fp8-kernel", t8, err8), ("fp8-quantize", tq, None),
-                              ("ours-fp8", tcall, err8)):
+                              ("ours-fp8", tcall, err8),
+                              *((f"fp8-kernel-{tag}", ms, err) for tag, (ms, err) in variants.items())):
             row = {**common, "impl": impl, "ms": ms, "tflops": flops / ms / 1e9, "over_ours_bf16": t16 / ms}
             if best_dense is not None:
                 row["speedup_vs_fa3_bf16"] = best_dense / ms
@@ -101,18 +112,20 @@ def bench_shape(name, heads, head_dim, layout, densities, rows):
                 row["rel_err"] = err
             rows.append(row)
         print(f"  {label:16s} bf16 {t16:7.3f} ms  fp8 kernel {t8:7.3f} ms ({t16 / t8:4.2f}x)  quantize {tq:6.3f} ms  "
-              f"fp8 call {tcall:7.3f} ms ({t16 / tcall:4.2f}x)  err bf16 {err16:.4f} fp8 {err8:.4f}", flush=True)
+              f"fp8 call {tcall:7.3f} ms ({t16 / tcall:4.2f}x)  err bf16 {err16:.4f} fp8 {err8:.4f}  " +
+              "  ".join(f"{tag} {ms:.3f} ms ({t16 / ms:4.2f}x, err {err:.4f})" for tag, (ms, err) in variants.items()),
+              flush=True)
 
 
 def print_table(rows):
-    print(f"\n{'shape':20s} {'plan':16s} {'dens':>5s} {'impl':16s} {'ms':>8s} {'TFLOP/s':>8s} {'x bf16':>7s} "
+    print(f"\n{'shape':20s} {'plan':16s} {'dens':>5s} {'impl':28s} {'ms':>8s} {'TFLOP/s':>8s} {'x bf16':>7s} "
           f"{'x FA3':>6s} {'err':>7s}   (x bf16: over our 16-bit kernel, same tiles; x FA3: over FA3 bf16 dense)")
     for r in rows:
         if "status" in r:
-            print(f"{r['shape']:20s} {r['plan']:16s} {'':5s} {r['impl']:16s} {r['status']}")
+            print(f"{r['shape']:20s} {r['plan']:16s} {'':5s} {r['impl']:28s} {r['status']}")
             continue
         fmt = lambda key, spec: format(r[key], spec) if key in r else ""  # noqa: E731
-        print(f"{r['shape']:20s} {r['plan']:16s} {r['density']:5.3f} {r['impl']:16s} {r['ms']:8.3f} {r['tflops']:8.0f} "
+        print(f"{r['shape']:20s} {r['plan']:16s} {r['density']:5.3f} {r['impl']:28s} {r['ms']:8.3f} {r['tflops']:8.0f} "
               f"{fmt('over_ours_bf16', '7.2f'):>7s} {fmt('speedup_vs_fa3_bf16', '6.2f'):>6s} {fmt('rel_err', '7.4f'):>7s}")
 
 

@@ -26,8 +26,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", default="wan2.1-1.3b-480p", choices=sorted(SHAPES))
     parser.add_argument("--plan", default="FULL@1.0", help="MODE@tile_density, or MIXED")
-    parser.add_argument("--kernel", default="gluon", choices=("gluon", "triton", "fa4"),
-                        help="fa4: FA4 block-sparse on pre-gathered inputs, as bench_kernel times it")
+    parser.add_argument("--kernel", default="gluon", choices=("gluon", "fp8", "triton", "fa4"),
+                        help="fa4: FA4 block-sparse on pre-gathered inputs, as bench_kernel times it; "
+                        "fp8: our FP8 kernel on K/V quantized once before the launches")
     parser.add_argument("--exp2", default=None, help="override the Triton launch config's EXP2")
     parser.add_argument("--launches", type=int, default=3)
     args = parser.parse_args()
@@ -49,7 +50,16 @@ def main():
         torch.cuda.synchronize()
         print(f"{args.shape} {args.plan} fa4 block-sparse: ok")
         return
-    if args.kernel == "gluon":
+    if args.kernel == "fp8":
+        from diffusers_sparse_vdit.kernels.gluon_fp8 import fp8_config, sparse_attention_gluon_fp8
+        from diffusers_sparse_vdit.kernels.quantize import kernel_kv
+
+        quantized = kernel_kv(k, v, plan)
+        config = fp8_config(head_dim)
+
+        def run(*a, **kw):
+            return sparse_attention_gluon_fp8(*a, quantized=quantized, **kw)
+    elif args.kernel == "gluon":
         run, config = sparse_attention_gluon, gluon_config(head_dim)
     else:
         run, config = sparse_attention_triton, kernel_config(head_dim, 128, q.device, layout.num_tokens)
