@@ -1,11 +1,11 @@
 """The warp-specialized Hopper kernel of :mod:`.gluon_sparse` on FP8 tensor cores.
 
 Same plans, same program structure (one producer warp streaming key/value sub-tiles by TMA
-into a ring of shared-memory stages; two consumer warpgroups of 64 query rows, the softmax of
-sub-tile ``i`` overlapping the PV product of ``i - 1``), with both matrix products in float8
+into a ring of shared-memory stages; two consumer warpgroups of 64 query rows), with both matrix products in float8
 e4m3 and float32 accumulation, as :mod:`.quantize` describes:
 
 * each consumer quantizes its own 64 Q rows as it loads them (per-row scales, no extra pass);
+* the scores of the next sub-tile are computed while the softmax of this one runs (:func:`_attend`);
 * K and V are quantized before the launch by one Triton pass (:func:`.quantize.kernel_kv`: a
   read of each, half the bytes written) into every head's kernel order, so token-major heads
   need no copy of their own: smoothed K with one scale per tile, which multiplies the row's
@@ -97,31 +97,61 @@ def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, k
             row_scale, tile_lengths, text_len, n_video_tiles,
             TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, EXP: gl.constexpr,
             s_layout: gl.constexpr, p_layout: gl.constexpr):
-    """The key loop of :func:`.gluon_sparse._attend`, V^T stages read transposed."""
+    """The key loop, with the scores of sub-tile ``i + 1`` on the tensor cores while sub-tile ``i``'s softmax runs.
+
+    The 16-bit kernel overlaps softmax(i) with PV(i - 1) only, which leaves FP8's twice faster
+    products waiting on a longer softmax (P's e4m3 rounding and register shuffle). Here step
+    ``i`` issues QK(i + 1), computes P(i) meanwhile, waits for PV(i - 1), rescales and issues PV(i):
+    one more score tile of registers, nothing else serialized behind the softmax.
+    """
     ROWS: gl.constexpr = 64
     zero = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
     if n > 0:
         mbarrier.wait(ready.index(0), 0)
         qk = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
         qk = warpgroup_mma_wait(0, deps=(qk,))
-        p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, 0, mask_from, kv_tiles, first, k_scales, row_scale,
-                                      tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, EXP, s_layout, p_layout)
-        for i in range(1, n):
-            stage = i % STAGES
-            prev = (i - 1) % STAGES
-            mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
-            qk = warpgroup_mma(q_smem, k_bufs.index(stage).permute((1, 0)), zero, use_acc=False, is_async=True)
-            acc = warpgroup_mma(p, v_bufs.index(prev).permute((1, 0)), acc, is_async=True)
-            qk = warpgroup_mma_wait(1, deps=(qk,))
-            p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, k_scales, row_scale,
-                                          tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, EXP, s_layout, p_layout)
+        if n == 1:
+            p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, 0, mask_from, kv_tiles, first, k_scales, row_scale,
+                                          tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, EXP, s_layout,
+                                          p_layout)
+            acc = warpgroup_mma(p, v_bufs.index(0).permute((1, 0)), acc, is_async=True)
             acc = warpgroup_mma_wait(0, deps=(acc,))
-            mbarrier.arrive(empty.index(prev), count=1)
+            mbarrier.arrive(empty.index(0), count=1)
+        else:
+            # step 0, peeled so that PV is in flight at every step's start (acc is still zero: no rescale)
+            mbarrier.wait(ready.index(1 % STAGES), (1 // STAGES) & 1)
+            qk_next = warpgroup_mma(q_smem, k_bufs.index(1 % STAGES).permute((1, 0)), zero, use_acc=False,
+                                    is_async=True)
+            p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, 0, mask_from, kv_tiles, first, k_scales, row_scale,
+                                          tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, EXP, s_layout,
+                                          p_layout)
+            acc = warpgroup_mma(p, v_bufs.index(0).permute((1, 0)), acc, is_async=True)
+            qk = warpgroup_mma_wait(1, deps=(qk_next,))
+            for i in range(1, n - 1):
+                stage = i % STAGES
+                nxt = (i + 1) % STAGES
+                mbarrier.wait(ready.index(nxt), ((i + 1) // STAGES) & 1)
+                qk_next = warpgroup_mma(q_smem, k_bufs.index(nxt).permute((1, 0)), zero, use_acc=False,
+                                        is_async=True)
+                p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, k_scales, row_scale,
+                                              tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, EXP, s_layout,
+                                              p_layout)
+                # PV(i - 1) was issued before QK(i + 1): waiting down to one group in flight completes it
+                acc = warpgroup_mma_wait(1, deps=(acc,))
+                mbarrier.arrive(empty.index((i - 1) % STAGES), count=1)
+                acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
+                acc = warpgroup_mma(p, v_bufs.index(stage).permute((1, 0)), acc, is_async=True)
+                qk = warpgroup_mma_wait(1, deps=(qk_next,))  # QK(i + 1) done; PV(i) may still run
+            last = (n - 1) % STAGES
+            p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, n - 1, mask_from, kv_tiles, first, k_scales, row_scale,
+                                          tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, EXP, s_layout,
+                                          p_layout)
+            acc = warpgroup_mma_wait(0, deps=(acc,))
+            mbarrier.arrive(empty.index((n - 2) % STAGES), count=1)
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
-        last = (n - 1) % STAGES
-        acc = warpgroup_mma(p, v_bufs.index(last).permute((1, 0)), acc, is_async=True)
-        acc = warpgroup_mma_wait(0, deps=(acc,))
-        mbarrier.arrive(empty.index(last), count=1)
+            acc = warpgroup_mma(p, v_bufs.index(last).permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma_wait(0, deps=(acc,))
+            mbarrier.arrive(empty.index(last), count=1)
     return acc, m_i, l_i
 
 
