@@ -62,19 +62,19 @@ def _loader(K8, VT8, stride_kb, stride_kh, stride_vb, stride_vh, work, kv_tiles,
 
 
 @gluon.jit
-def _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, k_scales, row_scale, tile_lengths, text_len,
+def _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, k_scale, row_scale, tile_lengths, text_len,
              n_video_tiles, TILE: gl.constexpr, BLOCK_N: gl.constexpr, EXP: gl.constexpr, s_layout: gl.constexpr,
              p_layout: gl.constexpr):
     """Scores of sub-tile ``i`` (still in units of the Q and K scales) to e4m3 ``P * 256``."""
     SUB: gl.constexpr = TILE // BLOCK_N
-    tile = gl.load(kv_tiles + first + i // SUB)
     if i >= mask_from:
+        tile = gl.load(kv_tiles + first + i // SUB)
         valid = gl.load(tile_lengths + tile)
         if tile >= n_video_tiles:
             valid = gl.minimum(valid, text_len - (tile - n_video_tiles) * TILE)
         offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)) + (i % SUB) * BLOCK_N
         qk = gl.where((offs_n < valid)[None, :], qk, float("-inf"))
-    scale = row_scale * gl.load(k_scales + tile)  # log2-domain score per unit, this row and tile
+    scale = row_scale * k_scale  # log2-domain score per unit, this row and tile
     m_new = gl.maximum(m_i, gl.max(qk, 1) * scale)
     m_new = gl.where(m_new == float("-inf"), 0.0, m_new)  # a tile with no valid key leaves the row as it was
     alpha = gl.exp2(m_i - m_new)
@@ -105,13 +105,16 @@ def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, k
     one more score tile of registers, nothing else serialized behind the softmax.
     """
     ROWS: gl.constexpr = 64
+    SUB: gl.constexpr = TILE // BLOCK_N
     zero = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
     if n > 0:
+        # each sub-tile's K scale is loaded a step ahead: two dependent loads would stall the softmax
+        ks = gl.load(k_scales + gl.load(kv_tiles + first))
         mbarrier.wait(ready.index(0), 0)
         qk = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
         qk = warpgroup_mma_wait(0, deps=(qk,))
         if n == 1:
-            p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, 0, mask_from, kv_tiles, first, k_scales, row_scale,
+            p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, 0, mask_from, kv_tiles, first, ks, row_scale,
                                           tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, EXP, s_layout,
                                           p_layout)
             acc = warpgroup_mma(p, v_bufs.index(0).permute((1, 0)), acc, is_async=True)
@@ -122,18 +125,21 @@ def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, k
             mbarrier.wait(ready.index(1 % STAGES), (1 // STAGES) & 1)
             qk_next = warpgroup_mma(q_smem, k_bufs.index(1 % STAGES).permute((1, 0)), zero, use_acc=False,
                                     is_async=True)
-            p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, 0, mask_from, kv_tiles, first, k_scales, row_scale,
+            ks_next = gl.load(k_scales + gl.load(kv_tiles + first + 1 // SUB))
+            p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, 0, mask_from, kv_tiles, first, ks, row_scale,
                                           tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, EXP, s_layout,
                                           p_layout)
             acc = warpgroup_mma(p, v_bufs.index(0).permute((1, 0)), acc, is_async=True)
             qk = warpgroup_mma_wait(1, deps=(qk_next,))
+            ks = ks_next
             for i in range(1, n - 1):
                 stage = i % STAGES
                 nxt = (i + 1) % STAGES
                 mbarrier.wait(ready.index(nxt), ((i + 1) // STAGES) & 1)
                 qk_next = warpgroup_mma(q_smem, k_bufs.index(nxt).permute((1, 0)), zero, use_acc=False,
                                         is_async=True)
-                p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, k_scales, row_scale,
+                ks_next = gl.load(k_scales + gl.load(kv_tiles + first + (i + 1) // SUB))
+                p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, ks, row_scale,
                                               tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, EXP, s_layout,
                                               p_layout)
                 # PV(i - 1) was issued before QK(i + 1): waiting down to one group in flight completes it
@@ -142,8 +148,9 @@ def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, k
                 acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
                 acc = warpgroup_mma(p, v_bufs.index(stage).permute((1, 0)), acc, is_async=True)
                 qk = warpgroup_mma_wait(1, deps=(qk_next,))  # QK(i + 1) done; PV(i) may still run
+                ks = ks_next
             last = (n - 1) % STAGES
-            p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, n - 1, mask_from, kv_tiles, first, k_scales, row_scale,
+            p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, n - 1, mask_from, kv_tiles, first, ks, row_scale,
                                           tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, EXP, s_layout,
                                           p_layout)
             acc = warpgroup_mma_wait(0, deps=(acc,))
