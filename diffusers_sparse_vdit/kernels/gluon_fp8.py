@@ -266,7 +266,7 @@ def supported(q, k, v, plan, out=None) -> bool:
 def fp8_config(head_dim: int) -> dict:
     """Key sub-tile, stages, register budgets (the 16-bit kernel's split; stages take half the bytes) and the
     exponential's form (``"f32"`` or packed ``"f16x2"``)."""
-    return {"BLOCK_N": 128, "STAGES": 4, "CONSUMER_REGS": 240, "maxnreg": 168, "EXP": "f32"}
+    return {"BLOCK_N": 128, "STAGES": 5, "CONSUMER_REGS": 240, "maxnreg": 168, "EXP": "f32"}
 
 
 def sparse_attention_gluon_fp8(q, k, v, plan, *, scale: float, out: torch.Tensor, text_lengths=None, config=None,
