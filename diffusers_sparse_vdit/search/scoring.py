@@ -399,7 +399,7 @@ class HeadScorer:
         """Add this call's per-head FP8 attention error (first batch item, see the module docstring)."""
         from ..kernels.quantize import fp8_attention_error
 
-        error = fp8_attention_error(q[:1], k[:1], v[:1], scale=scale)
+        error = fp8_attention_error(q[:1], k[:1], v[:1], scale=scale, tile_size=self.tile_size)
         self._fp8_sum[r, layer] += error.detach().double().cpu()
         self._fp8_counts[r, layer] += 1
 

@@ -221,9 +221,9 @@ def test_fp8_errors_are_measured_on_the_first_calls_of_each_range_and_layer():
     fp8 = scorer.scores().fp8_errors
     assert fp8.shape == (2, 2, HEADS) and fp8.dtype == torch.float64
     q, k, v, _ = calls[0]  # range 0: its first call only (the second, step 1, is not measured)
-    torch.testing.assert_close(fp8[0, 0], fp8_attention_error(q[:1], k[:1], v[:1]).double())
+    torch.testing.assert_close(fp8[0, 0], fp8_attention_error(q[:1], k[:1], v[:1], tile_size=TILE).double())
     q, k, v, _ = calls[2]
-    torch.testing.assert_close(fp8[1, 0], fp8_attention_error(q[:1], k[:1], v[:1]).double())
+    torch.testing.assert_close(fp8[1, 0], fp8_attention_error(q[:1], k[:1], v[:1], tile_size=TILE).double())
     assert (fp8[0, 0] > 0).any() and not fp8[:, 1].any()  # layer 1 was never called
 
     off = HeadScorer(layout, 1, HEADS, tile_size=TILE, metric="mse", sample_tiles=4, backend="torch", fp8_calls=0)
