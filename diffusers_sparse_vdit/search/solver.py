@@ -82,7 +82,11 @@ logger = get_logger(__name__)
 DEFAULT_LAMBDA = 0.5
 
 # Largest relative L2 error of a head's dense FP8 attention (against exact attention) that still runs
-# in FP8. FP8_MAX_ERROR_NOTE says where the value comes from.
+# in FP8. Measured on the CPU reference Wan (reference_models/wan: 3 step ranges x 6 layers x 6 heads,
+# 2 calibration prompts, torch simulation): per-entry errors have median 0.0065, 90th percentile 0.030,
+# max 0.086. On a 2x map and one held-out prompt, 0.05 keeps the tail (5% of entries) native and puts
+# 100 of 108 heads in FP8, at 30.5 dB PSNR against the native map's video; every head in FP8 gives
+# 27.5 dB, 0.02 (90 heads) 31.2 dB. Both are well above the sparse map's own 20.4 dB against dense.
 DEFAULT_FP8_MAX_ERROR = 0.05
 
 # Share of a dense transformer forward spent in attention (cuDNN SDPA, one H100, DESIGN §6).
