@@ -148,7 +148,9 @@ def model_card(
         expert_2=_expert_text(config.transformer_2),
         image=image,
         modes=modes,
-        density="\n\n".join([_density_section(config), *(f"{line}." for line in dense_steps(config))]),
+        density="\n\n".join(
+            [_density_section(config), *(f"{line}." for line in [*dense_steps(config), *precision_lines(config)])]
+        ),
         calibration=_calibration_section(config.calibration),
         versions=_versions(),
         paper_url=paper_url,
@@ -190,6 +192,15 @@ def dense_steps(config: "SparseVDiTConfig") -> list[str]:
     if config.dense_above_timestep is not None:
         lines.append(f"Steps with a timestep above {config.dense_above_timestep:g} run dense attention")
     return lines
+
+
+def precision_lines(config: "SparseVDiTConfig") -> list[str]:
+    """How many computed heads run in FP8 (none: no line; SKIP heads compute nothing, so never count)."""
+    fp8 = config.fp8_count()
+    if not fp8:
+        return []
+    computed = int((config.modes != Mode.SKIP).sum())
+    return [f"FP8: {fp8} of {computed} computed heads run Q, K, P, V in float8 e4m3 (the others in the model's dtype)"]
 
 
 def _span(values: list[float], unit: str) -> str:

@@ -26,6 +26,7 @@ from huggingface_hub.errors import HFValidationError
 
 from . import __version__
 from .kernels.attention import BACKENDS
+from .plan import PRECISIONS
 from .loading import (
     DTYPES,
     TINY_TILE_SIZE,
@@ -181,6 +182,8 @@ def _add_video_args(parser: argparse.ArgumentParser, *, defaults: str) -> None:
 
 
 def _add_solver_args(parser: argparse.ArgumentParser) -> None:
+    from .search.solver import DEFAULT_FP8_MAX_ERROR
+
     group = parser.add_argument_group(
         "solver",
         "with a target: the least error that meets it; without one: the paper's per-head rule "
@@ -239,6 +242,22 @@ def _add_solver_args(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="share of a dense forward spent in attention, for the predicted end-to-end speedup "
         "(default: measured on an H100 for the family)",
+    )
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="native",
+        help="fp8: heads of the sparse steps whose FP8 attention error (measured at calibration) is at most "
+        "--fp8-max-error compute Q, K, P, V in float8 e4m3, faster on Hopper GPUs; the others stay native "
+        "(default: native, every head in the model's dtype)",
+    )
+    group.add_argument(
+        "--fp8-max-error",
+        type=_non_negative_float,
+        default=DEFAULT_FP8_MAX_ERROR,
+        metavar="E",
+        help="with --precision fp8: the largest relative L2 error of a head's FP8 attention that still runs in FP8 "
+        f"(default: {DEFAULT_FP8_MAX_ERROR:g})",
     )
 
 
@@ -346,7 +365,8 @@ def _solve(scores, args, *, base_model: str | None = None):
     from .search import solve_budget, solve_paper
 
     common = dict(dense_warmup_steps=args.dense_warmup_steps, dense_warmup_fraction=args.dense_warmup_fraction,
-                  dense_last_steps=args.dense_last_steps, attention_share=args.attention_share)
+                  dense_last_steps=args.dense_last_steps, attention_share=args.attention_share,
+                  precision=args.precision, fp8_max_error=args.fp8_max_error)
     if base_model:
         common["base_model"] = base_model
     try:
@@ -666,6 +686,8 @@ def _cmd_evaluate(args, parser) -> None:
     from .evaluate import evaluate_map
 
     config = _load_map(args.map)  # before the model: a wrong map fails in a second, not after a load
+    if args.precision is not None:
+        config = config.with_precision(args.precision)
     pipe = _load_pipeline(args)
     _check_family(pipe, config)
     if args.attention_backend:
@@ -698,6 +720,7 @@ def _cmd_evaluate(args, parser) -> None:
     )
     report.settings["model"] = args.model or f"tiny {args.tiny}"
     report.settings["map"]["source"] = args.map
+    report.settings["map"]["precision"] = args.precision or "as in the map"
     print(report.summary())
     if args.out:
         paths = report.save(args.out, fps=default_fps(pipe))
@@ -871,6 +894,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="diffusers attention backend of the dense run and the map's dense steps, e.g. _native_cudnn "
         "(the fastest dense one on H100s; default: diffusers' default)",
+    )
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="run every head of the map in this precision (default: each head as the map says); fp8 is fast on "
+        "Hopper GPUs and an exact simulation of its rounding elsewhere, to measure quality",
     )
     group.add_argument(
         "--no-warmup",

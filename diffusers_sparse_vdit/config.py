@@ -7,7 +7,10 @@ On disk a map is two files:
 * ``mode_map.safetensors``: the per-head arrays, each shaped ``(ranges, layers, heads)``:
   ``modes`` (uint8 :class:`Mode` ids), ``widths`` (float32 band widths in frames),
   ``sink_frames`` (uint8) and ``stripes`` (float32 ``(..., K)`` relative stripe positions,
-  padded with -1). Its header repeats ``config.json`` under ``sparse_vdit_config`` so the
+  padded with -1), and ``precision`` (uint8: 0 native, 1 fp8; see :data:`.plan.PRECISIONS`) when
+  some head runs in FP8. A file without ``precision`` (all native, or written before FP8 existed)
+  loads as all native; a reader older than FP8 refuses a file with it (an unknown array) rather
+  than run its heads in another precision. Its header repeats ``config.json`` under ``sparse_vdit_config`` so the
   file describes itself on its own, and so a load can tell that the two files were saved together.
 
 ``ranges`` is 1 unless the map changes with the denoising step (``step_ranges``).
@@ -55,7 +58,7 @@ from huggingface_hub import ModelCard, ModelCardData, ModelHubMixin
 from . import card, files, hub, plots
 from .layout import TokenLayout
 from .modes import Mode, ModeSpec
-from .plan import build_plan
+from .plan import PRECISIONS, build_plan
 
 __all__ = ["SparseVDiTConfig", "FAMILIES", "SCHEMA_VERSION", "CONFIG_NAME", "MODE_MAP_NAME"]
 
@@ -113,6 +116,7 @@ class SparseVDiTConfig(
         widths: torch.Tensor | None = None,
         sink_frames: torch.Tensor | None = None,
         stripes: torch.Tensor | None = None,
+        precision: torch.Tensor | None = None,
         tile_size: int = 128,
         step_ranges: Sequence[Sequence[int]] | None = None,
         dense_warmup_steps: int = 0,
@@ -140,7 +144,9 @@ class SparseVDiTConfig(
             ),
         )
         # checked before the casts below, which would turn a mode id 258 into 2 or a NaN into 0
-        arrays = _checked_arrays(where, modes=modes, widths=widths, sink_frames=sink_frames, stripes=stripes)
+        arrays = _checked_arrays(
+            where, modes=modes, widths=widths, sink_frames=sink_frames, stripes=stripes, precision=precision
+        )
         modes = arrays["modes"]
         if modes.dim() == 2:
             modes = modes[None]
@@ -152,6 +158,8 @@ class SparseVDiTConfig(
         self.modes = modes.to(torch.uint8)
         self.widths = _as(arrays["widths"], shape, torch.float32, 0.0)
         self.sink_frames = _as(arrays["sink_frames"], shape, torch.uint8, 1)
+        # per head: an index into PRECISIONS (0 native, 1 fp8); a SKIP head's entry means nothing
+        self.precision = _as(arrays["precision"], shape, torch.uint8, 0)
         stripes = arrays["stripes"]
         self.stripes = torch.full((*shape, 0), -1.0) if stripes is None else stripes.to(torch.float32)
         if self.stripes.dim() == 3:
@@ -239,6 +247,43 @@ class SparseVDiTConfig(
             return ModeSpec(mode, stripes=stripes, sink_frames=int(self.sink_frames[r, layer, head]))
         return ModeSpec(mode)
 
+    def head_precisions(self, layer: int, step: int | None = None) -> tuple[str, ...]:
+        """Each head's precision (one of :data:`.plan.PRECISIONS`) at a step, for ``build_plan(precision=...)``."""
+        return tuple(PRECISIONS[int(p)] for p in self.precision[self.range_index(step), layer])
+
+    def fp8_count(self, step_range: int | None = None) -> int:
+        """How many (range, layer, head) entries compute in FP8 (of one step range, if given); SKIP heads compute
+        nothing, so they never count."""
+        modes, precision = (self.modes, self.precision) if step_range is None else (
+            self.modes[step_range], self.precision[step_range])
+        return int(((precision == _FP8) & (modes != Mode.SKIP)).sum())
+
+    def with_precision(self, precision: str, heads: torch.Tensor | None = None) -> "SparseVDiTConfig":
+        """A copy whose heads compute in ``precision`` (``"native"`` or ``"fp8"``), the others as they are.
+
+        ``heads``: a boolean ``(ranges, layers, heads)`` mask of the entries to set (default: every head of
+        this map and of ``transformer_2``'s; with a mask, ``transformer_2``'s map is kept as it is).
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+        shape = tuple(self.modes.shape)
+        if heads is None:
+            mask = torch.ones(shape, dtype=torch.bool)
+        else:
+            mask = torch.as_tensor(heads)
+            if mask.dtype != torch.bool or tuple(mask.shape) != shape:
+                raise ValueError(
+                    f"heads must be a boolean mask shaped (ranges, layers, heads) = {shape}, "
+                    f"got a {mask.dtype} tensor shaped {tuple(mask.shape)}"
+                )
+        out = copy.copy(self)
+        out.calibration = copy.deepcopy(self.calibration)
+        out.precision = torch.where(mask, PRECISIONS.index(precision), self.precision).to(torch.uint8)
+        if heads is None and self.transformer_2 is not None:
+            out.transformer_2 = self.transformer_2.with_precision(precision)
+        out.validate()
+        return out
+
     def mode_counts(self, step_range: int | None = None) -> dict[str, int]:
         """How many (range, layer, head) entries run each mode (of one step range, if given)."""
         modes = self.modes if step_range is None else self.modes[step_range]
@@ -300,7 +345,7 @@ class SparseVDiTConfig(
         shape = tuple(self.modes.shape)
         if len(shape) != 3 or shape[1:] != (self.num_layers, self.num_heads):
             fail(f"modes has shape {shape}, expected (ranges, {self.num_layers} layers, {self.num_heads} heads)")
-        for name in ("widths", "sink_frames"):
+        for name in ("widths", "sink_frames", "precision"):
             if tuple(getattr(self, name).shape) != shape:
                 fail(f"{name} has shape {tuple(getattr(self, name).shape)}, expected {shape}")
         if self.stripes.dim() != 4 or tuple(self.stripes.shape[:3]) != shape:
@@ -354,6 +399,7 @@ class SparseVDiTConfig(
             "dense_above_timestep": self.dense_above_timestep,
             "calibration": self.calibration,
             "mode_counts": self.mode_counts(),
+            **({"fp8_heads": self.fp8_count()} if self.fp8_count() else {}),
             **({EXPERT_KEY: self.transformer_2.to_dict()} if self.transformer_2 is not None else {}),
         }
 
@@ -364,6 +410,8 @@ class SparseVDiTConfig(
             "sink_frames": self.sink_frames.contiguous(),
             "stripes": self.stripes.contiguous(),
         }
+        if bool(self.precision.any()):  # all native: no array, so the file stays readable by earlier versions
+            own["precision"] = self.precision.contiguous()
         if self.transformer_2 is not None:
             own.update({f"{EXPERT_KEY}.{name}": t for name, t in self.transformer_2.tensors().items()})
         return own
@@ -398,10 +446,11 @@ class SparseVDiTConfig(
         tensors = files.read_tensors(mode_map_file, config_file, data, _FORMAT_KEY, _FIX)
         prefix = f"{EXPERT_KEY}."
         expected = set(_ARRAYS) | ({prefix + name for name in _ARRAYS} if expert_data is not None else set())
-        if set(tensors) != expected:
-            missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        optional = {_OPTIONAL} | ({prefix + _OPTIONAL} if expert_data is not None else set())
+        if not expected <= set(tensors) <= expected | optional:
+            missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected - optional)
             raise ValueError(
-                f"{mode_map_file} must hold exactly the arrays {sorted(expected)}"
+                f"{mode_map_file} must hold exactly the arrays {sorted(expected)} (and optionally {_OPTIONAL!r})"
                 + (f"; it lacks {missing}" if missing else "")
                 + (f"; it has unknown {extra}" if extra else "")
                 + (" (a map with two experts: upgrade diffusers-sparse-vdit to read it)" if any(
@@ -410,9 +459,9 @@ class SparseVDiTConfig(
             )
         expert = None
         if expert_data is not None:
-            arrays = {name: tensors[prefix + name] for name in _ARRAYS}
+            arrays = {name: tensors.get(prefix + name) for name in (*_ARRAYS, _OPTIONAL)}
             expert = cls._from_parts(expert_data, expert_settings, arrays, f"{config_file} ({EXPERT_KEY})", mode_map_file)
-        arrays = {name: tensors[name] for name in _ARRAYS}
+        arrays = {name: tensors.get(name) for name in (*_ARRAYS, _OPTIONAL)}
         return cls._from_parts(data, settings, arrays, str(config_file), mode_map_file, transformer_2=expert)
 
     @classmethod
@@ -431,6 +480,11 @@ class SparseVDiTConfig(
             raise ValueError(
                 f"{where} counts the modes {data['mode_counts']} but {mode_map_file} holds "
                 f"{config.mode_counts()}: the arrays were changed after the map was saved; {_FIX}"
+            )
+        if data.get("fp8_heads", 0) != config.fp8_count():
+            raise ValueError(
+                f"{where} counts {data.get('fp8_heads', 0)} fp8 heads but {mode_map_file} holds {config.fp8_count()}: "
+                f"the arrays were changed after the map was saved; {_FIX}"
             )
         return config
 
@@ -588,9 +642,11 @@ class SparseVDiTConfig(
     def __eq__(self, other) -> bool:
         if not isinstance(other, SparseVDiTConfig):
             return NotImplemented
-        mine, theirs = self.to_dict(), other.to_dict()
-        return mine == theirs and all(
-            torch.equal(a, b) for a, b in zip(self.tensors().values(), other.tensors().values())
+        mine, theirs = self.tensors(), other.tensors()
+        return (
+            self.to_dict() == other.to_dict()
+            and mine.keys() == theirs.keys()
+            and all(torch.equal(mine[name], theirs[name]) for name in mine)
         )
 
     def __repr__(self) -> str:
@@ -612,6 +668,7 @@ class SparseVDiTConfig(
         if self.base_model:
             lines.append(f"base model: {self.base_model}")
         lines += card.dense_steps(self)
+        lines += card.precision_lines(self)
         layout = self.calibration_layout()
         names = [m.name for m in Mode]
         for r, (start, end) in enumerate(self.step_ranges):
@@ -652,6 +709,8 @@ _INIT_KEYS = (
 
 
 _ARRAYS = ("modes", "widths", "sink_frames", "stripes")
+_OPTIONAL = "precision"  # saved only when some head is fp8; absent = all native
+_FP8 = PRECISIONS.index("fp8")
 _FIX = (
     "save the map again (SparseVDiTConfig.save_pretrained) or re-run `sparse-vdit search`; "
     "for a map from the Hub, download it again (from_pretrained(..., force_download=True))"
@@ -670,7 +729,7 @@ def _settings_of(data: dict[str, Any], where: str, allowed: set[str] = frozenset
     settings = _checked_settings(where, {key: data[key] for key in _INIT_KEYS})
     if "num_layers" in data:
         files.check_int(where, "num_layers", data["num_layers"], minimum=1)
-    unknown = set(data) - set(_INIT_KEYS) - {"library", "library_version", "num_layers", "mode_counts"} - allowed
+    unknown = set(data) - set(_INIT_KEYS) - {"library", "library_version", "num_layers", "mode_counts", "fp8_heads"} - allowed
     if unknown:
         _logger().warning(f"ignoring unknown keys {sorted(unknown)} in {where}")
     return settings
@@ -705,9 +764,9 @@ def _checked_settings(where: str, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _checked_arrays(where: str, *, modes, widths=None, sink_frames=None, stripes=None) -> dict[str, Any]:
+def _checked_arrays(where: str, *, modes, widths=None, sink_frames=None, stripes=None, precision=None) -> dict[str, Any]:
     """The per-head arrays as tensors, their dtypes and values checked as given (before any cast)."""
-    arrays = {"modes": modes, "widths": widths, "sink_frames": sink_frames, "stripes": stripes}
+    arrays = {"modes": modes, "widths": widths, "sink_frames": sink_frames, "stripes": stripes, "precision": precision}
     arrays = {name: None if value is None else torch.as_tensor(value) for name, value in arrays.items()}
 
     def fail(name, msg):
@@ -716,12 +775,14 @@ def _checked_arrays(where: str, *, modes, widths=None, sink_frames=None, stripes
     def integral(t):
         return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
 
-    for name, top in (("modes", len(Mode) - 1), ("sink_frames", MAX_SINK_FRAMES)):
+    for name, top in (("modes", len(Mode) - 1), ("sink_frames", MAX_SINK_FRAMES), ("precision", len(PRECISIONS) - 1)):
         t = arrays[name]
         if t is None:
             continue
         if name == "modes":
             what = f"mode ids 0..{top} ({', '.join(f'{m.value} {m.name}' for m in Mode)})"
+        elif name == "precision":
+            what = f"precision ids 0..{top} ({', '.join(f'{i} {p}' for i, p in enumerate(PRECISIONS))})"
         else:
             what = f"counts of frames 0..{top}"
         if not integral(t):

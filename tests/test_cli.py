@@ -610,3 +610,42 @@ def test_search_of_an_image_to_video_pipeline_takes_its_picture(capsys, tmp_path
     code, _, err = run(capsys, *args, "--image", picture)
     assert code == 0, err
     assert SparseVDiTConfig.from_pretrained(tmp_path / "map").transformer_class == "CogVideoXTransformer3DModel"
+
+
+# FP8 --------------------------------------------------------------------------------------------
+def test_solve_with_fp8_keeps_the_heads_over_the_threshold_native(capsys, tmp_path):
+    scores = random_scores(layers=3, heads=4)
+    scores.fp8_errors = torch.full((1, 3, 4), 0.01, dtype=torch.float64)
+    scores.fp8_errors[0, 0, 0] = 0.3
+    scores.save(tmp_path / "scores")
+    args = ["solve", tmp_path / "scores", "--target-speedup", 2, "--precision", "fp8", "--fp8-max-error", 0.1]
+    code, _, err = run(capsys, *args, "--out", tmp_path / "map")
+    assert code == 0, err
+    config = SparseVDiTConfig.from_pretrained(tmp_path / "map")
+    assert config.precision.sum() == 11 and config.precision[0, 0, 0] == 0
+    assert config.calibration["solver"]["precision"] == "fp8" and config.calibration["solver"]["fp8_max_error"] == 0.1
+    code, _, err = run(capsys, "solve", tmp_path / "scores", "--target-speedup", 2, "--out", tmp_path / "native")
+    assert code == 0 and not SparseVDiTConfig.from_pretrained(tmp_path / "native").precision.any()
+
+    random_scores().save(tmp_path / "old")  # scores without FP8 errors
+    code, _, err = run(capsys, "solve", tmp_path / "old", "--target-speedup", 2, "--precision", "fp8", "--out", tmp_path / "m")
+    assert code == 1 and "re-run the calibration" in err and "Traceback" not in err
+    code, _, err = run(capsys, *args[:-1], -0.1, "--out", tmp_path / "m")
+    assert code == 2 and "--fp8-max-error: must be a number >= 0" in err
+    code, _, err = run(capsys, "solve", tmp_path / "scores", "--precision", "int8", "--out", tmp_path / "m")
+    assert code == 2 and "invalid choice: 'int8'" in err
+
+
+@pytest.mark.parametrize("command", ["search", "solve", "evaluate"])
+def test_precision_is_in_the_help(capsys, command):
+    code, stdout, _ = run(capsys, command, "--help")
+    assert code == 0 and "--precision" in stdout and "fp8" in stdout
+
+
+def test_evaluate_runs_the_map_in_fp8(capsys, map_dir, tmp_path):
+    pytest.importorskip("torchmetrics")
+    code, stdout, err = run(capsys, "evaluate", "--tiny", "wan", "--map", map_dir, "--prompt", "a cat", "--steps", 1,
+                            "--backend", "torch", "--no-lpips", "--no-warmup", "--precision", "fp8",
+                            "--out", tmp_path / "eval", "-q")
+    assert code == 0, err
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["settings"]["map"]["precision"] == "fp8"

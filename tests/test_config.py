@@ -416,3 +416,79 @@ def test_layer_groups_and_counts():
     assert config.mode_counts() == {m.name: 5 for m in Mode}
     assert config.mode_counts(step_range=0) == config.mode_counts()
     assert torch.equal(config.modes[0, 0], torch.arange(5, dtype=torch.uint8))
+
+
+# Precision (FP8) ------------------------------------------------------------------------------
+def _fp8_first_layer(config):
+    heads = torch.zeros(config.modes.shape, dtype=torch.bool)
+    heads[:, 0] = True
+    return config.with_precision("fp8", heads=heads)
+
+
+def test_precision_round_trips_and_skip_heads_do_not_count(tmp_path):
+    config = _fp8_first_layer(make_config())
+    # layer 0 is FULL, SKIP, DIAGONAL, MULTI_DIAGONAL, VERTICAL_STRIPE: the SKIP head computes nothing
+    assert config.head_precisions(0) == ("fp8",) * 5 and config.head_precisions(1) == ("native",) * 5
+    assert config.fp8_count() == 4 and config.to_dict()["fp8_heads"] == 4
+    assert "FP8: 4 of 12 computed heads" in config.summary()
+    config.save_pretrained(tmp_path)
+    assert "FP8: 4 of 12 computed heads" in (tmp_path / "README.md").read_text()
+    loaded = SparseVDiTConfig.from_pretrained(tmp_path)
+    assert loaded == config and loaded.head_precisions(0) == ("fp8",) * 5
+    assert loaded != make_config()  # same modes, other precision
+    assert load_file(tmp_path / "mode_map.safetensors")["precision"].dtype == torch.uint8
+
+
+def test_a_native_map_is_saved_as_before_fp8_and_such_files_load_all_native(tmp_path):
+    make_config().save_files(tmp_path)
+    assert sorted(load_file(tmp_path / "mode_map.safetensors")) == ["modes", "sink_frames", "stripes", "widths"]
+    assert "fp8_heads" not in json.loads((tmp_path / "config.json").read_text())
+    loaded = SparseVDiTConfig.from_pretrained(tmp_path)
+    assert not loaded.precision.any() and loaded.fp8_count() == 0 and "FP8" not in loaded.summary()
+    assert loaded.with_precision("fp8").with_precision("native") == loaded
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (torch.tensor(2, dtype=torch.uint8), r"'precision' must hold precision ids 0..1 \(0 native, 1 fp8\), found 2"),
+        (torch.tensor(1.0), "'precision' must hold integer precision ids .*got a torch.float32 tensor"),
+    ],
+)
+def test_bad_precision_values_name_the_file_and_the_key(tmp_path, value, message):
+    _fp8_first_layer(make_config()).save_files(tmp_path)
+    _edit_map(tmp_path, edit_tensors=lambda t: t.update(precision=t["precision"].to(value.dtype).fill_(value)))
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "mode_map.safetensors")) + ": " + message):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+
+
+def test_precision_shape_and_counts_are_checked(tmp_path):
+    config = make_config()
+    with pytest.raises(ValueError, match=r"precision has shape \(1, 2, 5\), expected \(1, 3, 5\)"):
+        SparseVDiTConfig(family="wan", transformer_class="WanTransformer3DModel", target_modules=config.target_modules,
+                         num_heads=5, **_arrays(config), precision=torch.zeros(1, 2, 5, dtype=torch.uint8))
+    _fp8_first_layer(config).save_files(tmp_path)
+    _edit_map(tmp_path, edit_tensors=lambda t: t["precision"].fill_(1))
+    with pytest.raises(ValueError, match="counts 4 fp8 heads but .*mode_map.safetensors holds 12"):
+        SparseVDiTConfig.from_pretrained(tmp_path)
+
+
+def test_with_precision_arguments():
+    config = make_config()
+    with pytest.raises(ValueError, match=r"unknown precision 'int8'; choose one of \('native', 'fp8'\)"):
+        config.with_precision("int8")
+    with pytest.raises(ValueError, match=r"heads must be a boolean mask shaped \(ranges, layers, heads\) = \(1, 3, 5\)"):
+        config.with_precision("fp8", heads=torch.ones(3, 5, dtype=torch.bool))
+    assert not config.precision.any()  # a new config: the original is unchanged
+
+
+def test_two_experts_take_the_precision_map_wide_and_round_trip(tmp_path):
+    config = _two_experts().with_precision("fp8")
+    assert config.transformer_2.fp8_count() == 8 and config.fp8_count() == 12
+    assert "transformer_2.precision" in config.tensors()
+    config.save_files(tmp_path)
+    loaded = SparseVDiTConfig.from_pretrained(tmp_path)
+    assert loaded == config and loaded.transformer_2.head_precisions(1) == ("fp8",) * 5
+    # a mask is for this map only
+    heads = torch.zeros(config.modes.shape, dtype=torch.bool)
+    assert _two_experts().with_precision("fp8", heads=heads).transformer_2.fp8_count() == 0

@@ -65,6 +65,7 @@ def apply_sparse_vdit(
     backend: str = "auto",
     processor_cls: type[SparseAttnProcessor] | None = None,
     balance_heads: bool = True,
+    precision: str | None = None,
 ) -> None:
     """Make a transformer's target attention layers sparse with a Sparse-vDiT mode map.
 
@@ -80,6 +81,10 @@ def apply_sparse_vdit(
             overrides a step, e.g. ``attend``).
         balance_heads: under Ulysses context parallelism, permute each layer's heads so that every rank's
             share of the attention work is about even (exact; see :mod:`.parallel` and docs/parallel.md).
+        precision: None (default) runs each head in the precision the map gives it; ``"native"`` or
+            ``"fp8"`` sets every head of the map (both experts') to it (:meth:`SparseVDiTConfig.with_precision`).
+            FP8 heads compute Q, K, P and V in float8 e4m3: fast on Hopper GPUs, an exact simulation
+            of the same rounding elsewhere (to measure quality, not for speed).
 
     Applying again replaces the previous map; :func:`remove_sparse_vdit` restores the processors
     from before the first one.
@@ -108,6 +113,8 @@ def apply_sparse_vdit(
             "apply_sparse_vdit takes a SparseVDiTConfig, a Hub repo id or local folder, or a SparseVDiTProcessor; "
             f"got {type(source).__name__}"
         )
+    if precision is not None:
+        config = config.with_precision(precision)
     experts = expert_targets(pipe_or_transformer, config)
     clock = StepClock()  # one step count for both experts
     if len(experts) > 1:  # check both before installing either, so a refused map changes nothing

@@ -206,12 +206,13 @@ class SparseAttnProcessor:
         except KeyError:
             pass
         specs = self.config.head_specs(self.layer, self.state.step)
+        precision = self.config.head_precisions(self.layer, self.state.step)
         # Under "auto" an all-FULL layer is plain dense attention on the fastest dense kernel
         # installed (FA3/FA4 run 1.1-1.2x ours all-FULL on the H200, DESIGN §6b; else the stock
-        # path, exactly what diffusers computes). An explicit backend
-        # runs the chosen kernel for every layer with a map.
-        dense = self.backend == "auto" and all(s.mode is Mode.FULL for s in specs)
-        plan = self._plans[key] = None if dense else build_plan(specs, layout, self.config.tile_size)
+        # path, exactly what diffusers computes), unless some head asks for FP8, which only our
+        # kernels compute. An explicit backend runs the chosen kernel for every layer with a map.
+        dense = self.backend == "auto" and all(s.mode is Mode.FULL and p == "native" for s, p in zip(specs, precision))
+        plan = self._plans[key] = None if dense else build_plan(specs, layout, self.config.tile_size, precision=precision)
         return plan
 
     def __repr__(self) -> str:

@@ -241,10 +241,10 @@ def ulysses_attention(processor, call) -> torch.Tensor:
 
 def _rank_plan(processor, plan: SparsePlan, heads: tuple[int, ...]) -> SparsePlan | None:
     """The plan of this rank's heads; None (the stock dense call) when they are all FULL, as for a whole layer."""
-    specs = tuple(plan.specs[h] for h in heads)
-    if processor.backend == "auto" and all(s.mode is Mode.FULL for s in specs):
+    specs, precision = tuple(plan.specs[h] for h in heads), tuple(plan.precision[h] for h in heads)
+    if processor.backend == "auto" and all(s.mode is Mode.FULL and p == "native" for s, p in zip(specs, precision)):
         return None
-    return build_plan(specs, plan.layout, plan.tile_size)
+    return build_plan(specs, plan.layout, plan.tile_size, precision=precision)
 
 
 def ulysses_degree(parallel_config) -> int:

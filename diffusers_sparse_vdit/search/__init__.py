@@ -21,6 +21,7 @@ from .scoring import HeadScorer
 from .sensitivity import measure_sensitivity
 from .solver import (
     ATTENTION_SHARE,
+    DEFAULT_FP8_MAX_ERROR,
     DEFAULT_LAMBDA,
     SearchResult,
     default_attention_share,
@@ -58,5 +59,6 @@ __all__ = [
     "default_epsilon",
     "default_attention_share",
     "DEFAULT_LAMBDA",
+    "DEFAULT_FP8_MAX_ERROR",
     "ATTENTION_SHARE",
 ]

@@ -41,7 +41,7 @@ from ..logs import get_logger
 from ..modes import ModeSpec
 from .scores import ScoreSet
 from .scoring import HeadScorer, OutProj
-from .solver import SearchResult, solve_budget, solve_paper
+from .solver import DEFAULT_FP8_MAX_ERROR, SearchResult, check_precision_args, solve_budget, solve_paper
 
 __all__ = ["DEFAULT_PROMPTS", "DEFAULT_STEP_RANGES", "equal_step_ranges", "schedule_step_ranges", "load_prompts", "calibrate", "search"]
 
@@ -233,6 +233,7 @@ def calibrate(
     pipeline_kwargs: dict | None = None,
     accelerator=None,
     progress: bool | None = None,
+    fp8_calls: int = 1,
 ) -> ScoreSet:
     """Run ``pipe`` on ``prompts`` (default: :data:`DEFAULT_PROMPTS`) and score every candidate mode.
 
@@ -251,6 +252,8 @@ def calibrate(
         dense_last_steps: the last steps run dense and are not scored (few-step checkpoints).
         tile_size: the map's tile (128 for the GPU kernel; smaller only for toy models).
         backend: the sparse kernel the scorer computes candidates with.
+        fp8_calls: calls per (step range, layer) whose FP8 attention error is measured, per head, for
+            ``solve_budget(..., precision="fp8")`` (0: none; see :class:`~.scoring.HeadScorer`).
         pipeline_kwargs: more pipeline call arguments; ``output_type`` defaults to ``"latent"``
             (the VAE adds nothing to the scores).
         accelerator: an ``accelerate.Accelerator`` to split the prompts across processes, or
@@ -281,6 +284,7 @@ def calibrate(
             raise ValueError("the pipeline already runs a Sparse-vDiT map: remove_sparse_vdit(pipe) before calibrating")
     scorer_kwargs = dict(candidates=candidates, metric=metric, sample_tiles=sample_tiles, step_ranges=step_ranges,
                          backend=backend, propagate=propagate, seed=seed, tile_size=tile_size, epsilon=epsilon,
+                         fp8_calls=fp8_calls,
                          **({} if lam is None else {"lam": lam}))
     calibrations, full_maps = {}, {}
     for name, transformer in experts.items():
@@ -413,6 +417,8 @@ def search(
     step_ranges: int | Sequence[Sequence[int]] | None = DEFAULT_STEP_RANGES,
     sensitivity: str | None = "ranges",
     sensitivity_prompts: int = DEFAULT_SENSITIVITY_PROMPTS,
+    precision: str = "native",
+    fp8_max_error: float = DEFAULT_FP8_MAX_ERROR,
     **calibrate_kwargs: Any,
 ) -> SearchResult:
     """Calibrate, then solve: for an attention-FLOP target when one is given, else by the paper's rule.
@@ -427,7 +433,13 @@ def search(
     prompts, so each range's errors count by their effect on the final latents. Both defaults
     come from the reference pipelines' frontier (docs/search.md); the measurement costs
     ``(ranges + 2) x sensitivity_prompts`` generations.
+
+    ``precision="fp8"``: every head whose measured FP8 attention error is at most ``fp8_max_error``
+    computes in FP8, the others stay native (see :func:`~.solver.solve_budget`).
     """
+    check_precision_args(precision, fp8_max_error)  # before the calibration, not after it
+    if precision == "fp8" and calibrate_kwargs.get("fp8_calls", 1) == 0:
+        raise ValueError("precision='fp8' picks heads by their measured FP8 error: leave fp8_calls at 1 or more")
     if target_speedup is not None and target_density is not None:
         raise ValueError("give target_speedup or target_density, not both")
     target = 1.0 / target_speedup if target_speedup is not None else target_density
@@ -440,14 +452,14 @@ def search(
     scores = calibrate(pipe, prompts, lam=lam, epsilon=epsilon, step_ranges=step_ranges, **dense, **calibrate_kwargs)
     if target is None:
         kwargs = {} if lam is None else {"lam": lam}
-        return solve_paper(scores, epsilon=epsilon, **dense, **kwargs)
+        return solve_paper(scores, epsilon=epsilon, precision=precision, fp8_max_error=fp8_max_error, **dense, **kwargs)
     if sensitivity is not None:
         scores = sensitive(pipe, scores, list(DEFAULT_PROMPTS if prompts is None else prompts)[:sensitivity_prompts],
                            target, groups=sensitivity, seed=calibrate_kwargs.get("seed", 0),
                            backend=calibrate_kwargs.get("backend", "auto"),
                            pipeline_kwargs=calibrate_kwargs.get("pipeline_kwargs"),
                            progress=calibrate_kwargs.get("progress"))
-    return solve_budget(scores, target_density=target, **dense)
+    return solve_budget(scores, target_density=target, precision=precision, fp8_max_error=fp8_max_error, **dense)
 
 
 def schedule_step_ranges(num_inference_steps: int, count: int, *, dense_warmup_steps: int = 0,

@@ -9,8 +9,9 @@ scores were taken). On disk it is two files:
 * ``scores.safetensors``: ``errors`` float64 ``(ranges, layers, heads, candidates)``,
   ``counts`` int64 ``(ranges, layers)``, ``densities`` float64 ``(candidates,)`` and
   ``stripe_mass`` float64 ``(ranges, layers, heads, video_tiles)``, and ``sensitivity`` float64
-  ``(ranges, layers)`` once measured (:mod:`.sensitivity`); its header repeats the JSON so the
-  file describes itself.
+  ``(ranges, layers)`` once measured (:mod:`.sensitivity`), and ``fp8_errors`` float64
+  ``(ranges, layers, heads)`` when the calibration measured FP8 attention (scores of earlier
+  versions have none); its header repeats the JSON so the file describes itself.
 
 Nothing is pickled. Saves are atomic and a load refuses a pair that was not saved together
 (:mod:`..files`); it validates every field, as stored, and says what is wrong.
@@ -45,6 +46,7 @@ _REQUIRED = (
 )
 _FIX = "re-run the scoring (`sparse-vdit search ... --out DIR` writes DIR/scores)"
 _ARRAYS = {"errors": torch.float64, "counts": torch.int64, "densities": torch.float64, "stripe_mass": torch.float64}
+_OPTIONAL = ("sensitivity", "fp8_errors")
 
 
 def layout_to_dict(layout: TokenLayout) -> dict[str, Any]:
@@ -73,6 +75,9 @@ class ScoreSet:
     # float64 (R, L): how much a unit of each entry's error moves the final latents, mean 1
     # (:func:`.sensitivity.measure_sensitivity`); None: not measured, every entry counts alike
     sensitivity: torch.Tensor | None = None
+    # float64 (R, L, H): relative L2 error of dense FP8 attention against exact attention on the
+    # calibration's q, k, v (:func:`..kernels.quantize.fp8_attention_error`); None: not measured
+    fp8_errors: torch.Tensor | None = None
 
     def __post_init__(self):
         self.candidates = tuple(self.candidates)
@@ -131,7 +136,8 @@ class ScoreSet:
         return ScoreSet(self.layout, self.tile_size, self.candidates, self.errors[pick], self.counts[pick],
                         self.densities.clone(), self.stripe_mass[pick], self.metric, [list(r) for r in step_ranges],
                         self.sample_tiles, copy.deepcopy(self.metadata),
-                        sensitivity=None if self.sensitivity is None else self.sensitivity[pick].clone())
+                        sensitivity=None if self.sensitivity is None else self.sensitivity[pick].clone(),
+                        fp8_errors=None if self.fp8_errors is None else self.fp8_errors[pick].clone())
 
     def merge(self, *others: "ScoreSet") -> "ScoreSet":
         """Scores of several runs of the same set-up (e.g. prompt shards on several GPUs), call-weighted."""
@@ -149,8 +155,11 @@ class ScoreSet:
         meta = copy.deepcopy(self.metadata)
         meta["merged_runs"] = len(runs)
         meta.pop("sensitivity", None)  # measured on one run's scores: measure again on the merged ones
+        fp8 = None
+        if all(r.fp8_errors is not None for r in runs):
+            fp8 = sum(wi[..., None] * r.fp8_errors for wi, r in zip(w, runs))
         return ScoreSet(self.layout, self.tile_size, self.candidates, errors, counts, self.densities.clone(), mass,
-                        self.metric, self.step_ranges, self.sample_tiles, meta)
+                        self.metric, self.step_ranges, self.sample_tiles, meta, fp8_errors=fp8)
 
     # Validation ---------------------------------------------------------------------------
     def validate(self, where: str = "") -> None:
@@ -184,6 +193,10 @@ class ScoreSet:
         if w is not None and (not isinstance(w, torch.Tensor) or w.dtype != torch.float64 or tuple(w.shape) != tuple(e.shape[:2])
                               or not torch.isfinite(w).all() or (w <= 0).any()):
             _fail(where, f"sensitivity must be None or a float64 tensor of positive finite values shaped {tuple(e.shape[:2])}")
+        f = self.fp8_errors
+        if f is not None and (not isinstance(f, torch.Tensor) or f.dtype != torch.float64 or tuple(f.shape) != tuple(e.shape[:3])
+                              or not torch.isfinite(f).all() or (f < 0).any()):
+            _fail(where, f"fp8_errors must be None or a float64 tensor of finite values >= 0 shaped {tuple(e.shape[:3])}")
         if len(self.step_ranges) != e.shape[0]:
             _fail(where, f"{e.shape[0]} step ranges of errors but {len(self.step_ranges)} step_ranges")
         if not all(len(r) == 2 and all(files.is_int(x) for x in r) for r in self.step_ranges):
@@ -226,8 +239,9 @@ class ScoreSet:
         directory = Path(directory)
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
         tensors = {name: getattr(self, name).contiguous() for name in _ARRAYS}
-        if self.sensitivity is not None:
-            tensors["sensitivity"] = self.sensitivity.contiguous()
+        for name in _OPTIONAL:
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name).contiguous()
         files.write_pair(directory, SCORES_JSON, text, SCORES_TENSORS, tensors, _FORMAT_KEY)
         return directory
 
@@ -253,11 +267,12 @@ class ScoreSet:
         for key in ("tile_size", "sample_tiles", "num_layers", "num_heads"):
             files.check_int(str(json_file), key, data[key], minimum=0)
         tensors = files.read_tensors(tensor_file, json_file, data, _FORMAT_KEY, _FIX)
-        if set(tensors) - {"sensitivity"} != set(_ARRAYS):
-            _fail(tensor_file, f"must hold exactly the arrays {list(_ARRAYS)} (and optionally sensitivity), "
+        if set(tensors) - set(_OPTIONAL) != set(_ARRAYS):
+            _fail(tensor_file, f"must hold exactly the arrays {list(_ARRAYS)} (and optionally {', '.join(_OPTIONAL)}), "
                   f"holds {sorted(tensors)}; {_FIX}")
-        if "sensitivity" in tensors and tensors["sensitivity"].dtype != torch.float64:
-            _fail(tensor_file, f"sensitivity must be float64, is {tensors['sensitivity'].dtype}; {_FIX}")
+        for name in _OPTIONAL:
+            if name in tensors and tensors[name].dtype != torch.float64:
+                _fail(tensor_file, f"{name} must be float64, is {tensors[name].dtype}; {_FIX}")
         try:
             layout = TokenLayout(**data["layout"])
             candidates = tuple(Candidate.from_dict(c) for c in data["candidates"])
@@ -270,6 +285,7 @@ class ScoreSet:
                 sample_tiles=data["sample_tiles"],
                 metadata=data["metadata"],
                 sensitivity=tensors.get("sensitivity"),
+                fp8_errors=tensors.get("fp8_errors"),
                 **{k: tensors[k] for k in _ARRAYS},
             )
         except ValueError as e:
@@ -290,6 +306,10 @@ class ScoreSet:
         mean = self.errors.mean(dim=(0, 1, 2))
         for c, d, e in zip(self.candidates, self.densities.tolist(), mean.tolist()):
             lines.append(f"  {str(c):<44} density {d:6.3f}   mean error {e:.3e}")
+        if self.fp8_errors is not None:
+            f = self.fp8_errors[self.counts > 0]
+            if f.numel():
+                lines.append(f"  FP8 attention error per head: median {float(f.median()):.3e}, max {float(f.max()):.3e}")
         return "\n".join(lines)
 
     __str__ = summary

@@ -48,6 +48,14 @@ output, and the stripe mass, are combined from them: the same numbers (the tests
 two paths' ScoreSets), at about the cost of one dense attention over the sampled rows per
 order. The dense output is then PyTorch's fused attention.
 
+FP8. The first ``fp8_calls`` calls of each (step range, layer) also measure, per head, the relative
+L2 error of dense FP8 attention (Q, K, P, V in float8 e4m3, :func:`..kernels.quantize.fp8_attention_error`)
+on the call's first batch item, so the solver can keep the heads FP8 hurts in native precision.
+One call is enough: like the modes' errors, the error is a property of the head's q, k, v
+statistics, which the paper finds input-invariant; it costs one dense attention per range and layer.
+Padded text keys (HunyuanVideo) are included: the error compares FP8 and exact attention over the
+same keys.
+
 VERTICAL_STRIPE stripes are per head (:mod:`.stripes`): the mass each key tile receives
 from the sampled frame-major rows is accumulated per (step range, layer, head), and each
 call scores its stripe candidates with the heaviest tiles of the mass accumulated so far,
@@ -129,6 +137,7 @@ class HeadScorer:
         seed: int = 0,
         max_chunk_elements: int = 1 << 28,
         metadata: dict[str, Any] | None = None,
+        fp8_calls: int = 1,
     ):
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -136,6 +145,8 @@ class HeadScorer:
             raise ValueError(f"propagate must be 'dense' or 'greedy', got {propagate!r}")
         if sample_tiles < 1:
             raise ValueError(f"sample_tiles must be >= 1, got {sample_tiles}")
+        if not isinstance(fp8_calls, int) or fp8_calls < 0:
+            raise ValueError(f"fp8_calls must be an integer >= 0 (0: do not measure FP8 errors), got {fp8_calls!r}")
         self.layout, self.tile_size = layout, tile_size
         self.num_layers, self.num_heads = int(num_layers), int(num_heads)
         self.candidates = tuple(candidates) if candidates is not None else default_candidates(layout, tile_size)
@@ -161,6 +172,9 @@ class HeadScorer:
         self._err_sum = torch.zeros(ranges, self.num_layers, self.num_heads, c, dtype=torch.float64)
         self._counts = torch.zeros(ranges, self.num_layers, dtype=torch.int64)
         self._mass_sum = torch.zeros(ranges, self.num_layers, self.num_heads, nvt, dtype=torch.float64)
+        self.fp8_calls = fp8_calls
+        self._fp8_sum = torch.zeros(ranges, self.num_layers, self.num_heads, dtype=torch.float64)
+        self._fp8_counts = torch.zeros(ranges, self.num_layers, dtype=torch.int64)
         self._generator = torch.Generator().manual_seed(seed)
         self._tile_rows = {o: layout.row_map(o, tile_size).view(-1, tile_size) for o in (FRAME_MAJOR, TOKEN_MAJOR)}
         self._tile_lengths = layout.tile_lengths(tile_size).long()
@@ -236,11 +250,16 @@ class HeadScorer:
         errors = errors.cpu()
         self._err_sum[r, layer] += errors.sum(0)
         self._counts[r, layer] += batch
+        if self._fp8_counts[r, layer] < self.fp8_calls:
+            self._measure_fp8(r, layer, q, k, v, scale)
         return errors.mean(0)
 
     def scores(self, **metadata) -> ScoreSet:
         """The averages so far as a :class:`ScoreSet` (``metadata`` is added to the scorer's)."""
         counts = self._counts.clamp(min=1).double()
+        fp8 = None
+        if self.fp8_calls:
+            fp8 = self._fp8_sum / self._fp8_counts.clamp(min=1).double()[..., None]
         return ScoreSet(
             layout=self.layout,
             tile_size=self.tile_size,
@@ -253,6 +272,7 @@ class HeadScorer:
             step_ranges=self.step_ranges,
             sample_tiles=self.sample_tiles,
             metadata={**self.metadata, **metadata},
+            fp8_errors=fp8,
         )
 
     # Internals ----------------------------------------------------------------------------
@@ -374,6 +394,14 @@ class HeadScorer:
             per_row = (torch.matmul(d, gram) * d).sum(-1)  # (B, H, r): d_r^T W_h^T W_h d_r
             total += torch.einsum("bhr,br->bh", per_row.double(), ws)
         return total
+
+    def _measure_fp8(self, r, layer, q, k, v, scale) -> None:
+        """Add this call's per-head FP8 attention error (first batch item, see the module docstring)."""
+        from ..kernels.quantize import fp8_attention_error
+
+        error = fp8_attention_error(q[:1], k[:1], v[:1], scale=scale, tile_size=self.tile_size)
+        self._fp8_sum[r, layer] += error.detach().double().cpu()
+        self._fp8_counts[r, layer] += 1
 
     def _measure_stripes(self, r, layer, q, k, fm: _Sample, scale, text_lengths) -> None:
         """Add this call's stripe mass, measured on the frame-major sample, to the running total."""

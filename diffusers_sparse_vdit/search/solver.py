@@ -27,6 +27,11 @@ heads are all FULL (the range is split off the scores' last one if needed), whic
 stock attention. Few-step checkpoints (4-8 steps) are solved the same way, step ranges keyed by
 the step index of the short schedule.
 
+Precision: with ``precision="fp8"``, every head of the sparse steps whose FP8 attention error,
+measured at calibration (:attr:`.ScoreSet.fp8_errors`), is at most ``fp8_max_error`` computes in FP8;
+the others, the dense layers and the dense steps stay native. FP8 changes the speed of a FLOP,
+not the FLOPs, so the budget is counted in attention FLOPs either way.
+
 Two experts (Wan2.2 A14B): the scores of each (``{"transformer": ..., "transformer_2": ...}``, as
 :func:`~.runner.calibrate` returns them) cover the steps that expert ran (``expert_steps`` in
 their metadata). The budget is solved jointly: every (range, layer, head) of either expert weighs
@@ -49,6 +54,7 @@ import torch
 from ..config import FAMILIES, SparseVDiTConfig
 from ..logs import get_logger
 from ..modes import Mode
+from ..plan import PRECISIONS
 from .candidates import Candidate
 from .stripes import tile_positions
 
@@ -67,11 +73,21 @@ __all__ = [
     "range_steps",
     "dense_step_counts",
     "SearchResult",
+    "DEFAULT_FP8_MAX_ERROR",
+    "check_precision_args",
 ]
 
 logger = get_logger(__name__)
 
 DEFAULT_LAMBDA = 0.5
+
+# Largest relative L2 error of a head's dense FP8 attention (against exact attention) that still runs
+# in FP8. Measured on the CPU reference Wan (reference_models/wan: 3 step ranges x 6 layers x 6 heads,
+# 2 calibration prompts, torch simulation): per-entry errors have median 0.0065, 90th percentile 0.030,
+# max 0.086. On a 2x map and one held-out prompt, 0.05 keeps the tail (5% of entries) native and puts
+# 100 of 108 heads in FP8, at 30.5 dB PSNR against the native map's video; every head in FP8 gives
+# 27.5 dB, 0.02 (90 heads) 31.2 dB. Both are well above the sparse map's own 20.4 dB against dense.
+DEFAULT_FP8_MAX_ERROR = 0.05
 
 # Share of a dense transformer forward spent in attention (cuDNN SDPA, one H100, DESIGN §6).
 ATTENTION_SHARE = {"wan-1.3b": 0.56, "wan-14b": 0.67, "cogvideox1.5": 0.72, "hunyuan_video": 0.85}
@@ -102,6 +118,35 @@ def paper_choice(errors: torch.Tensor, densities: torch.Tensor, *, lam: float = 
     loss[..., full_index] = math.inf  # FULL is the fallback, not a contestant
     best = loss.min(dim=-1)
     return torch.where(best.values < epsilon, best.indices, torch.full_like(best.indices, full_index))
+
+
+def check_precision_args(precision: str, fp8_max_error: float) -> None:
+    """Refuse an unknown precision or a threshold that is not a finite number >= 0."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if isinstance(fp8_max_error, bool) or not isinstance(fp8_max_error, (int, float)) or not 0 <= fp8_max_error < math.inf:
+        raise ValueError(f"fp8_max_error must be a finite number >= 0 (0.05 = 5% relative L2 error), got {fp8_max_error!r}")
+
+
+def _check_fp8_scores(experts: dict, precision: str, fp8_max_error: float) -> None:
+    check_precision_args(precision, fp8_max_error)
+    if precision != "fp8":
+        return
+    missing = [name for name, scores in experts.items() if scores.fp8_errors is None]
+    if missing:
+        raise ValueError(
+            f"precision='fp8' needs the FP8 attention errors of the calibration, and the scores of {missing} have none "
+            "(scores of an earlier version, or calibrated with fp8_calls=0): re-run the calibration "
+            "(`sparse-vdit search ...`), or solve with precision='native'"
+        )
+
+
+def _fp8_heads(scores, eligible: torch.Tensor, precision: str, fp8_max_error: float) -> torch.Tensor | None:
+    """Bool ``(R, L, H)``: the entries that run in FP8 (None: all native). ``eligible``: those of sparse steps
+    and layers not kept dense; the others run as stock as the dense warm-up does."""
+    if precision != "fp8":
+        return None
+    return eligible & (scores.fp8_errors <= fp8_max_error)
 
 
 # Budget ------------------------------------------------------------------------------------
@@ -361,7 +406,8 @@ def _prepare(scores, dense_layers, warmup, last, num_steps):
 
 
 def _build(scores, choice, steps, dense_steps, rule_settings, *, warmup, last, num_steps, attention_share,
-           kernel_efficiency, family, target_modules, transformer_class, base_model, lower_bound=None) -> SearchResult:
+           kernel_efficiency, family, target_modules, transformer_class, base_model, lower_bound=None,
+           fp8_heads: torch.Tensor | None = None) -> SearchResult:
     meta = scores.metadata
     family = family or meta.get("family")
     target_modules = target_modules or meta.get("target_modules")
@@ -426,6 +472,8 @@ def _build(scores, choice, steps, dense_steps, rule_settings, *, warmup, last, n
         base_model=base_model,
         calibration=calibration,
     )
+    if fp8_heads is not None:
+        result.config = result.config.with_precision("fp8", heads=fp8_heads)
     return result
 
 
@@ -509,9 +557,15 @@ def solve_paper(scores, *, lam: float = DEFAULT_LAMBDA, epsilon: float | None = 
                 num_inference_steps: int | None = None, dense_layers: Sequence[int] = (),
                 attention_share: float | None = None, kernel_efficiency: float = 1.0, family: str | None = None,
                 target_modules: Sequence[str] | None = None, transformer_class: str | None = None,
-                base_model: str | None = None) -> SearchResult:
-    """Every head by the paper's rule (module docstring) on the averaged scores (of one or two experts)."""
-    prepared = _prepared(_experts_of(scores), dense_layers, num_inference_steps, dense_warmup_steps,
+                base_model: str | None = None, precision: str = "native",
+                fp8_max_error: float = DEFAULT_FP8_MAX_ERROR) -> SearchResult:
+    """Every head by the paper's rule (module docstring) on the averaged scores (of one or two experts).
+
+    ``precision``, ``fp8_max_error``: as for :func:`solve_budget`.
+    """
+    experts = _experts_of(scores)
+    _check_fp8_scores(experts, precision, fp8_max_error)
+    prepared = _prepared(experts, dense_layers, num_inference_steps, dense_warmup_steps,
                          dense_warmup_fraction, dense_last_steps)
     results = {}
     for name, p in prepared.items():
@@ -520,12 +574,26 @@ def solve_paper(scores, *, lam: float = DEFAULT_LAMBDA, epsilon: float | None = 
         units = rule_units(scores.errors, scores.metric, scores.num_heads).masked_fill(~p["allowed"], math.inf)
         choice = paper_choice(units, scores.densities, lam=lam, epsilon=eps, full_index=scores.full_index)
         settings = {"rule": "paper", "lambda": lam, "epsilon": eps, "dense_layers": list(dense_layers),
+                    **_precision_settings(precision, fp8_max_error),
                     **({"expert_steps": p["window"]} if len(prepared) > 1 else {})}
         results[name] = _build(scores, choice, p["steps"], p["dense_steps"], settings, warmup=p["warmup"],
                                last=p["last"], num_steps=p["num_steps"], attention_share=attention_share,
                                kernel_efficiency=kernel_efficiency, family=family, target_modules=target_modules,
-                               transformer_class=transformer_class, base_model=base_model)
+                               transformer_class=transformer_class, base_model=base_model,
+                               fp8_heads=_fp8_heads(scores, _eligible(p, dense_layers), precision, fp8_max_error))
     return _combine(results, prepared)
+
+
+def _precision_settings(precision: str, fp8_max_error: float) -> dict[str, Any]:
+    """What the map's calibration["solver"] records of the precision."""
+    return {"precision": precision, **({"fp8_max_error": float(fp8_max_error)} if precision == "fp8" else {})}
+
+
+def _eligible(prepared: dict, dense_layers: Sequence[int]) -> torch.Tensor:
+    """Bool ``(R, L, H)``: entries of sparse steps, outside the layers kept dense."""
+    eligible = (prepared["steps"] > 0)[:, None, None].expand(prepared["scores"].errors.shape[:3]).clone()
+    eligible[:, list(dense_layers)] = False
+    return eligible
 
 
 def _check_reachable(scores, target_density, dense_fraction, item_w, allowed) -> None:
@@ -555,17 +623,22 @@ def solve_budget(scores, *, target_density: float | None = None, target_speedup:
                  num_inference_steps: int | None = None, dense_layers: Sequence[int] = (),
                  attention_share: float | None = None, kernel_efficiency: float = 1.0, family: str | None = None,
                  target_modules: Sequence[str] | None = None, transformer_class: str | None = None,
-                 base_model: str | None = None) -> SearchResult:
+                 base_model: str | None = None, precision: str = "native",
+                 fp8_max_error: float = DEFAULT_FP8_MAX_ERROR) -> SearchResult:
     """The least total error whose attention FLOPs meet one target (over both experts' steps, if two).
 
     ``target_density``: attention FLOPs as a fraction of dense over the whole run;
     ``target_speedup``: the attention FLOP reduction (``1 / density``);
     ``target_end_to_end``: an end-to-end speedup, turned into a density with Amdahl's law
     (``attention_share`` defaults to the family's measured share, ``kernel_efficiency`` to 1).
+    ``precision="fp8"``: the heads of the sparse steps whose FP8 attention error (measured at
+    calibration) is at most ``fp8_max_error`` compute in FP8, the others stay native; ``"native"``
+    (default) keeps every head in the model's dtype. The target counts FLOPs either way.
     """
     if sum(t is not None for t in (target_density, target_speedup, target_end_to_end)) != 1:
         raise ValueError("give exactly one of target_density, target_speedup, target_end_to_end")
     experts = _experts_of(scores)
+    _check_fp8_scores(experts, precision, fp8_max_error)
     meta = experts["transformer"].metadata
     if target_density is not None and not 0 < target_density <= 1:  # also refuses nan
         raise ValueError(f"target_density must be in (0, 1] (0.5 = half the attention FLOPs), got {target_density}")
@@ -617,7 +690,8 @@ def solve_budget(scores, *, target_density: float | None = None, target_speedup:
     norm = float(item_w.sum())
     settings = {"rule": "budget", "target_density": target_density, "target_speedup": target_speedup,
                 "target_end_to_end": target_end_to_end, "dense_layers": list(dense_layers),
-                "sensitivity": first.metadata.get("sensitivity", {}).get("groups")}
+                "sensitivity": first.metadata.get("sensitivity", {}).get("groups"),
+                **_precision_settings(precision, fp8_max_error)}
     results, offset = {}, 0
     for name, p in prepared.items():
         shape = p["scores"].errors.shape[:3]
@@ -627,7 +701,8 @@ def solve_budget(scores, *, target_density: float | None = None, target_speedup:
                                warmup=p["warmup"], last=p["last"], num_steps=p["num_steps"],
                                attention_share=attention_share, kernel_efficiency=kernel_efficiency, family=family,
                                target_modules=target_modules, transformer_class=transformer_class,
-                               base_model=base_model, lower_bound=info["lower_bound"] / norm)
+                               base_model=base_model, lower_bound=info["lower_bound"] / norm,
+                               fp8_heads=_fp8_heads(p["scores"], _eligible(p, dense_layers), precision, fp8_max_error))
     return _combine(results, prepared, error=info["error"] / norm)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from diffusers_sparse_vdit import SparseVDiTConfig, TokenLayout, apply_sparse_vdit, remove_sparse_vdit
 from diffusers_sparse_vdit.processors.apply import architecture
-from diffusers_sparse_vdit.search import DEFAULT_PROMPTS, ScoreSet, calibrate, load_prompts, search
+from diffusers_sparse_vdit.search import DEFAULT_PROMPTS, ScoreSet, calibrate, load_prompts, search, solve_budget
 from diffusers_sparse_vdit.testing import tiny_pipeline, tiny_pipeline_inputs
 
 SIZE = dict(height=64, width=96, num_frames=9)  # 72 video tokens: 5 tiles of 16, room for sparse masks
@@ -218,3 +218,20 @@ def test_one_run_scores_one_video_grid():
     assert calibration.scorer_for(TokenLayout(3, 4, 6, text_tokens=20, text_position="after")) is not first
     with pytest.raises(ValueError, match="one video grid"):
         calibration.scorer_for(TokenLayout(3, 2, 3, text_tokens=16, text_position="after"))
+
+
+def test_search_with_fp8_keeps_the_heads_over_the_threshold_native():
+    pipe = tiny_pipeline("wan")
+    result = search(pipe, PROMPTS[:1], target_speedup=1.6, step_ranges=None, sensitivity=None,
+                    precision="fp8", fp8_max_error=1.0, **run(pipe, "wan"))
+    config = result.config
+    assert config.precision.all() and config.calibration["solver"]["fp8_max_error"] == 1.0
+    scores = calibrate(pipe, PROMPTS[:1], **run(pipe, "wan"))
+    assert scores.fp8_errors.shape == (1, 2, 3) and (scores.fp8_errors > 0).all()
+    threshold = float(scores.fp8_errors.median())
+    config = solve_budget(scores, target_speedup=1.6, precision="fp8", fp8_max_error=threshold).config
+    assert torch.equal(config.precision.bool(), scores.fp8_errors <= threshold) and 0 < config.precision.sum() < 6
+    with pytest.raises(ValueError, match="leave fp8_calls at 1 or more"):
+        search(pipe, PROMPTS[:1], target_speedup=1.6, precision="fp8", fp8_calls=0, **run(pipe, "wan"))
+    with pytest.raises(ValueError, match="unknown precision 'bf16'"):
+        search(pipe, PROMPTS[:1], precision="bf16", **run(pipe, "wan"))

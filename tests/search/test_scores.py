@@ -1,5 +1,6 @@
 """Scores on disk: round trip, merging, and clear errors for anything else."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -121,3 +122,37 @@ def test_invalid_contents_are_rejected(tmp_path, edit, match):
     _write_pair(tmp_path, data, tensors)
     with pytest.raises(ValueError, match=match):
         ScoreSet.load(tmp_path)
+
+
+def _with_fp8(scores, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scores.fp8_errors = torch.rand(scores.errors.shape[:3], generator=g, dtype=torch.float64) * 0.1
+    scores.validate()
+    return scores
+
+
+def test_fp8_errors_round_trip_split_and_merge(tmp_path):
+    scores = _with_fp8(random_scores(ranges=2))
+    scores.save(tmp_path)
+    loaded = ScoreSet.load(tmp_path)
+    assert torch.equal(loaded.fp8_errors, scores.fp8_errors)
+    assert "FP8 attention error per head" in loaded.summary()
+    assert torch.equal(scores.with_ranges([0, 1, 1], [[0, 20], [20, 30], [30, -1]]).fp8_errors,
+                       scores.fp8_errors[[0, 1, 1]])
+    other = _with_fp8(random_scores(ranges=2, seed=1), seed=1)
+    other.counts *= 3
+    torch.testing.assert_close(scores.merge(other).fp8_errors, (scores.fp8_errors + 3 * other.fp8_errors) / 4)
+    assert scores.merge(random_scores(ranges=2)).fp8_errors is None  # one run without: not measured
+
+
+def test_scores_without_fp8_errors_still_load(tmp_path):
+    random_scores().save(tmp_path)  # as scores of earlier versions are
+    assert "fp8_errors" not in load_file(tmp_path / "scores.safetensors")
+    assert ScoreSet.load(tmp_path).fp8_errors is None
+
+
+def test_bad_fp8_errors_are_refused():
+    with pytest.raises(ValueError, match=r"fp8_errors must be None or a float64 tensor of finite values >= 0 shaped \(1, 3, 4\)"):
+        dataclasses.replace(random_scores(), fp8_errors=torch.full((1, 3, 4), -1.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="fp8_errors must be None or a float64 tensor"):
+        dataclasses.replace(random_scores(), fp8_errors=torch.zeros(1, 3, 5, dtype=torch.float64))

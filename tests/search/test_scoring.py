@@ -207,3 +207,27 @@ def test_inputs_are_checked():
         scorer.score(1, q, q, q, out_proj=torch.randn(8, 16))
     with pytest.raises(ValueError, match="FULL"):
         HeadScorer(layout, 1, 2, candidates=[c for c in default_candidates(layout, 16) if c.mode is not Mode.FULL])
+
+
+def test_fp8_errors_are_measured_on_the_first_calls_of_each_range_and_layer():
+    from diffusers_sparse_vdit.kernels.quantize import fp8_attention_error
+
+    layout = LAYOUTS[0]
+    scorer = HeadScorer(layout, 2, HEADS, tile_size=TILE, metric="mse", sample_tiles=4,
+                        step_ranges=[[0, 2], [2, -1]], backend="torch", metadata=META)
+    calls = [planted_call(layout, batch=2, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    for step, (q, k, v, _) in zip((0, 1, 2), calls):
+        scorer.score(0, q, k, v, step=step)
+    fp8 = scorer.scores().fp8_errors
+    assert fp8.shape == (2, 2, HEADS) and fp8.dtype == torch.float64
+    q, k, v, _ = calls[0]  # range 0: its first call only (the second, step 1, is not measured)
+    torch.testing.assert_close(fp8[0, 0], fp8_attention_error(q[:1], k[:1], v[:1], tile_size=TILE).double())
+    q, k, v, _ = calls[2]
+    torch.testing.assert_close(fp8[1, 0], fp8_attention_error(q[:1], k[:1], v[:1], tile_size=TILE).double())
+    assert (fp8[0, 0] > 0).any() and not fp8[:, 1].any()  # layer 1 was never called
+
+    off = HeadScorer(layout, 1, HEADS, tile_size=TILE, metric="mse", sample_tiles=4, backend="torch", fp8_calls=0)
+    off.score(0, *calls[0][:3])
+    assert off.scores().fp8_errors is None
+    with pytest.raises(ValueError, match="fp8_calls must be an integer >= 0"):
+        HeadScorer(layout, 1, HEADS, tile_size=TILE, fp8_calls=-1)

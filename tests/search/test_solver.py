@@ -285,3 +285,44 @@ def test_splitting_off_the_dense_last_steps_keeps_the_measured_sensitivity():
     split = scores.with_ranges([0, 1, 1], [[0, 2], [2, 3], [3, -1]])
     assert torch.equal(split.sensitivity, scores.sensitivity[[0, 1, 1]])
     assert solve_budget(scores, target_density=0.8, dense_last_steps=1).config.step_ranges == [[0, 2], [2, 3], [3, -1]]
+
+
+# Precision ------------------------------------------------------------------------------------
+def _fp8_scores(**kwargs):
+    scores = random_scores(ranges=2, **kwargs)
+    scores.fp8_errors = torch.full(scores.errors.shape[:3], 0.02, dtype=torch.float64)
+    scores.fp8_errors[:, 1, 0] = 0.2  # one head FP8 hurts, in every range
+    scores.validate()
+    return scores
+
+
+@pytest.mark.parametrize("solve", [lambda s, **kw: solve_budget(s, target_speedup=2.0, **kw), solve_paper],
+                         ids=["budget", "paper"])
+def test_fp8_keeps_the_heads_it_hurts_native(solve):
+    scores = _fp8_scores()
+    native = solve(scores).config
+    config = solve(scores, precision="fp8", fp8_max_error=0.05).config
+    assert not native.precision.any() and native.calibration["solver"]["precision"] == "native"
+    expected = torch.ones(2, 3, 4, dtype=torch.uint8)
+    expected[:, 1, 0] = 0
+    assert torch.equal(config.precision, expected)
+    assert torch.equal(config.modes, native.modes)  # the budget is in FLOPs: the same modes
+    assert config.calibration["solver"]["precision"] == "fp8" and config.calibration["solver"]["fp8_max_error"] == 0.05
+    assert not solve(scores, precision="fp8", fp8_max_error=0.01).config.precision.any()
+
+
+def test_fp8_leaves_dense_layers_and_dense_last_steps_native():
+    scores = _fp8_scores(num_inference_steps=50)
+    config = solve_budget(scores, target_speedup=1.5, precision="fp8", dense_layers=[2], dense_last_steps=5).config
+    assert config.step_ranges == [[0, 20], [20, 45], [45, -1]]
+    assert not config.precision[2].any() and not config.precision[:, 2].any()
+    assert config.precision[:2, 0].all()
+
+
+def test_fp8_needs_measured_errors_and_sane_arguments():
+    with pytest.raises(ValueError, match=r"precision='fp8' needs the FP8 attention errors .*re-run the calibration"):
+        solve_budget(random_scores(), target_speedup=2.0, precision="fp8")
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        solve_paper(_fp8_scores(), precision="fp16")
+    with pytest.raises(ValueError, match="fp8_max_error must be a finite number >= 0"):
+        solve_budget(_fp8_scores(), target_speedup=2.0, precision="fp8", fp8_max_error=float("nan"))
