@@ -167,18 +167,26 @@ def sensitive_scores(pipe, info: dict, scores: ScoreSet, cache: Path, args, grou
         backend=args.backend, pipeline_kwargs=_pipeline_kwargs(info)))
 
 
-def install(pipe, method: str, density: float | None, ctx: dict) -> dict:
+# --precision: how our maps' heads compute; "fp8" keeps the heads whose measured FP8 error passes
+# the solver's threshold (DEFAULT_FP8_MAX_ERROR) native, "fp8-all" runs every head in FP8
+PRECISIONS = {"native": ("native", None), "fp8": ("fp8", None), "fp8-all": ("fp8", 1e9)}
+
+
+def install(pipe, method: str, density: float | None, ctx: dict, precision: str = "native") -> dict:
     """Install ``method`` at total ``density``; returns what it computes (raises ValueError when out of reach)."""
     steps, warmup = ctx["steps"], ctx["warmup"]
     if method in OURS:
         scores = ctx["scores_" + method.removeprefix("ours_")] if method not in ("ours", "ours_warmup", "paper") \
             else ctx["scores"]
         w = warmup if method == "ours_warmup" else 0
-        result = (solve_paper(scores) if method == "paper"
-                  else solve_budget(scores, target_density=density, dense_warmup_steps=w))
+        kind, threshold = PRECISIONS[precision]
+        fp8 = {"precision": kind, **({} if threshold is None else {"fp8_max_error": threshold})}
+        result = (solve_paper(scores, **fp8) if method == "paper"
+                  else solve_budget(scores, target_density=density, dense_warmup_steps=w, **fp8))
         apply_sparse_vdit(pipe, result.config, backend=ctx["backend"])
         return {"attention_density": result.attention_density, "dense_warmup_steps": w,
                 "mode_counts": result.config.mode_counts(), "predicted_error": result.error,
+                "precision": precision, "fp8_heads": result.config.fp8_count(),
                 "sensitivity": None if scores.sensitivity is None else scores.sensitivity.tolist()}
     base, w = (method.removesuffix("_warmup"), warmup) if method.endswith("_warmup") else (method, 0)
     info = apply_baseline(pipe, base, density, layout=ctx["layout"], num_inference_steps=steps, dense_warmup_steps=w,
@@ -241,21 +249,23 @@ def run_pipeline(name: str, pipe, info: dict, args, bar, on_row=lambda rows: Non
     for floor in args.floors:
         runs, details = floor_run(pipe, floor, prompts, ctx)
         row(floor, 1.0, runs, {"attention_density": 1.0, "dense_warmup_steps": 0, **details})
-    for method in args.methods:
-        for density in ([None] if method == "paper" else args.densities):
-            try:
-                details = install(pipe, method, density, ctx)
-            except ValueError as e:  # e.g. the warm-up alone costs more than the target
-                logger.warning(f"{name}: {method} at density {density} skipped: {e}")
-                rows.append({"pipeline": name, "family": info["family"], "method": method, "target_density": density,
-                             "skipped": str(e)})
-                bar.update(len(prompts))
-                continue
-            try:
-                runs = [run(pipe, p, i) for i, p in enumerate(prompts)]
-            finally:
-                remove_sparse_vdit(pipe)
-            row(method, density, runs, details)
+    for base in args.methods:
+        for precision in args.precision if base in OURS else ["native"]:
+            method = base if precision == "native" else f"{base}+{precision}"
+            for density in ([None] if base == "paper" else args.densities):
+                try:
+                    details = install(pipe, base, density, ctx, precision)
+                except ValueError as e:  # e.g. the warm-up alone costs more than the target
+                    logger.warning(f"{name}: {method} at density {density} skipped: {e}")
+                    rows.append({"pipeline": name, "family": info["family"], "method": method,
+                                 "target_density": density, "skipped": str(e)})
+                    bar.update(len(prompts))
+                    continue
+                try:
+                    runs = [run(pipe, p, i) for i, p in enumerate(prompts)]
+                finally:
+                    remove_sparse_vdit(pipe)
+                row(method, density, runs, details)
     return rows
 
 
@@ -361,6 +371,11 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="default: bfloat16 on CUDA, float32 on the CPU")
     parser.add_argument("--backend", default="auto", help="sparse kernel backend (see apply_sparse_vdit)")
+    parser.add_argument("--precision", nargs="+", default=["native"], choices=sorted(PRECISIONS),
+                        help="our maps' precisions, each evaluated (fp8: heads over the solver's FP8 error threshold "
+                        "stay native; fp8-all: every head). FP8 runs the Hopper kernel at tile 128 on CUDA, the "
+                        "torch backend's simulation of the same roundings elsewhere (the reference models use "
+                        "tile 64: pass --backend torch)")
     parser.add_argument("--name", default=None, help="output name (default: tiny, or the folders' names)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args(argv)

@@ -175,16 +175,18 @@ def fp8_probs(scores: torch.Tensor) -> torch.Tensor:
 def fp8_attention_error(q, k, v, scale: float | None = None, *, tile_size: int = 128, chunk: int = 1024) -> torch.Tensor:
     """Relative L2 error ``(H,)`` of dense FP8 attention against exact float32 attention of ``(B, H, N, D)`` inputs.
 
-    K tiles are runs of ``tile_size`` caller tokens (the frame-major tiles of a video without
-    text); memory is ``B x chunk x N`` scores at a time.
+    ``q`` may be a sample of the query rows (its N need not be K's). K tiles are runs of
+    ``tile_size`` caller tokens (the frame-major tiles of a video without text); memory is
+    ``B x chunk x N_keys`` scores at a time.
     """
     batch, heads, n, dim = q.shape
+    keys = k.shape[2]
     scale = dim**-0.5 if scale is None else scale
     qf = _fake(q.float(), row_scales(q)[..., None])
     k_s = smoothed_keys(k)
-    tiles = torch.arange(n, device=k.device) // tile_size
-    k_scale = tile_scales(k_s, tiles, -(-n // tile_size))
-    kf = _fake(k_s, k_scale.repeat_interleave(tile_size, dim=2)[..., :n, None])
+    tiles = torch.arange(keys, device=k.device) // tile_size
+    k_scale = tile_scales(k_s, tiles, -(-keys // tile_size))
+    kf = _fake(k_s, k_scale.repeat_interleave(tile_size, dim=2)[..., :keys, None])
     vf = _fake(v.float(), channel_scales(v)[:, :, None, :])
     err = torch.zeros(heads, dtype=torch.float64, device=q.device)
     ref = torch.zeros_like(err)

@@ -72,6 +72,9 @@ def test_smoothing_makes_a_shared_key_offset_free():
     # random scores are the hard case: e4m3's 3 mantissa bits in P and V give ~4% each
     assert errors.shape == (2,) and (errors > 1e-2).all() and (errors < 0.08).all()
     assert torch.allclose(errors, quantize.fp8_attention_error(q, k, v), rtol=0.02)
+    # a sample of query rows against all keys: each row's error is the whole call's
+    rows = quantize.fp8_attention_error(q[:, :, ::3], shifted, v)
+    assert torch.allclose(rows, errors, rtol=0.3)
 
 
 def test_probabilities_round_like_e4m3_and_keep_small_ones():
