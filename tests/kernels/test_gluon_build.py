@@ -42,10 +42,31 @@ def build(head_dim, gather, fp8):
                          attrs={(params.index(p),): [["tt.divisibility", 16]] for p in pointers})
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=launch)
     ptx = kernel.asm["ptx"]
+    return {**_read_ptx(ptx), "shared": kernel.metadata.shared, "wgmma_serialized": _ptxas_notes(ptx)}
+
+
+def _ptxas_notes(ptx: str) -> list[str]:
+    """What ptxas says, compiling this PTX for sm_90a, about serializing the asynchronous wgmma products
+    (a note the compile itself does not show; serialized, each product waits for the one before)."""
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "kernel.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        done = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", src, "-o", os.path.join(tmp, "k.cubin")],
+                              capture_output=True, text=True, timeout=300)
+    return [line.split("Potential Performance Loss: ")[-1] for line in (done.stdout + done.stderr).splitlines()
+            if "wgmma.mma_async instructions are serialized" in line]
+
+
+def _read_ptx(ptx: str) -> dict:
     return {"ptx_wgmma": [line.split()[0] for line in ptx.splitlines() if "wgmma.mma_async" in line],
             "tma_loads": ptx.count("cp.async.bulk.tensor.2d"), "setmaxnreg": sorted(set(
                 " ".join(line.rstrip(";").split()) for line in ptx.splitlines() if "setmaxnreg" in line)),
-            "local_memory": ".local" in ptx, "shared": kernel.metadata.shared}
+            "local_memory": ".local" in ptx}
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +90,14 @@ def test_default_config_builds_for_hopper(builds, head_dim, gather, fp8):
     assert "setmaxnreg.inc.sync.aligned.u32 240" in " ".join(got["setmaxnreg"])  # consumers get the registers
     assert not got["local_memory"]  # nothing spilled
     assert got["shared"] <= HOPPER_SHARED_BYTES
+
+
+@pytest.mark.parametrize("head_dim,gather,fp8", VARIANTS, ids=[
+    f"{'fp8' if f else 'bf16'}-hd{d}-{'gather' if g else 'frame-major'}" for d, g, f in VARIANTS])
+def test_the_matrix_products_stay_asynchronous(builds, head_dim, gather, fp8, request):
+    if fp8:  # benchmarks/NOTES.md v11: ptxas serializes the FP8 kernel's overlapped loop
+        request.applymarker(pytest.mark.xfail(strict=True, reason="ptxas C7514 in the FP8 loop (NOTES v11)"))
+    assert builds[(head_dim, gather, fp8)]["wgmma_serialized"] == []
 
 
 if __name__ == "__main__":
