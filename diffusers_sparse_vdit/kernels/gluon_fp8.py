@@ -31,7 +31,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from . import gluon_sparse
-from .gluon_sparse import _item, _query_rows, _tma_load
+from .gluon_sparse import _item, _load_queries, _order_and_text_len, _query_rows, _tma_load
 from .quantize import FP8_MAX, P_SCALE, kernel_kv
 from .triton_sparse import _LOG2E, _set_allocator
 
@@ -179,20 +179,10 @@ def _consumer(Q, O, KS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_o
     io_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
     b, head, q_tile, first, n_full, n_total = _item(work, n_work)
     k_scales = KS + (b * n_heads + head) * n_tiles
-    if GATHER:
-        order = gl.load(head_order + head)
-    else:
-        order = 0
-    if HAS_TEXT_LENGTHS:
-        text_len = gl.load(text_lengths + b)
-    else:
-        text_len = text_tokens
-
-    rows, row_ok = _query_rows(q_tile, order, row_maps, rows_per_order, tile_lengths, n_video_tiles, n_tokens,
-                               video_start, text_start, HALF * ROWS, ROWS, TILE, GATHER, gl.SliceLayout(1, io_layout))
-    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
-    q = gl.load(Q + b * stride_qb + head * stride_qh + rows[:, None] * stride_qn + offs_d[None, :],
-                mask=(row_ok & (n_total > 0))[:, None], other=0.0).to(gl.float32)
+    order, text_len = _order_and_text_len(head_order, head, text_lengths, b, text_tokens, GATHER, HAS_TEXT_LENGTHS)
+    q = _load_queries(Q, stride_qb, stride_qh, stride_qn, b, head, q_tile, n_total, order, row_maps, rows_per_order,
+                      tile_lengths, n_video_tiles, n_tokens, video_start, text_start, HALF * ROWS, ROWS, HEAD_DIM,
+                      TILE, GATHER, io_layout).to(gl.float32)
     q_scale = gl.maximum(gl.max(gl.abs(q), 1), 1e-12) / _FP8_MAX
     q_smem.store((q / q_scale[:, None]).to(gl.float8e4nv))
     fence_async_shared()

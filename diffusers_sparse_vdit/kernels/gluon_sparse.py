@@ -65,6 +65,37 @@ def _query_rows(q_tile, order, row_maps, rows_per_order, tile_lengths, n_video_t
 
 
 @gluon.jit
+def _order_and_text_len(head_order, head, text_lengths, b, text_tokens, GATHER: gl.constexpr,
+                        HAS_TEXT_LENGTHS: gl.constexpr):
+    """The head's kernel order (0: frame-major) and batch item ``b``'s valid text tokens."""
+    if GATHER:
+        order = gl.load(head_order + head)
+    else:
+        order = 0
+    if HAS_TEXT_LENGTHS:
+        text_len = gl.load(text_lengths + b)
+    else:
+        text_len = text_tokens
+    return order, text_len
+
+
+@gluon.jit
+def _load_queries(Q, stride_qb, stride_qh, stride_qn, b, head, q_tile, n_total, order, row_maps, rows_per_order,
+                  tile_lengths, n_video_tiles, n_tokens, video_start, text_start, first_row: gl.constexpr,
+                  ROWS: gl.constexpr, HEAD_DIM: gl.constexpr, TILE: gl.constexpr, GATHER: gl.constexpr,
+                  layout: gl.constexpr):
+    """Rows ``first_row ..`` of query tile ``q_tile`` of ``head``, zeros for missing rows.
+
+    A SKIP head has no key tiles: its Q is never read and its output is zero.
+    """
+    rows, row_ok = _query_rows(q_tile, order, row_maps, rows_per_order, tile_lengths, n_video_tiles, n_tokens,
+                               video_start, text_start, first_row, ROWS, TILE, GATHER, gl.SliceLayout(1, layout))
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))
+    return gl.load(Q + b * stride_qb + head * stride_qh + rows[:, None] * stride_qn + offs_d[None, :],
+                   mask=(row_ok & (n_total > 0))[:, None], other=0.0)
+
+
+@gluon.jit
 def _loader(K, V, KP, VP, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_pb, stride_ph,
             stride_pn, work, kv_tiles, head_order, head_slot, n_work, n_tokens, n_video_tiles, rows_per_order,
             video_start, text_start, k_bufs, v_bufs, ready, empty,
@@ -180,21 +211,10 @@ def _consumer(Q, O, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, strid
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     io_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
     b, head, q_tile, first, n_full, n_total = _item(work, n_work)
-    if GATHER:
-        order = gl.load(head_order + head)
-    else:
-        order = 0
-    if HAS_TEXT_LENGTHS:
-        text_len = gl.load(text_lengths + b)
-    else:
-        text_len = text_tokens
-
-    rows, row_ok = _query_rows(q_tile, order, row_maps, rows_per_order, tile_lengths, n_video_tiles, n_tokens,
-                               video_start, text_start, HALF * ROWS, ROWS, TILE, GATHER, gl.SliceLayout(1, io_layout))
-    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
-    # a SKIP head has no key tiles: its Q is never read and its output is zero
-    q = gl.load(Q + b * stride_qb + head * stride_qh + rows[:, None] * stride_qn + offs_d[None, :],
-                mask=(row_ok & (n_total > 0))[:, None], other=0.0)
+    order, text_len = _order_and_text_len(head_order, head, text_lengths, b, text_tokens, GATHER, HAS_TEXT_LENGTHS)
+    q = _load_queries(Q, stride_qb, stride_qh, stride_qn, b, head, q_tile, n_total, order, row_maps, rows_per_order,
+                      tile_lengths, n_video_tiles, n_tokens, video_start, text_start, HALF * ROWS, ROWS, HEAD_DIM,
+                      TILE, GATHER, io_layout)
     q_smem.store(q)
     fence_async_shared()
 
