@@ -332,7 +332,7 @@ def _load_pipeline(args):
 
 def _check_family(pipe, config=None) -> None:
     """Fail before a long run when the model is not supported, or the map was made for another."""
-    from .processors.apply import family_of, validate
+    from .processors.install import family_of, validate
 
     try:
         family = family_of(pipe.transformer)

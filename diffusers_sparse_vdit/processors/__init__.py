@@ -5,21 +5,21 @@ Two routes, same result:
 * ``transformer.set_attn_processor(SparseVDiTProcessor.from_pretrained(repo))``: the diffusers
   idiom; the object binds to the transformer at its first forward (see :mod:`.binding`);
 * ``apply_sparse_vdit(pipe, repo)`` / ``remove_sparse_vdit(pipe)``: explicit, immediate and
-  reversible (see :mod:`.apply`).
+  reversible (see :mod:`.apply`); both install a map with :func:`.install.install`.
 
 One thin processor per family (:mod:`.wan`, :mod:`.hunyuan_video`, :mod:`.cogvideox`,
 :mod:`.hunyuan_video15`) keeps
 the stock projections, norms, RoPE and output path and replaces only the attention call.
 """
 
-from .apply import FAMILY_REGISTRY, apply_sparse_vdit, family_of, load_config, remove_sparse_vdit, sparse_targets
+from .apply import apply_sparse_vdit, remove_sparse_vdit
 from .base import AttentionCall, Family, SparseAttnProcessor
 from .binding import SparseVDiTProcessor
 from .cogvideox import CogVideoXSparseAttnProcessor
 from .hook import HOOK_NAME, SparseVDiTHook, SparseVDiTState, get_sparse_vdit_hook
 from .hunyuan_video import HunyuanVideoSparseAttnProcessor
 from .hunyuan_video15 import HunyuanVideo15SparseAttnProcessor
-from .parallel import context_parallel_plan
+from .install import FAMILY_REGISTRY, context_parallel_plan, family_of, load_config, sparse_targets
 from .wan import WanSparseAttnProcessor
 
 __all__ = [

@@ -38,14 +38,14 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from ..config import SparseVDiTConfig
 from ..kernels.attention import BACKENDS
 from ..logs import get_logger
-from .apply import install, load_config
+from .install import PendingMap, install, load_config
 
 logger = get_logger(__name__)
 
 __all__ = ["SparseVDiTProcessor"]
 
 
-class SparseVDiTProcessor:
+class SparseVDiTProcessor(PendingMap):
     """A Sparse-vDiT mode map as an attention processor for ``transformer.set_attn_processor``.
 
     Example::

@@ -8,7 +8,7 @@ heads with the map's modes for them, then the all-to-all sends the result back.
 
 Text. CogVideoX puts text before the video, HunyuanVideo after it, and both attend it jointly
 with the video. Text is short (226 / 256 tokens, not always a multiple of ``W``) and every
-token of it is attended by every video token, so :func:`context_parallel_plan` splits only
+token of it is attended by every video token, so :func:`~.install.context_parallel_plan` splits only
 the video and every rank keeps the whole text. The gathered sequence then holds one copy
 of the text per rank; the processor attends the canonical sequence (all video, one text, in the
 model's order) and hands every rank's copy the text rows' result. A stock processor would
@@ -40,7 +40,6 @@ from ..plan import SparsePlan, build_plan
 logger = get_logger(__name__)
 
 __all__ = [
-    "context_parallel_plan",
     "check_parallel_config",
     "ulysses_attention",
     "ulysses_degree",
@@ -71,34 +70,7 @@ HUNYUAN_VIDEO_CP_PLAN = {
     "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
 }
 
-_PLANS = {"cogvideox": COGVIDEOX_CP_PLAN, "hunyuan_video": HUNYUAN_VIDEO_CP_PLAN}
-
-
-def context_parallel_plan(pipe_or_transformer) -> dict:
-    """The ``cp_plan`` for ``transformer.enable_parallelism`` under a Sparse-vDiT map (any of the three families).
-
-    Wan: the model's own ``_cp_plan``. CogVideoX and HunyuanVideo have none in diffusers 0.42;
-    ours splits the video tokens and keeps the text whole on every rank (module docstring).
-
-    Example::
-
-        transformer.enable_parallelism(
-            config=ContextParallelConfig(ulysses_degree=world_size), cp_plan=context_parallel_plan(transformer)
-        )
-    """
-    from .apply import _transformer_of, family_of
-
-    transformer = _transformer_of(pipe_or_transformer)
-    family = family_of(transformer)
-    if family.name == "hunyuan_video" and transformer.config.get("image_condition_type") == "token_replace":
-        raise ValueError(
-            "HunyuanVideo image-to-video with token_replace conditioning treats the first frame's tokens apart, "
-            "which a split sequence cannot do; run it without context parallelism"
-        )
-    plan = _PLANS.get(family.name, type(transformer)._cp_plan)
-    if plan is None:
-        raise ValueError(f"{type(transformer).__name__} has no context-parallel plan")
-    return plan
+CP_PLANS = {"cogvideox": COGVIDEOX_CP_PLAN, "hunyuan_video": HUNYUAN_VIDEO_CP_PLAN}
 
 
 def check_parallel_config(parallel_config, where: str) -> None:

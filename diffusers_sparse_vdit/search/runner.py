@@ -267,7 +267,7 @@ def calibrate(
     """
     from ..config import SparseVDiTConfig
     from ..processors import family_of, get_sparse_vdit_hook, remove_sparse_vdit, sparse_targets
-    from ..processors.apply import architecture, install, model_id
+    from ..processors.install import architecture, install, model_id
     from ..processors.hook import StepClock
     from .solver import dense_step_counts
 

@@ -4,9 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusers_sparse_vdit import ModeSpec, TokenLayout, build_plan, sparse_attention
+from diffusers_sparse_vdit import TokenLayout, build_plan, sparse_attention
 from diffusers_sparse_vdit.kernels import attention, quantize
-from diffusers_sparse_vdit.layout import FRAME_MAJOR
 
 from .gpu_cases import MIXED, rel_err
 

@@ -14,7 +14,7 @@ from diffusers_sparse_vdit.processors import (
     get_sparse_vdit_hook,
     remove_sparse_vdit,
 )
-from diffusers_sparse_vdit.processors.apply import architecture, model_id
+from diffusers_sparse_vdit.processors.install import architecture, model_id
 from diffusers_sparse_vdit.testing import tiny_transformer, tiny_transformer_inputs
 
 from .common import ALL_FULL, forward, mode_map, twins

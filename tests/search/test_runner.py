@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffusers_sparse_vdit import SparseVDiTConfig, TokenLayout, apply_sparse_vdit, remove_sparse_vdit
-from diffusers_sparse_vdit.processors.apply import architecture
+from diffusers_sparse_vdit.processors.install import architecture
 from diffusers_sparse_vdit.search import DEFAULT_PROMPTS, ScoreSet, calibrate, load_prompts, search, solve_budget
 from diffusers_sparse_vdit.testing import tiny_pipeline, tiny_pipeline_inputs
 
