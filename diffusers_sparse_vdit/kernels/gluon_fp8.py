@@ -31,7 +31,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from . import gluon_sparse
-from .gluon_sparse import _item, _load_queries, _order_and_text_len, _query_rows, _tma_load
+from .gluon_sparse import _item, _load_queries, _order_and_text_len, _query_rows, _stage_barriers, _tma_load
 from .quantize import FP8_MAX, P_SCALE, kernel_kv
 from .triton_sparse import _LOG2E, _set_allocator
 
@@ -222,11 +222,7 @@ def _sparse_attention_fp8_fwd(
     v_bufs = gl.allocate_shared_memory(fp8, [STAGES, HEAD_DIM, BLOCK_N], v_layout)
     q0 = gl.allocate_shared_memory(fp8, [ROWS, HEAD_DIM], q_layout)
     q1 = gl.allocate_shared_memory(fp8, [ROWS, HEAD_DIM], q_layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for s in gl.static_range(STAGES):
-        mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=2)
+    ready, empty = _stage_barriers(STAGES)
 
     LOWER: gl.constexpr = 0
     UPPER: gl.constexpr = 1

@@ -96,6 +96,17 @@ def _load_queries(Q, stride_qb, stride_qh, stride_qn, b, head, q_tile, n_total, 
 
 
 @gluon.jit
+def _stage_barriers(STAGES: gl.constexpr):
+    """The ring's mbarriers: ``ready`` (the producer's loads landed) and ``empty`` (both consumers are done)."""
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(STAGES):
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=2)  # both consumer warpgroups release a stage
+    return ready, empty
+
+
+@gluon.jit
 def _loader(K, V, KP, VP, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_pb, stride_ph,
             stride_pn, work, kv_tiles, head_order, head_slot, n_work, n_tokens, n_video_tiles, rows_per_order,
             video_start, text_start, k_bufs, v_bufs, ready, empty,
@@ -252,11 +263,7 @@ def _sparse_attention_ws_fwd(
     v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], kv_layout)
     q0 = gl.allocate_shared_memory(dtype, [ROWS, HEAD_DIM], q_layout)
     q1 = gl.allocate_shared_memory(dtype, [ROWS, HEAD_DIM], q_layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for s in gl.static_range(STAGES):
-        mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=2)  # both consumer warpgroups release a stage
+    ready, empty = _stage_barriers(STAGES)
 
     # constexprs go in by name, in literal tuples: a bare literal, or a tuple bound to a name or
     # concatenated, would not stay constexpr
