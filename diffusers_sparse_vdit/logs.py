@@ -8,9 +8,10 @@ to its own: ``diffusers.utils.logging.set_verbosity_error()`` silences them,
 
 from __future__ import annotations
 
+import functools
 import logging
 
-__all__ = ["LOGGER_PREFIX", "get_logger"]
+__all__ = ["LOGGER_PREFIX", "get_logger", "log_once"]
 
 LOGGER_PREFIX = "diffusers.sparse_vdit"
 
@@ -20,3 +21,10 @@ def get_logger(module_name: str) -> logging.Logger:
     from diffusers.utils import logging as diffusers_logging  # lazily: diffusers.utils takes seconds to import
 
     return diffusers_logging.get_logger(LOGGER_PREFIX + module_name.removeprefix(__package__))
+
+
+@functools.cache
+def log_once(module_name: str, level: int, message: str) -> None:
+    """Log ``message`` at ``level`` under the module's logger, the first time only in this process
+    (``log_once.cache_clear()`` forgets what was logged)."""
+    get_logger(module_name).log(level, message)

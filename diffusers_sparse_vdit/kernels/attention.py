@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
+import logging
 import math
 import os
 
 import torch
 
-from ..logs import get_logger
+from ..logs import log_once
 from ..plan import SparsePlan, plan_by_uid
 
 __all__ = ["sparse_attention", "BACKENDS"]
@@ -72,13 +72,8 @@ def _route_fp8(requested: str, backend: str, q, k, v, plan, out):
     if requested != "auto":
         raise ValueError(f"the plan has fp8 heads but {why}; use backend='auto' (runs them in 16 bits) or "
                          "backend='torch' (simulates FP8 exactly, slowly), or build the plan with precision='native'")
-    _warn_once(f"fp8 heads run in 16 bits: {why}")
+    log_once(__name__, logging.WARNING, f"Sparse-vDiT: fp8 heads run in 16 bits: {why}")
     return plan.with_precision("native")
-
-
-@functools.cache
-def _warn_once(message: str) -> None:
-    get_logger(__name__).warning("Sparse-vDiT: %s", message)
 
 
 # Where FA4's block-sparse kernel beats ours on Hopper, from benchmarks/results/kernel_h200_v10_fa4.json
@@ -114,9 +109,8 @@ def auto_cuda_kernel(q, k, v, plan, out) -> str:
     return _chosen("triton", "our portable kernel (no Gluon or FA4 for this call)")
 
 
-@functools.cache
 def _chosen(kernel: str, reason: str) -> str:
-    get_logger(__name__).info("Sparse-vDiT sparse attention: %s (%s)", kernel, reason)
+    log_once(__name__, logging.INFO, f"Sparse-vDiT sparse attention: {kernel} ({reason})")
     return kernel
 
 

@@ -19,10 +19,11 @@ logged once per kernel and reason.
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 
-from ..logs import get_logger
+from ..logs import log_once
 
 __all__ = ["DENSE_BACKENDS", "choose_dense_backend", "dense_attention_fast"]
 
@@ -80,9 +81,8 @@ def choose_dense_backend(
     return _chosen("stock", "neither fa3_fwd (FlashAttention-3) nor flash-attn-4 is installed for this GPU")
 
 
-@functools.cache
 def _chosen(backend: str, reason: str) -> str:
-    get_logger(__name__).info("Sparse-vDiT dense attention: %s (%s)", backend, reason)
+    log_once(__name__, logging.INFO, f"Sparse-vDiT dense attention: {backend} ({reason})")
     return backend
 
 

@@ -5,14 +5,14 @@ and :class:`~.binding.SparseVDiTProcessor`, which both build on this module).
 
 from __future__ import annotations
 
-import functools
+import logging
 from pathlib import Path
 
 from diffusers.hooks import HookRegistry
 
 from ..config import FAMILIES, SparseVDiTConfig
 from ..kernels.attention import BACKENDS
-from ..logs import get_logger
+from ..logs import get_logger, log_once
 from .base import Family, SparseAttnProcessor
 from .cogvideox import COGVIDEOX
 from .hook import HOOK_NAME, SparseVDiTHook, StepClock, get_sparse_vdit_hook
@@ -167,7 +167,8 @@ def validate(family: Family, config: SparseVDiTConfig, transformer) -> list[str]
         )
     name = model_id(transformer)
     if config.base_model and name and config.base_model.casefold() != name.casefold():
-        _warn_once(
+        log_once(
+            __name__, logging.WARNING,
             f"this Sparse-vDiT map was calibrated on {config.base_model}, but the transformer was loaded from {name}; "
             "a map chosen for other weights may cost more quality than measured"
         )
@@ -194,11 +195,6 @@ def model_id(pipe_or_transformer) -> str | None:
         if cached:
             return cached[-1].removeprefix("models--").replace("--", "/", 1)
     return None
-
-
-@functools.cache
-def _warn_once(message: str) -> None:
-    logger.warning(message)
 
 
 def family_of(transformer) -> Family:

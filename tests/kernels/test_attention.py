@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusers_sparse_vdit import ModeSpec, TokenLayout, build_plan, sparse_attention
+from diffusers_sparse_vdit.logs import log_once
 
 LAYOUTS = [
     TokenLayout(3, 5, 7),  # Wan-like: no text, 105 tokens
@@ -364,7 +365,7 @@ def test_auto_kernel_on_cuda(monkeypatch, caplog, gluon, capability, fa4, head_d
     monkeypatch.setattr(attention, "gluon_supported", lambda *args: gluon)
     monkeypatch.setattr(attention, "fa4_supported", lambda q, plan: fa4)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    attention._chosen.cache_clear()
+    log_once.cache_clear()
     plan = build_plan([ModeSpec.full()], layout)
     q = torch.empty(1, 1, plan.num_tokens, head_dim, dtype=torch.bfloat16)
     with caplog.at_level(logging.INFO, logger="diffusers.sparse_vdit"):
@@ -372,7 +373,7 @@ def test_auto_kernel_on_cuda(monkeypatch, caplog, gluon, capability, fa4, head_d
         assert attention.auto_cuda_kernel(q, q, q, plan, None) == expected
     chosen = [r.getMessage() for r in caplog.records if "sparse attention:" in r.getMessage()]
     assert len(chosen) == 1 and f": {expected} (" in chosen[0]  # logged once per kernel and reason
-    attention._chosen.cache_clear()
+    log_once.cache_clear()
 
 
 def test_fa4_rule_follows_the_measured_shapes():

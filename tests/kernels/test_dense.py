@@ -7,6 +7,7 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 
 from diffusers_sparse_vdit.kernels import dense
+from diffusers_sparse_vdit.logs import log_once
 
 
 @pytest.fixture
@@ -16,10 +17,10 @@ def gpu_with(monkeypatch):
     def install(*names):
         monkeypatch.setattr(dense, "_on_gpu", lambda query: True)
         monkeypatch.setattr(dense, "_AVAILABLE", {n: (lambda device, n=n: n in names) for n in dense.DENSE_BACKENDS})
-        dense._chosen.cache_clear()
+        log_once.cache_clear()
 
     yield install
-    dense._chosen.cache_clear()
+    log_once.cache_clear()
 
 
 Q16 = torch.empty(1, 2, 8, 64, dtype=torch.bfloat16)
