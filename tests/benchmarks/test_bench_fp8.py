@@ -1,0 +1,35 @@
+"""bench_fp8's table: peers that are not installed, and the speedups against our 16-bit kernel and the fastest dense peer."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench_fp8():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_fp8
+
+        yield bench_fp8
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_table_shows_each_row(bench_fp8, capsys):
+    rows = [
+        {"shape": "wan2.1-1.3b-480p", "plan": "dense", "impl": "fa3-fp8", "status": "not installed"},
+        {"shape": "wan2.1-1.3b-480p", "plan": "DIAGONAL@0.25", "impl": "ours-fp8", "density": 0.25, "ms": 2.0,
+         "tflops": 700.0, "over_ours_bf16": 1.25, "speedup_vs_fastest_dense": 4.5, "rel_err": 0.053},
+        {"shape": "wan2.1-1.3b-480p", "plan": "DIAGONAL@0.25", "impl": "fp8-quantize", "density": 0.25, "ms": 0.2,
+         "tflops": 7000.0, "over_ours_bf16": 12.5},
+    ]
+    bench_fp8.print_table(rows)
+    lines = capsys.readouterr().out.splitlines()
+    assert "fastest 16-bit dense peer" in lines[1]
+    assert lines[2].split()[-2:] == ["not", "installed"]
+    assert lines[3].split()[-3:] == ["1.25", "4.50", "0.0530"]
+    assert lines[4].split()[-1] == "12.50"  # no FA speedup or error for the quantization pass
