@@ -38,9 +38,9 @@ from diffusers_sparse_vdit.kernels.quantize import kernel_kv  # noqa: E402
 from diffusers_sparse_vdit.kernels.gluon_sparse import sparse_attention_gluon  # noqa: E402
 
 
-# FP8 kernel variants timed beside the default (fp8_config), kernel alone
-# (v2, before the QK(i + 1) overlap: packed f16x2 exponentials were 3-10% slower, 6 stages no faster)
-VARIANTS = {"5-stages": {"STAGES": 5}, "f16x2-exp": {"EXP": "f16x2"}}
+# FP8 kernel variants that --variants may time beside the default (fp8_config), kernel alone
+# (v2-v5: packed f16x2 exponentials 3-15% slower; 5 stages, once a variant, is now the default)
+VARIANTS = {"4-stages": {"STAGES": 4}, "f16x2-exp": {"EXP": "f16x2"}}
 
 
 def peer_calls(q, k, v) -> dict:
@@ -62,7 +62,7 @@ def peer_calls(q, k, v) -> dict:
     return calls
 
 
-def bench_shape(name, heads, head_dim, layout, densities, rows):
+def bench_shape(name, heads, head_dim, layout, densities, rows, variants=()):
     tile, dev = 128, torch.device("cuda")
     n = layout.num_tokens
     torch.manual_seed(0)
@@ -92,12 +92,12 @@ def bench_shape(name, heads, head_dim, layout, densities, rows):
         t16 = time_ms(lambda: sparse_attention_gluon(q, k, v, native, scale=scale, out=out16))
         quantized = kernel_kv(k, v, fp8)
         t8 = time_ms(lambda: sparse_attention_gluon_fp8(q, k, v, fp8, scale=scale, out=out8, quantized=quantized))
-        variants = {}
-        for tag, change in VARIANTS.items():
-            cfg = {**fp8_config(head_dim), **change}
+        timed = {}
+        for tag in variants:
+            cfg = {**fp8_config(head_dim), **VARIANTS[tag]}
             o = torch.full_like(q, float("nan"))
             run = lambda: sparse_attention_gluon_fp8(q, k, v, fp8, scale=scale, out=o, quantized=quantized, config=cfg)  # noqa: E731
-            variants[tag] = (time_ms(run), sampled_error(q, k, v, fp8, o))
+            timed[tag] = (time_ms(run), sampled_error(q, k, v, fp8, o))
         tq = time_ms(lambda: kernel_kv(k, v, fp8))
         tcall = time_ms(lambda: sparse_attention(q, k, v, fp8, out=out8))
         err16 = sampled_error(q, k, v, native, out16)
@@ -105,7 +105,7 @@ def bench_shape(name, heads, head_dim, layout, densities, rows):
         common = {"shape": name, "plan": label, "density": native.density, "tile_density": native.tile_density}
         for impl, ms, err in (("ours-bf16", t16, err16), ("ours-fp8-kernel", t8, err8), ("fp8-quantize", tq, None),
                               ("ours-fp8", tcall, err8),
-                              *((f"fp8-kernel-{tag}", ms, err) for tag, (ms, err) in variants.items())):
+                              *((f"fp8-kernel-{tag}", ms, err) for tag, (ms, err) in timed.items())):
             row = {**common, "impl": impl, "ms": ms, "tflops": flops / ms / 1e9, "over_ours_bf16": t16 / ms}
             if best_dense is not None:
                 row["speedup_vs_fastest_dense"] = best_dense / ms
@@ -114,7 +114,7 @@ def bench_shape(name, heads, head_dim, layout, densities, rows):
             rows.append(row)
         print(f"  {label:16s} bf16 {t16:7.3f} ms  fp8 kernel {t8:7.3f} ms ({t16 / t8:4.2f}x)  quantize {tq:6.3f} ms  "
               f"fp8 call {tcall:7.3f} ms ({t16 / tcall:4.2f}x)  err bf16 {err16:.4f} fp8 {err8:.4f}  " +
-              "  ".join(f"{tag} {ms:.3f} ms ({t16 / ms:4.2f}x, err {err:.4f})" for tag, (ms, err) in variants.items()),
+              "  ".join(f"{tag} {ms:.3f} ms ({t16 / ms:4.2f}x, err {err:.4f})" for tag, (ms, err) in timed.items()),
               flush=True)
 
 
@@ -135,6 +135,7 @@ def main():
     parser.add_argument("--shapes", default="wan2.1-1.3b-480p,cogvideox1.5-768p,hunyuanvideo-720p")
     parser.add_argument("--densities", default="1,0.5,0.25,0.1")
     parser.add_argument("--budget-ms", type=float, default=600.0, help="GPU time spent per timing (median of the reps)")
+    parser.add_argument("--variants", default="", help=f"comma-separated kernel variants to time too, of {sorted(VARIANTS)}")
     parser.add_argument("--out", default="benchmarks/results/fp8.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -148,12 +149,16 @@ def main():
             "cuda": torch.version.cuda, "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "dtype": "bfloat16 inputs", "batch": 1}
     print(json.dumps(meta), flush=True)
+    variants = [tag for tag in args.variants.split(",") if tag]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown --variants {unknown}; choose from {sorted(VARIANTS)}")
     rows = []
     for name in args.shapes.split(","):
         heads, head_dim, layout = SHAPES[name]
         print(f"{name}: {heads} heads x {head_dim}, {layout}", flush=True)
         try:
-            bench_shape(name, heads, head_dim, layout, [float(x) for x in args.densities.split(",")], rows)
+            bench_shape(name, heads, head_dim, layout, [float(x) for x in args.densities.split(",")], rows, variants)
         except Exception as e:
             print(f"  {name} failed: {type(e).__name__}: {e}", flush=True)
             rows.append({"shape": name, "plan": "-", "impl": "error", "status": f"{type(e).__name__}: {e}"})
