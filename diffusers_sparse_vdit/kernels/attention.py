@@ -76,33 +76,18 @@ def _route_fp8(requested: str, backend: str, q, k, v, plan, out):
     return plan.with_precision("native")
 
 
-# Where FA4's block-sparse kernel beats ours on Hopper, from benchmarks/results/kernel_h200_v10_fa4.json
-# (H200, bf16, batch 1, identical tile lists, every mode at tile density 1 / 0.5 / 0.25 / 0.1 and a mixed
-# layer): ours ran 0.83-0.94x as fast as FA4 at Wan2.1 480p (head_dim 128, 32,760 tokens), 0.91-1.01x at
-# HunyuanVideo 720p (head_dim 128, 119,056 tokens; mixed layer 1.00x) and 0.97-1.03x at CogVideoX1.5 768p
-# (head_dim 64). FA4 takes only the calls like those where it led on every plan, by 6% or more: FA4 was
-# timed on pre-gathered inputs, and the backend's gather into kernel order and output scatter come on top.
-# head_dim -> the longest sequence (tokens) FA4 takes; a head_dim not listed stays on ours.
-FA4_ON_HOPPER_UP_TO_TOKENS = {128: 32_768}
-
-
-def fa4_faster_on_hopper(head_dim: int, num_tokens: int) -> bool:
-    """Whether the committed H200 measurements put FA4's block-sparse kernel ahead of ours for this call shape."""
-    return num_tokens <= FA4_ON_HOPPER_UP_TO_TOKENS.get(head_dim, 0)
-
-
+# Why "auto" keeps Hopper calls on ours: FA4's block-sparse kernel alone leads ours at Wan2.1 480p
+# (head_dim 128, 32,760 tokens) by 6-17% on identical tile lists (kernel_h200_v10_fa4.json), but as a whole
+# call, with the gather into kernel order and the output scatter it needs, it ran 1.34-1.44x slower there
+# and 1.01-1.23x slower at every other shape (kernel_h200_v12_auto.json). FA4 runs only where ours cannot.
 def auto_cuda_kernel(q, k, v, plan, out) -> str:
     """The kernel ``"auto"`` runs on a CUDA call (native-precision heads), the choice logged once per reason.
 
-    On Hopper: FA4's block-sparse kernel where it runs and was measured faster (:func:`fa4_faster_on_hopper`),
-    else ours in Gluon where it runs; on Blackwell SM100 FA4 where it runs (the Gluon kernel is Hopper-only);
-    else our portable Triton kernel. ``backend="gluon"`` or ``"fa4"`` forces one.
+    On Hopper ours in Gluon where it runs (measured faster than FA4 as whole calls, see above); on Blackwell
+    SM100 FA4 where it runs (the Gluon kernel is Hopper-only); else our portable Triton kernel.
+    ``backend="gluon"`` or ``"fa4"`` forces one.
     """
-    head_dim = q.shape[-1]
     if gluon_supported(q, k, v, plan, out):
-        if fa4_faster_on_hopper(head_dim, plan.num_tokens) and fa4_supported(q, plan):
-            return _chosen("fa4", f"measured faster than ours on Hopper at head_dim {head_dim} up to "
-                                  f"{FA4_ON_HOPPER_UP_TO_TOKENS[head_dim]:,} tokens; its first call per shape compiles")
         return _chosen("gluon", "our Hopper kernel")
     if torch.cuda.get_device_capability(q.device)[0] == 10 and fa4_supported(q, plan):
         return _chosen("fa4", "Blackwell: our Gluon kernel is Hopper-only; its first call per shape compiles")
