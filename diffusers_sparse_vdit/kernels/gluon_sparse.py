@@ -150,17 +150,8 @@ def _loader(K, V, KP, VP, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh,
 
 
 @gluon.jit
-def _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, tile_lengths, text_len, n_video_tiles, qk_scale, dtype,
-             TILE: gl.constexpr, BLOCK_N: gl.constexpr, s_layout: gl.constexpr, p_layout: gl.constexpr):
-    """Scores of sub-tile ``i`` to 16-bit probabilities P (masked from sub-tile ``mask_from`` on)."""
-    SUB: gl.constexpr = TILE // BLOCK_N
-    if i >= mask_from:
-        tile = gl.load(kv_tiles + first + i // SUB)
-        valid = gl.load(tile_lengths + tile)
-        if tile >= n_video_tiles:
-            valid = gl.minimum(valid, text_len - (tile - n_video_tiles) * TILE)
-        offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)) + (i % SUB) * BLOCK_N
-        qk = gl.where((offs_n < valid)[None, :], qk, float("-inf"))
+def _probs(qk, m_i, l_i, qk_scale, dtype, p_layout: gl.constexpr):
+    """Online-softmax step: 16-bit probabilities P of scores ``qk``, the rescale ``alpha`` and the new row stats."""
     m_new = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
     m_new = gl.where(m_new == float("-inf"), 0.0, m_new)  # a tile with no valid key leaves the row as it was
     p = gl.exp2(qk * qk_scale - m_new[:, None])
@@ -169,9 +160,46 @@ def _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, tile_lengths, text_len
 
 
 @gluon.jit
+def _mask_scores(qk, i, kv_tiles, first, tile_lengths, text_len, n_video_tiles, TILE: gl.constexpr,
+                 BLOCK_N: gl.constexpr, s_layout: gl.constexpr):
+    """Scores of sub-tile ``i`` with keys past the tile's valid length (padding, unused text) at -inf."""
+    SUB: gl.constexpr = TILE // BLOCK_N
+    tile = gl.load(kv_tiles + first + i // SUB)
+    valid = gl.load(tile_lengths + tile)
+    if tile >= n_video_tiles:
+        valid = gl.minimum(valid, text_len - (tile - n_video_tiles) * TILE)
+    offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)) + (i % SUB) * BLOCK_N
+    return gl.where((offs_n < valid)[None, :], qk, float("-inf"))
+
+
+@gluon.jit
+def _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, tile_lengths, text_len, n_video_tiles, qk_scale, dtype,
+             TILE: gl.constexpr, BLOCK_N: gl.constexpr, IN_BRANCHES: gl.constexpr, s_layout: gl.constexpr,
+             p_layout: gl.constexpr):
+    """Scores of sub-tile ``i`` to 16-bit probabilities P (masked from sub-tile ``mask_from`` on).
+
+    With ``IN_BRANCHES`` each side of the mask branch computes the whole step: ptxas hoists the
+    caller's wait for PV(i - 1) to the top of the block after the branch, so exponentials placed
+    there run after that product instead of beside it (``benchmarks/NOTES.md`` v12;
+    ``tests/kernels/test_gluon_build.py`` checks the schedule).
+    """
+    if IN_BRANCHES:
+        if i >= mask_from:
+            qk = _mask_scores(qk, i, kv_tiles, first, tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, s_layout)
+            p, alpha, m_new, l_new = _probs(qk, m_i, l_i, qk_scale, dtype, p_layout)
+        else:
+            p, alpha, m_new, l_new = _probs(qk, m_i, l_i, qk_scale, dtype, p_layout)
+    else:
+        if i >= mask_from:
+            qk = _mask_scores(qk, i, kv_tiles, first, tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, s_layout)
+        p, alpha, m_new, l_new = _probs(qk, m_i, l_i, qk_scale, dtype, p_layout)
+    return p, alpha, m_new, l_new
+
+
+@gluon.jit
 def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, kv_tiles, first,
             tile_lengths, text_len, n_video_tiles, qk_scale,
-            TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+            TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, IN_BRANCHES: gl.constexpr,
             s_layout: gl.constexpr, p_layout: gl.constexpr, o_layout: gl.constexpr):
     """The key loop with sub-tile ``i``'s softmax overlapping sub-tile ``i - 1``'s PV product.
 
@@ -186,7 +214,7 @@ def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, k
         qk = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
         qk = warpgroup_mma_wait(0, deps=(qk,))
         p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, 0, mask_from, kv_tiles, first, tile_lengths, text_len,
-                                      n_video_tiles, qk_scale, dtype, TILE, BLOCK_N, s_layout, p_layout)
+                                      n_video_tiles, qk_scale, dtype, TILE, BLOCK_N, IN_BRANCHES, s_layout, p_layout)
         for i in range(1, n):
             stage = i % STAGES
             prev = (i - 1) % STAGES
@@ -195,7 +223,8 @@ def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, k
             acc = warpgroup_mma(p, v_bufs.index(prev), acc, is_async=True)
             qk = warpgroup_mma_wait(1, deps=(qk,))
             p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, tile_lengths, text_len,
-                                          n_video_tiles, qk_scale, dtype, TILE, BLOCK_N, s_layout, p_layout)
+                                          n_video_tiles, qk_scale, dtype, TILE, BLOCK_N, IN_BRANCHES, s_layout,
+                                          p_layout)
             acc = warpgroup_mma_wait(0, deps=(acc,))
             mbarrier.arrive(empty.index(prev), count=1)
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
@@ -212,7 +241,7 @@ def _consumer(Q, O, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, strid
               rows_per_order, video_start, text_start, text_tokens, qk_scale,
               q_smem, k_bufs, v_bufs, ready, empty,
               HALF: gl.constexpr, HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr,
-              STAGES: gl.constexpr, GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr):
+              STAGES: gl.constexpr, GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr, IN_BRANCHES: gl.constexpr):
     """One warpgroup: query rows ``HALF * 64 ..`` of the program's tile against its whole key list."""
     ROWS: gl.constexpr = 64  # one wgmma M extent of 4 warps
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -234,7 +263,7 @@ def _consumer(Q, O, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, strid
     acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
     acc, m_i, l_i = _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n_total * (TILE // BLOCK_N),
                             n_full * (TILE // BLOCK_N), kv_tiles, first, tile_lengths, text_len, n_video_tiles,
-                            qk_scale, TILE, BLOCK_N, STAGES, s_layout, p_layout, o_layout)
+                            qk_scale, TILE, BLOCK_N, STAGES, IN_BRANCHES, s_layout, p_layout, o_layout)
     l_i = gl.where(l_i == 0.0, 1.0, l_i)  # SKIP rows: acc is 0, so the output is 0
     out = acc / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
     # stored straight from the accumulator's layout: a layout conversion would need 16 KB of shared memory
@@ -254,6 +283,7 @@ def _sparse_attention_ws_fwd(
     n_work, n_tokens, n_video_tiles, rows_per_order, video_start, text_start, text_tokens, qk_scale,
     HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
     GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+    SOFTMAX_IN_BRANCHES: gl.constexpr,
 ):
     dtype: gl.constexpr = Q.dtype.element_ty
     ROWS: gl.constexpr = 64  # query rows per consumer warpgroup
@@ -273,11 +303,11 @@ def _sparse_attention_ws_fwd(
         (_consumer, (Q, O, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, work, kv_tiles, row_maps,
                      head_order, tile_lengths, text_lengths, n_work, n_tokens, n_video_tiles, rows_per_order,
                      video_start, text_start, text_tokens, qk_scale, q0, k_bufs, v_bufs, ready, empty,
-                     LOWER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS)),
+                     LOWER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS, SOFTMAX_IN_BRANCHES)),
         (_consumer, (Q, O, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, work, kv_tiles, row_maps,
                      head_order, tile_lengths, text_lengths, n_work, n_tokens, n_video_tiles, rows_per_order,
                      video_start, text_start, text_tokens, qk_scale, q1, k_bufs, v_bufs, ready, empty,
-                     UPPER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS)),
+                     UPPER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS, SOFTMAX_IN_BRANCHES)),
         (_loader, (K, V, KP, VP, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_pb,
                    stride_ph, stride_pn, work, kv_tiles, head_order, head_slot, n_work, n_tokens, n_video_tiles,
                    rows_per_order, video_start, text_start, k_bufs, v_bufs, ready, empty,
@@ -300,21 +330,24 @@ def supported(q, k, v, plan, out=None) -> bool:
 
 
 def gluon_config(head_dim: int) -> dict:
-    """Key sub-tile, stage count and register budgets: the H200 sweep's winners (``benchmarks/NOTES.md`` v9).
+    """Key sub-tile, stage count, register budgets and softmax placement: the H200 sweeps' winners
+    (``benchmarks/NOTES.md`` v9, v12).
 
     128-key sub-tiles; 3 stages at head_dim 128 (the most that fit 227 KB of shared memory beside
     Q), 4 at head_dim 64. With 2 stages the overlapped loop waits on its loads (20% slower than
     3). ``maxnreg`` 168 for the 12 warps of one program per multiprocessor, of which the
-    consumers take 240 each and the producer warpgroup 24.
+    consumers take 240 each and the producer warpgroup 24. The softmax in both mask branches
+    (so it runs beside PV, :func:`_softmax`) at head_dim 128: 2-7% faster there, 2-3% slower at 64.
     """
-    return {"BLOCK_N": 128, "STAGES": 3 if head_dim > 64 else 4, "CONSUMER_REGS": 240, "maxnreg": 168}
+    return {"BLOCK_N": 128, "STAGES": 3 if head_dim > 64 else 4, "CONSUMER_REGS": 240, "maxnreg": 168,
+            "SOFTMAX_IN_BRANCHES": head_dim > 64}
 
 
 def sparse_attention_gluon(q, k, v, plan, *, scale: float, out: torch.Tensor, text_lengths=None, config=None):
     """Launch the warp-specialized kernel; the call must satisfy :func:`supported`."""
     batch, heads, n_tokens, head_dim = q.shape
     tensors = plan.device_tensors(q.device)
-    cfg = dict(config) if config is not None else gluon_config(head_dim)
+    cfg = {**gluon_config(head_dim), **(config or {})}  # a config overrides the defaults it names
     _set_allocator(q.device)  # device-side TMA descriptors take scratch from the caller's allocator
     kp, vp = gather_reordered_kv(k, v, plan, tensors) if plan.has_reordered_heads else (k, v)
     layout = plan.layout

@@ -8,6 +8,7 @@ library functions are interpreter objects that the compiler refuses.
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -42,24 +43,54 @@ def build(head_dim, gather, fp8):
                          attrs={(params.index(p),): [["tt.divisibility", 16]] for p in pointers})
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=launch)
     ptx = kernel.asm["ptx"]
-    return {**_read_ptx(ptx), "shared": kernel.metadata.shared, "wgmma_serialized": _ptxas_notes(ptx)}
+    notes, sass = _ptxas(ptx)
+    return {**_read_ptx(ptx), "shared": kernel.metadata.shared, "wgmma_serialized": notes,
+            "exp_between_waits": _exp_between_waits(sass)}
 
 
-def _ptxas_notes(ptx: str) -> list[str]:
+def _ptxas(ptx: str) -> tuple[list[str], str]:
     """What ptxas says, compiling this PTX for sm_90a, about serializing the asynchronous wgmma products
-    (a note the compile itself does not show; serialized, each product waits for the one before)."""
+    (a note the compile itself does not show; serialized, each product waits for the one before), and the SASS."""
     import tempfile
 
+    from triton import knobs
     from triton.backends.nvidia.compiler import get_ptxas
 
     with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "kernel.ptx")
+        src, cubin = os.path.join(tmp, "kernel.ptx"), os.path.join(tmp, "k.cubin")
         with open(src, "w") as f:
             f.write(ptx)
-        done = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", src, "-o", os.path.join(tmp, "k.cubin")],
+        done = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", src, "-o", cubin],
                               capture_output=True, text=True, timeout=300)
-    return [line.split("Potential Performance Loss: ")[-1] for line in (done.stdout + done.stderr).splitlines()
-            if "wgmma.mma_async instructions are serialized" in line]
+        sass = subprocess.run([knobs.nvidia.cuobjdump.path, "-sass", cubin], capture_output=True, text=True,
+                              timeout=120).stdout
+    notes = [line.split("Potential Performance Loss: ")[-1] for line in (done.stdout + done.stderr).splitlines()
+             if "wgmma.mma_async instructions are serialized" in line]
+    return notes, sass
+
+
+def _exp_between_waits(sass: str) -> list[int]:
+    """For each key loop of the SASS (a back-edge around wgmma), the exponentials (MUFU.EX2) scheduled after the
+    loop's first partial wgmma wait (``WARPGROUP.DEPBAR.LE gsb0, 0x1``: QK done, PV still running) and
+    before its full wait (``0x0``): the softmax work that overlaps the PV product inside one warpgroup."""
+    ins = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    loops = [(int(m.group(1), 16), addr) for addr, text in ins
+             if (m := re.search(r"BRA (0x[0-9a-f]+)", text)) and int(m.group(1), 16) < addr]
+    counts = []
+    for start, end in loops:
+        body = [text for addr, text in ins if start <= addr <= end]
+        if not any("HGMMA" in t or "QGMMA" in t for t in body):
+            continue
+        between, count = None, 0
+        for text in body:
+            if "WARPGROUP.DEPBAR.LE gsb0, 0x1" in text and between is None:
+                between = True
+            elif "WARPGROUP.DEPBAR.LE gsb0, 0x0" in text and between:
+                break
+            elif between and "MUFU.EX2" in text:
+                count += 1
+        counts.append(count)
+    return counts
 
 
 def _read_ptx(ptx: str) -> dict:
@@ -98,6 +129,15 @@ def test_the_matrix_products_stay_asynchronous(builds, head_dim, gather, fp8, re
     if fp8:  # benchmarks/NOTES.md v11: ptxas serializes the FP8 kernel's overlapped loop
         request.applymarker(pytest.mark.xfail(strict=True, reason="ptxas C7514 in the FP8 loop (NOTES v11)"))
     assert builds[(head_dim, gather, fp8)]["wgmma_serialized"] == []
+
+
+@pytest.mark.parametrize("gather", [False, True], ids=["frame-major", "gather"])
+def test_softmax_runs_beside_the_pv_product(builds, gather):
+    """At head_dim 128 (gluon_config's SOFTMAX_IN_BRANCHES) the 16-bit kernel's exponentials of sub-tile i sit
+    between the waits for QK(i) and PV(i - 1) in both consumers' key loops (NOTES v12: with them after the join
+    of the mask branch, ptxas waited for PV first)."""
+    counts = builds[(128, gather, False)]["exp_between_waits"]
+    assert len(counts) >= 2 and all(c >= 64 for c in counts), counts  # 64 probabilities per thread per sub-tile
 
 
 if __name__ == "__main__":
