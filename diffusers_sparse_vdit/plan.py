@@ -240,6 +240,14 @@ class SparsePlan:
         """Heads computed in FP8 (:data:`PRECISIONS`); SKIP heads compute nothing, so they are never listed."""
         return [h for h, (p, s) in enumerate(zip(self.precision, self.specs)) if p == "fp8" and s.mode is not Mode.SKIP]
 
+    @property
+    def computed_heads(self) -> list[int]:
+        """Heads with key tiles to compute: not SKIP (whose programs only write zeros), not left out by
+        :meth:`restrict_heads`."""
+        if "computed_heads" not in self._device:
+            self._device["computed_heads"] = sorted(set(self.work[self.work[:, 4] > 0, 0].tolist()))
+        return self._device["computed_heads"]
+
     # Tile lists -------------------------------------------------------------------------
     def row_maps(self) -> torch.Tensor:
         """int32 ``(2, num_tiles * tile_size)``: caller token of each kernel row, per order."""
@@ -268,6 +276,7 @@ class SparsePlan:
                 # kernel reads those heads' K/V from a copy in kernel order, see kernels/triton_sparse.py)
                 "reordered_heads": self.reordered_heads.to(device),
                 "head_slot": self.head_slot.to(device),
+                "computed_heads": torch.tensor(self.computed_heads, dtype=torch.int32, device=device),
             }
         tensors = dict(self._device[device])
         tensors["kv_tiles"] = _pool(self.layout, self.tile_size).tensor(device)

@@ -234,3 +234,11 @@ def test_restrict_heads_keeps_only_their_work_and_the_precision():
     assert set(part.work[:, 0].tolist()) == {0, 2}
     assert part.precision == plan.precision
     assert len(part.work) == int((plan.work[:, 0] != 1).sum())
+    assert plan.computed_heads == [0, 1, 2] and part.computed_heads == [0, 2]
+
+
+def test_skip_heads_compute_nothing():
+    layout = TokenLayout(frames=2, height=4, width=4)
+    plan = build_plan([ModeSpec.skip(), ModeSpec.full(), ModeSpec.skip()], layout, 16)
+    assert plan.computed_heads == [1]
+    assert plan.device_tensors("cpu")["computed_heads"].tolist() == [1]

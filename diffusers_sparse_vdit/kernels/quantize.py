@@ -80,36 +80,56 @@ def kernel_kv(k, v, plan) -> dict[str, torch.Tensor]:
 
     ``k8 (B, H, R, D)`` e4m3, row ``r`` holding caller token ``row_maps[head_order[h]][r]`` (R =
     tiles x tile size; padding rows zero), with ``k_scale (B, H, tiles)``; ``vt8 (B, H, D, R)``
-    (transposed: FP8 products read V along the keys) with ``v_scale (B, H, D)``. On CUDA one
-    Triton pass writes them (:func:`_quantize_kv_kernel`); elsewhere the same in PyTorch.
+    (transposed: FP8 products read V along the keys) with ``v_scale (B, H, D)``. Only the heads
+    with work in ``plan`` are quantized (a plan restricted to its FP8 heads pays for those alone);
+    the others' rows are left unwritten and their scales zero. On CUDA one Triton pass writes them
+    (:func:`_quantize_kv_kernel`); elsewhere the same in PyTorch.
     """
-    mean, v_scale = kv_stats(k, v)
+    heads = plan.computed_heads
+    batch, n_heads, _, dim = k.shape
+    if len(heads) == n_heads:
+        mean, v_scale = kv_stats(k, v)
+    else:  # the statistics of the quantized heads only (a copy of those heads, not of all)
+        mean = torch.zeros(batch, n_heads, dim, device=k.device, dtype=torch.float32)
+        v_scale = torch.zeros_like(mean)
+        index = plan.device_tensors(k.device)["computed_heads"].long()
+        mean[:, index], v_scale[:, index] = kv_stats(k.index_select(1, index), v.index_select(1, index))
     # the CPU interpreter rounds some values to float8 a binade low, so CPU runs take the PyTorch path
     return (_kernel_kv_triton if k.device.type == "cuda" else _kernel_kv_torch)(k, v, plan, mean, v_scale)
 
 
 def _kernel_kv_torch(k, v, plan, mean, v_scale):
-    batch, heads, _, dim = k.shape
+    batch, n_heads, _, dim = k.shape
+    heads = plan.computed_heads
     tile, n_tiles = plan.tile_size, plan.num_tiles
-    rows = plan.row_maps().long()[plan.head_order.long()].to(k.device)  # (H, R)
+    index_h = torch.as_tensor(heads, device=k.device, dtype=torch.long)
+    rows = plan.row_maps().long()[plan.head_order.long()].to(k.device)[index_h]  # (h, R)
     lengths = plan.tile_lengths.to(k.device).long()
     r = torch.arange(rows.shape[1], device=k.device)
     valid = (r % tile < lengths[r // tile])[None, None, :, None]
     index = rows[None, :, :, None].expand(batch, -1, -1, dim)
-    kr = torch.where(valid, (k.float() - mean[:, :, None]).gather(2, index), 0.0)
-    k_scale = kr.abs().amax(-1).view(batch, heads, n_tiles, tile).amax(-1).clamp_(min=_TINY) / FP8_MAX
-    k8 = _to_fp8(kr / k_scale.repeat_interleave(tile, dim=2)[..., None])
-    vr = torch.where(valid, v.float().gather(2, index) / v_scale[:, :, None], 0.0)
-    return {"k8": k8, "k_scale": k_scale, "vt8": _to_fp8(vr).transpose(-1, -2).contiguous(), "v_scale": v_scale}
+    ks, vs = k.index_select(1, index_h), v.index_select(1, index_h)
+    mean_h, v_scale_h = mean[:, index_h], v_scale[:, index_h]
+    kr = torch.where(valid, (ks.float() - mean_h[:, :, None]).gather(2, index), 0.0)
+    k_scale_h = kr.abs().amax(-1).view(batch, len(heads), n_tiles, tile).amax(-1).clamp_(min=_TINY) / FP8_MAX
+    vr = torch.where(valid, vs.float().gather(2, index) / v_scale_h[:, :, None], 0.0)
+    k8 = torch.zeros(batch, n_heads, rows.shape[1], dim, device=k.device, dtype=FP8_DTYPE)
+    vt8 = torch.zeros(batch, n_heads, dim, rows.shape[1], device=k.device, dtype=FP8_DTYPE)
+    k_scale = torch.zeros(batch, n_heads, n_tiles, device=k.device, dtype=torch.float32)
+    k8[:, index_h] = _to_fp8(kr / k_scale_h.repeat_interleave(tile, dim=2)[..., None])
+    vt8[:, index_h] = _to_fp8(vr).transpose(-1, -2)
+    k_scale[:, index_h] = k_scale_h
+    return {"k8": k8, "k_scale": k_scale, "vt8": vt8, "v_scale": v_scale}
 
 
 @triton.jit
-def _quantize_kv_kernel(K, V, K8, VT8, KS, mean, v_scale, row_maps, head_order, tile_lengths,
+def _quantize_kv_kernel(K, V, K8, VT8, KS, mean, v_scale, row_maps, head_order, tile_lengths, heads,
                         stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, n_heads, n_rows,
                         HEAD_DIM: tl.constexpr, TILE: tl.constexpr, FP8_MAX: tl.constexpr):
-    """One (tile, head, batch item): gather the tile's K/V rows in the head's order, quantize, write in kernel order."""
+    """One (tile, quantized head, batch item): gather the tile's K/V rows in the head's order, quantize, write in
+    kernel order."""
     t = tl.program_id(0)
-    h = tl.program_id(1)
+    h = tl.load(heads + tl.program_id(1))
     b = tl.program_id(2)
     offs_r = tl.arange(0, TILE)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -129,17 +149,20 @@ def _quantize_kv_kernel(K, V, K8, VT8, KS, mean, v_scale, row_maps, head_order, 
 
 
 def _kernel_kv_triton(k, v, plan, mean, v_scale):
-    batch, heads, _, dim = k.shape
+    batch, n_heads, _, dim = k.shape
     tensors = plan.device_tensors(k.device)
+    heads = plan.computed_heads
     n_rows = plan.num_tiles * plan.tile_size
-    k8 = torch.empty(batch, heads, n_rows, dim, device=k.device, dtype=FP8_DTYPE)
-    vt8 = torch.empty(batch, heads, dim, n_rows, device=k.device, dtype=FP8_DTYPE)
-    k_scale = torch.empty(batch, heads, plan.num_tiles, device=k.device, dtype=torch.float32)
-    _quantize_kv_kernel[(plan.num_tiles, heads, batch)](
-        k, v, k8, vt8, k_scale, mean.contiguous(), v_scale.contiguous(), tensors["row_maps"], tensors["head_order"],
-        tensors["tile_lengths"], *k.stride()[:3], *v.stride()[:3], heads, n_rows,
-        HEAD_DIM=dim, TILE=plan.tile_size, FP8_MAX=FP8_MAX, num_warps=4,
-    )
+    k8 = torch.empty(batch, n_heads, n_rows, dim, device=k.device, dtype=FP8_DTYPE)
+    vt8 = torch.empty(batch, n_heads, dim, n_rows, device=k.device, dtype=FP8_DTYPE)
+    k_scale = torch.zeros(batch, n_heads, plan.num_tiles, device=k.device, dtype=torch.float32)
+    if heads:
+        _quantize_kv_kernel[(plan.num_tiles, len(heads), batch)](
+            k, v, k8, vt8, k_scale, mean.contiguous(), v_scale.contiguous(), tensors["row_maps"],
+            tensors["head_order"], tensors["tile_lengths"], tensors["computed_heads"],
+            *k.stride()[:3], *v.stride()[:3], n_heads, n_rows,
+            HEAD_DIM=dim, TILE=plan.tile_size, FP8_MAX=FP8_MAX, num_warps=4,
+        )
     return {"k8": k8, "k_scale": k_scale, "vt8": vt8, "v_scale": v_scale}
 
 

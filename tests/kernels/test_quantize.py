@@ -97,10 +97,26 @@ def test_kernel_layout_holds_the_simulated_values(layout):
     k_deq = got["k8"].float() * got["k_scale"].repeat_interleave(TILE, dim=2)[..., None]
     v_deq = got["vt8"].float().transpose(-1, -2) * got["v_scale"][:, :, None, :]
     assert got["k8"].shape == (2, len(MIXED), plan.num_tiles * TILE, 32) and got["vt8"].stride(-1) == 1
-    for h in range(len(MIXED)):
+    assert plan.computed_heads == [0, 2, 3, 4, 5]  # the SKIP head has nothing to quantize
+    for h in plan.computed_heads:
         assert torch.equal(k_deq[:, h, valid], kf[:, h, rows[h, valid]]), h
         assert torch.equal(v_deq[:, h, valid], vf[:, h, rows[h, valid]]), h
-    assert (k_deq[:, :, ~valid] == 0).all() and (v_deq[:, :, ~valid] == 0).all()
+    computed = plan.computed_heads
+    assert (k_deq[:, computed][:, :, ~valid] == 0).all() and (v_deq[:, computed][:, :, ~valid] == 0).all()
+
+
+def test_a_restricted_plan_quantizes_only_its_heads():
+    """The FP8 launch of a mixed-precision plan quantizes its own heads, as the whole plan would, and no others."""
+    layout = LAYOUTS[1]
+    plan = build_plan(MIXED, layout, TILE)
+    part = plan.restrict_heads([0, 3, 4])
+    _, k, v = inputs(layout, len(MIXED), offset=3.0)
+    whole, got = quantize.kernel_kv(k, v, plan), quantize.kernel_kv(k, v, part)
+    for key in ("k8", "k_scale", "vt8", "v_scale"):
+        assert torch.equal(got[key][:, [0, 3, 4]].float(), whole[key][:, [0, 3, 4]].float()), key
+    for key in ("k_scale", "v_scale"):  # the other heads were not quantized
+        assert (got[key][:, [1, 2, 5]] == 0).all(), key
+    assert 1 not in plan.computed_heads  # the SKIP head is never quantized
 
 
 def test_fp8_heads_where_they_cannot_run(caplog):
