@@ -8,7 +8,7 @@ rows and walk the same key list: neither waits on the other or on a CTA-wide bar
 largest stall of the single-loop kernel, ``benchmarks/NOTES.md`` v8), so the warp schedulers
 overlap one warpgroup's softmax with the other's matrix products; and within a warpgroup the
 softmax of sub-tile ``i`` runs while the tensor cores do the PV product of sub-tile ``i - 1``
-(:func:`_attend`). One program per multiprocessor: 3-4 stages of 128 keys fill its shared memory.
+(:func:`_attend`; at head_dim 128, where it was measured faster, see :func:`_softmax`). One program per multiprocessor: 3-4 stages of 128 keys fill its shared memory.
 
 Scope: CUDA devices of compute capability 9.x, 16-bit inputs, head_dim 64 or 128, plan tiles of
 128 tokens and TMA-able strides; :func:`supported` says whether a call qualifies. Everything
