@@ -138,6 +138,10 @@ def main():
     parser.add_argument("--variants", default="", help=f"comma-separated kernel variants to time too, of {sorted(VARIANTS)}")
     parser.add_argument("--out", default="benchmarks/results/fp8.json")
     args = parser.parse_args()
+    variants = [tag for tag in args.variants.split(",") if tag]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown --variants {unknown}; choose from {sorted(VARIANTS)}")
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU")
     import triton
@@ -149,10 +153,6 @@ def main():
             "cuda": torch.version.cuda, "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "dtype": "bfloat16 inputs", "batch": 1}
     print(json.dumps(meta), flush=True)
-    variants = [tag for tag in args.variants.split(",") if tag]
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        parser.error(f"unknown --variants {unknown}; choose from {sorted(VARIANTS)}")
     rows = []
     for name in args.shapes.split(","):
         heads, head_dim, layout = SHAPES[name]

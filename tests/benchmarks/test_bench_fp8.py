@@ -33,3 +33,11 @@ def test_table_shows_each_row(bench_fp8, capsys):
     assert lines[2].split()[-2:] == ["not", "installed"]
     assert lines[3].split()[-3:] == ["1.25", "4.50", "0.0530"]
     assert lines[4].split()[-1] == "12.50"  # no FA speedup or error for the quantization pass
+
+
+def test_an_unknown_variant_is_refused_before_anything_runs(bench_fp8, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench_fp8.py", "--variants", "f16x2-exp,6-stages"])
+    with pytest.raises(SystemExit) as exit_info:
+        bench_fp8.main()
+    assert exit_info.value.code == 2
+    assert "unknown --variants ['6-stages']" in capsys.readouterr().err
