@@ -114,10 +114,40 @@ def _row_index(plan: SparsePlan, device) -> torch.Tensor:
     return tensors["row_maps"].long()[tensors["head_order"].long()]
 
 
+@functools.lru_cache(maxsize=64)
+def _gather_rows(plan: SparsePlan, device: torch.device) -> torch.Tensor:
+    """``(M * tile * H,)``: for kernel row ``r`` of head ``h`` (row ``r * H + h`` of FA4's ``(B, M * tile, H, D)``),
+    the row ``token * H + h`` of the caller's ``(B, N, H, D)`` that it reads."""
+    heads = plan.num_heads
+    return (_row_index(plan, device).t() * heads + torch.arange(heads, device=device)).flatten()
+
+
+@functools.lru_cache(maxsize=64)
+def _scatter_rows(plan: SparsePlan, device: torch.device) -> torch.Tensor:
+    """``(N * H,)``: for caller token ``n`` of head ``h``, the row of FA4's output that holds it (each real
+    token has exactly one kernel row per head; padding rows are never read)."""
+    heads, tile = plan.num_heads, plan.tile_size
+    rows = _row_index(plan, "cpu")
+    real = _real_keys(plan, "cpu")
+    inverse = torch.empty(heads, plan.num_tokens, dtype=torch.long)
+    kernel_rows = torch.arange(plan.num_tiles * tile)[real]
+    inverse.scatter_(1, rows[:, real], kernel_rows.expand(heads, -1))
+    return (inverse.t() * heads + torch.arange(heads)).flatten().to(device)
+
+
+def _rows_view(x: torch.Tensor) -> torch.Tensor:
+    """``(B, H, S, D)`` as ``(B, S * H, D)`` rows of its ``(B, S, H, D)`` order (a view when that order is contiguous,
+    as for diffusers' attention inputs)."""
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n * h, d)
+
+
 def fa4_inputs(plan: SparsePlan, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    """``(B, H, N, D)`` tensors gathered into each head's kernel order as FA4's ``(B, M * tile, H, D)``."""
-    index = _row_index(plan, tensors[0].device).t()[None, :, :, None]
-    return [torch.gather(x.transpose(1, 2), 1, index.expand(x.shape[0], -1, -1, x.shape[-1])) for x in tensors]
+    """``(B, H, N, D)`` tensors gathered into each head's kernel order as FA4's ``(B, M * tile, H, D)``: one row gather
+    of whole head vectors per tensor."""
+    index = _gather_rows(plan, tensors[0].device)
+    b, h, _, d = tensors[0].shape
+    return [_rows_view(x).index_select(1, index).view(b, -1, h, d) for x in tensors]
 
 
 def fa4_kernel_mask(tensors: FA4Tensors, num_tiles: int) -> torch.Tensor:
@@ -161,11 +191,11 @@ def fa4_dense_mask(plan: SparsePlan, tensors: FA4Tensors) -> torch.Tensor:
 
 
 def fa4_outputs(plan: SparsePlan, res: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Scatter FA4's kernel-order ``(B, M * tile, H, D)`` result into ``out`` ``(B, H, N, D)``; SKIP heads zeroed."""
-    real = _real_keys(plan, out.device)
-    index = _row_index(plan, out.device)[:, real].t()[None, :, :, None]  # each caller token once per head
+    """FA4's kernel-order ``(B, M * tile, H, D)`` result into ``out`` ``(B, H, N, D)``, one row gather (no host sync);
+    SKIP heads zeroed."""
     b, _, _, d = out.shape
-    out.transpose(1, 2).scatter_(1, index.expand(b, -1, -1, d), res[:, real].to(out.dtype))
+    rows = res.reshape(b, -1, d).index_select(1, _scatter_rows(plan, out.device))  # (B, N * H, D), caller order
+    out.transpose(1, 2).copy_(rows.view(b, plan.num_tokens, plan.num_heads, d))
     if plan.skip_heads:
         out[:, plan.skip_heads] = 0
     return out

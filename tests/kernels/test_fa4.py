@@ -70,6 +70,24 @@ def test_dense_mask_catches_a_wrong_conversion(corrupt, message):
         fa4_dense_mask(plan, t)
 
 
+@pytest.mark.parametrize("layout,lengths", CASES, ids=lambda x: str(x))
+def test_inputs_and_outputs_move_whole_rows_in_each_heads_order(layout, lengths):
+    """fa4_inputs puts caller token rows[h][r] at kernel row r of head h; fa4_outputs brings every real row back
+    (padding rows dropped, SKIP heads zero), with any strides of ``out``."""
+    plan = build_plan(MIXED, layout, 16)
+    q = torch.randn(2, layout.num_tokens, len(MIXED), 8).transpose(1, 2)  # diffusers' memory, (B, H, N, D) view
+    rows = plan.row_maps().long()[plan.head_order.long()]  # (H, M * tile)
+    (got,) = fa4.fa4_inputs(plan, q)
+    assert got.shape == (2, plan.num_tiles * 16, len(MIXED), 8) and got.is_contiguous()
+    for h in range(len(MIXED)):
+        assert torch.equal(got[:, :, h], q[:, h, rows[h]]), h
+    out = torch.full((2, len(MIXED), layout.num_tokens, 8), float("nan"))  # (B, H, N, D)-contiguous this time
+    fa4.fa4_outputs(plan, got * 2, out)
+    want = q * 2
+    want[:, plan.skip_heads] = 0
+    assert torch.equal(out, want)
+
+
 def _fake_fa4(monkeypatch):
     """FA4's interface as torch code: attention under the mask its block-sparse tensors describe."""
 
