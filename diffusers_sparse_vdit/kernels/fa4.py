@@ -114,12 +114,18 @@ def _row_index(plan: SparsePlan, device) -> torch.Tensor:
     return tensors["row_maps"].long()[tensors["head_order"].long()]
 
 
+def _flat_rows(rows: torch.Tensor) -> torch.Tensor:
+    """``(H, S)`` row numbers per head as rows of a ``(B, S', H, D)`` tensor read as ``(B, S' * H, D)``, ``(S * H,)``
+    in ``(S, H)`` order."""
+    heads = rows.shape[0]
+    return (rows.t() * heads + torch.arange(heads, device=rows.device)).flatten()
+
+
 @functools.lru_cache(maxsize=64)
 def _gather_rows(plan: SparsePlan, device: torch.device) -> torch.Tensor:
     """``(M * tile * H,)``: for kernel row ``r`` of head ``h`` (row ``r * H + h`` of FA4's ``(B, M * tile, H, D)``),
     the row ``token * H + h`` of the caller's ``(B, N, H, D)`` that it reads."""
-    heads = plan.num_heads
-    return (_row_index(plan, device).t() * heads + torch.arange(heads, device=device)).flatten()
+    return _flat_rows(_row_index(plan, device))
 
 
 @functools.lru_cache(maxsize=64)
@@ -132,7 +138,7 @@ def _scatter_rows(plan: SparsePlan, device: torch.device) -> torch.Tensor:
     inverse = torch.empty(heads, plan.num_tokens, dtype=torch.long)
     kernel_rows = torch.arange(plan.num_tiles * tile)[real]
     inverse.scatter_(1, rows[:, real], kernel_rows.expand(heads, -1))
-    return (inverse.t() * heads + torch.arange(heads)).flatten().to(device)
+    return _flat_rows(inverse).to(device)
 
 
 def _rows_view(x: torch.Tensor) -> torch.Tensor:
