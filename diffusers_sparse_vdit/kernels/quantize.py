@@ -102,7 +102,7 @@ def _kernel_kv_torch(k, v, plan, mean, v_scale):
     batch, n_heads, _, dim = k.shape
     heads = plan.computed_heads
     tile, n_tiles = plan.tile_size, plan.num_tiles
-    index_h = torch.as_tensor(heads, device=k.device, dtype=torch.long)
+    index_h = plan.device_tensors(k.device)["computed_heads"].long()
     rows = plan.row_maps().long()[plan.head_order.long()].to(k.device)[index_h]  # (h, R)
     lengths = plan.tile_lengths.to(k.device).long()
     r = torch.arange(rows.shape[1], device=k.device)
