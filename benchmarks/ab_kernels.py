@@ -25,7 +25,6 @@ from bench_kernel import SHAPES, mixed_specs, spec_for_tile_density, time_ms  # 
 
 from diffusers_sparse_vdit import Mode, ModeSpec, build_plan  # noqa: E402
 from diffusers_sparse_vdit.kernels.check import sampled_error  # noqa: E402
-from diffusers_sparse_vdit.kernels.quantize import kernel_kv  # noqa: E402
 
 
 def load_variant(path: str, tag: str):
@@ -42,7 +41,7 @@ def runner(module, kind, q, k, v, plan, scale, out):
     if kind == "bf16":
         return lambda: module.sparse_attention_gluon(q, k, v, plan, scale=scale, out=out)
     fp8 = plan.with_precision("fp8")
-    quantized = kernel_kv(k, v, fp8)
+    quantized = module.kernel_kv(k, v, fp8)  # each version's own layout of K and V
     return lambda: module.sparse_attention_gluon_fp8(q, k, v, fp8, scale=scale, out=out, quantized=quantized)
 
 

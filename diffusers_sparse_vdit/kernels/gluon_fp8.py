@@ -12,7 +12,8 @@ e4m3 and float32 accumulation, as :mod:`.quantize` describes:
   score scale once per tile, and V per channel, undone on the output;
 * V arrives transposed (keys contiguous): FP8 ``wgmma`` reads its shared-memory operand only in
   reduction-major order, which for PV means along the keys;
-* P is rounded to e4m3 as ``P * 256`` in registers and fed to the PV product from there.
+* P is rounded to e4m3 as ``P * 256`` in registers and fed to the PV product from there, its
+  columns read in the order the threads already hold them (:func:`_as_operand`).
 
 Shared memory per stage is half the 16-bit kernel's, so the ring holds more stages.
 """
@@ -89,7 +90,24 @@ def _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, k_scale, row_scale, ti
         p = gl.exp2(qk * scale[:, None] - m_new[:, None])
         l_i = l_i * alpha + gl.sum(p, 1)
         p = p * _P_SCALE
-    return gl.convert_layout(p.to(gl.float8e4nv), p_layout), alpha, m_new, l_i
+    return _as_operand(p.to(gl.float8e4nv), p_layout), alpha, m_new, l_i
+
+
+@gluon.jit
+def _as_operand(p, p_layout: gl.constexpr):
+    """P as the PV product's register operand, with no data moved between threads.
+
+    In each 16 columns a thread holds score columns ``8j + 2q + {0, 1}`` (``j < 2``; ``q`` its lane mod 4)
+    but feeds e4m3 operand columns ``4q + {0..3}``. Read as column ``4q + 2j + b``, score column
+    ``8j + 2q + b`` already sits in the right thread, so the conversion below only renames registers;
+    the quantizer stores V's keys in that same order (:func:`.quantize.operand_key_order`), which leaves
+    the product unchanged. A plain conversion costs 16 shuffles and 16 byte permutes per sub-tile on the softmax's path.
+    """
+    ROWS: gl.constexpr = p.shape[0]
+    N: gl.constexpr = p.shape[1]
+    p = gl.reshape(p, [ROWS, N // 16, 2, 4, 2])  # (row, group, j, q, b)
+    p = gl.reshape(gl.permute(p, (0, 1, 3, 2, 4)), [ROWS, N])  # (row, group, q, j, b)
+    return gl.convert_layout(p, p_layout)
 
 
 @gluon.jit

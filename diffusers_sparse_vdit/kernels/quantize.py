@@ -70,6 +70,15 @@ def channel_scales(v: torch.Tensor) -> torch.Tensor:
 
 
 # For the kernel ---------------------------------------------------------------------------
+def operand_key_order(n: int, device=None) -> torch.Tensor:
+    """Where key ``c`` of a tile's ``n`` keys sits in the FP8 kernel's V: position ``4q + 2j + b`` of its
+    16-key group for ``c = 8j + 2q + b``, the order in which the kernel's threads hold P's columns
+    (:func:`.gluon_fp8._as_operand`). A permutation of the keys, so it leaves ``P @ V`` unchanged.
+    """
+    c = torch.arange(n, device=device)
+    return (c & ~15) | (((c >> 1) & 3) << 2) | (((c >> 3) & 1) << 1) | (c & 1)
+
+
 def kv_stats(k, v) -> tuple[torch.Tensor, torch.Tensor]:
     """Each head's mean key and V's channel scales, float32 ``(B, H, D)``: reductions over the tokens, no copies."""
     return k.mean(dim=2, dtype=torch.float32), channel_scales(v)
@@ -80,7 +89,8 @@ def kernel_kv(k, v, plan) -> dict[str, torch.Tensor]:
 
     ``k8 (B, H, R, D)`` e4m3, row ``r`` holding caller token ``row_maps[head_order[h]][r]`` (R =
     tiles x tile size; padding rows zero), with ``k_scale (B, H, tiles)``; ``vt8 (B, H, D, R)``
-    (transposed: FP8 products read V along the keys) with ``v_scale (B, H, D)``. Only the heads
+    (transposed: FP8 products read V along the keys; key ``c`` of each tile at the tile's column
+    ``operand_key_order(tile)[c]``) with ``v_scale (B, H, D)``. Only the heads
     with work in ``plan`` are quantized (a plan restricted to its FP8 heads pays for those alone);
     the others' rows are left unwritten and their scales zero. On CUDA one Triton pass writes them
     (:func:`_quantize_kv_kernel`); elsewhere the same in PyTorch.
@@ -117,7 +127,8 @@ def _kernel_kv_torch(k, v, plan, mean, v_scale):
     vt8 = torch.zeros(batch, n_heads, dim, rows.shape[1], device=k.device, dtype=FP8_DTYPE)
     k_scale = torch.zeros(batch, n_heads, n_tiles, device=k.device, dtype=torch.float32)
     k8[:, index_h] = _to_fp8(kr / k_scale_h.repeat_interleave(tile, dim=2)[..., None])
-    vt8[:, index_h] = _to_fp8(vr).transpose(-1, -2)
+    at = (r // tile) * tile + operand_key_order(tile, k.device)[r % tile]  # where each row's value goes
+    vt8[:, index_h] = _to_fp8(vr).transpose(-1, -2)[..., torch.argsort(at)]
     k_scale[:, index_h] = k_scale_h
     return {"k8": k8, "k_scale": k_scale, "vt8": vt8, "v_scale": v_scale}
 
@@ -145,7 +156,9 @@ def _quantize_kv_kernel(K, V, K8, VT8, KS, mean, v_scale, row_maps, head_order, 
     tl.store(K8 + out + (t * TILE + offs_r)[:, None] * HEAD_DIM + offs_d[None, :], (k / scale).to(tl.float8e4nv))
     v = tl.load(V + b * stride_vb + h * stride_vh + rows[:, None] * stride_vn + offs_d[None, :],
                 mask=valid[:, None], other=0.0).to(tl.float32) / tl.load(v_scale + stats)[None, :]
-    tl.store(VT8 + out + offs_d[None, :] * n_rows + (t * TILE + offs_r)[:, None], v.to(tl.float8e4nv))
+    # key c of the tile at column operand_key_order(c), the order the kernel holds P's columns in
+    at = (offs_r & ~15) | (((offs_r >> 1) & 3) << 2) | (((offs_r >> 3) & 1) << 1) | (offs_r & 1)
+    tl.store(VT8 + out + offs_d[None, :] * n_rows + (t * TILE + at)[:, None], v.to(tl.float8e4nv))
 
 
 def _kernel_kv_triton(k, v, plan, mean, v_scale):

@@ -45,7 +45,7 @@ def build(head_dim, gather, fp8):
     ptx = kernel.asm["ptx"]
     notes, sass = _ptxas(ptx)
     return {**_read_ptx(ptx), "shared": kernel.metadata.shared, "wgmma_serialized": notes,
-            "exp_between_waits": _exp_between_waits(sass)}
+            "exp_between_waits": _exp_between_waits(sass), "loop_shuffles": _shuffles(sass)}
 
 
 def _ptxas(ptx: str) -> tuple[list[str], str]:
@@ -69,18 +69,22 @@ def _ptxas(ptx: str) -> tuple[list[str], str]:
     return notes, sass
 
 
-def _exp_between_waits(sass: str) -> list[int]:
-    """For each key loop of the SASS (a back-edge around wgmma), the exponentials (MUFU.EX2) scheduled after the
-    loop's first partial wgmma wait (``WARPGROUP.DEPBAR.LE gsb0, 0x1``: QK done, PV still running) and
-    before its full wait (``0x0``): the softmax work that overlaps the PV product inside one warpgroup."""
+def _key_loops(sass: str) -> list[list[str]]:
+    """The instructions of each key loop of the SASS: an innermost back-edge around wgmma products."""
     ins = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
     loops = [(int(m.group(1), 16), addr) for addr, text in ins
              if (m := re.search(r"BRA (0x[0-9a-f]+)", text)) and int(m.group(1), 16) < addr]
+    loops = [(a, b) for a, b in loops if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in loops)]
+    bodies = [[text for addr, text in ins if start <= addr <= end] for start, end in loops]
+    return [body for body in bodies if any("HGMMA" in t or "QGMMA" in t for t in body)]
+
+
+def _exp_between_waits(sass: str) -> list[int]:
+    """For each key loop, the exponentials (MUFU.EX2) scheduled after the loop's first partial wgmma wait
+    (``WARPGROUP.DEPBAR.LE gsb0, 0x1``: QK done, PV still running) and before its full wait (``0x0``): the
+    softmax work that overlaps the PV product inside one warpgroup."""
     counts = []
-    for start, end in loops:
-        body = [text for addr, text in ins if start <= addr <= end]
-        if not any("HGMMA" in t or "QGMMA" in t for t in body):
-            continue
+    for body in _key_loops(sass):
         between, count = None, 0
         for text in body:
             if "WARPGROUP.DEPBAR.LE gsb0, 0x1" in text and between is None:
@@ -91,6 +95,11 @@ def _exp_between_waits(sass: str) -> list[int]:
                 count += 1
         counts.append(count)
     return counts
+
+
+def _shuffles(sass: str) -> list[dict]:
+    """Per key loop, the lane shuffles (SHFL): data moved between threads."""
+    return [{"SHFL": sum("SHFL" in t for t in body)} for body in _key_loops(sass)]
 
 
 def _read_ptx(ptx: str) -> dict:
@@ -138,6 +147,15 @@ def test_softmax_runs_beside_the_pv_product(builds, gather):
     of the mask branch, ptxas waited for PV first)."""
     counts = builds[(128, gather, False)]["exp_between_waits"]
     assert len(counts) >= 2 and all(c >= 64 for c in counts), counts  # 64 probabilities per thread per sub-tile
+
+
+@pytest.mark.parametrize("head_dim,gather", [(d, g) for d in (64, 128) for g in (False, True)])
+def test_fp8_probabilities_stay_in_their_threads(builds, head_dim, gather):
+    """P goes from the scores' accumulator to the PV product's register operand by renaming registers
+    (gluon_fp8._as_operand): each FP8 key loop shuffles only for its row max and row sum (two rows per
+    thread, two butterfly steps each: 8), where a plain layout conversion adds 16 shuffles."""
+    loops = builds[(head_dim, gather, True)]["loop_shuffles"]
+    assert len(loops) >= 2 and all(c["SHFL"] <= 8 for c in loops), loops
 
 
 if __name__ == "__main__":

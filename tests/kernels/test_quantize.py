@@ -85,6 +85,19 @@ def test_probabilities_round_like_e4m3_and_keep_small_ones():
     assert p[0, 3] == 0 and (p[1] == 0).all()
 
 
+def test_v_key_order_is_the_order_threads_hold_p_in():
+    """PTX's fragment layouts: lane q of a quad holds float32 scores at columns 8j + 2q + b of each 16, and feeds
+    e4m3 operand columns 4q + i; its i-th value (i = 2j + b) must meet the V row of the key it came from."""
+    order = quantize.operand_key_order(128)
+    assert torch.equal(order.sort().values, torch.arange(128))
+    assert torch.equal(order // 16, torch.arange(128) // 16)  # a permutation inside each 16-key group
+    for group in range(8):
+        for q in range(4):
+            for j in range(2):
+                for b in range(2):
+                    assert order[16 * group + 8 * j + 2 * q + b] == 16 * group + 4 * q + 2 * j + b
+
+
 @pytest.mark.parametrize("layout", LAYOUTS, ids=str)
 def test_kernel_layout_holds_the_simulated_values(layout):
     plan = build_plan(MIXED, layout, TILE)
@@ -95,7 +108,9 @@ def test_kernel_layout_holds_the_simulated_values(layout):
     rows = plan.row_maps().long()[plan.head_order.long()]
     valid = torch.cat([torch.arange(TILE) < n for n in plan.tile_lengths.tolist()])
     k_deq = got["k8"].float() * got["k_scale"].repeat_interleave(TILE, dim=2)[..., None]
-    v_deq = got["vt8"].float().transpose(-1, -2) * got["v_scale"][:, :, None, :]
+    r = torch.arange(plan.num_tiles * TILE)
+    at = r // TILE * TILE + quantize.operand_key_order(TILE)[r % TILE]  # V^T's column of kernel row r
+    v_deq = got["vt8"].float()[..., at].transpose(-1, -2) * got["v_scale"][:, :, None, :]
     assert got["k8"].shape == (2, len(MIXED), plan.num_tiles * TILE, 32) and got["vt8"].stride(-1) == 1
     assert plan.computed_heads == [0, 2, 3, 4, 5]  # the SKIP head has nothing to quantize
     for h in plan.computed_heads:
