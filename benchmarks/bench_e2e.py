@@ -10,7 +10,9 @@ For each family, in one run (bf16, batch 1, ``torch.no_grad``):
 * our processors with a paper-like mixed map at the paper's attention FLOP reduction
   (1.7x Wan2.1, 2.1x CogVideoX1.5, 2.4x HunyuanVideo); dense paths under the same fast backend;
   with ``--frontier-psnr``, also at the lowest total density where the search's default recipe
-  reached that PSNR on the quality frontier (``results/quality_h200.json``), one row per map.
+  reached that PSNR on the quality frontier (``results/quality_h200.json``), one row per map;
+* with ``--precision native,fp8``, every map also with its heads in FP8 (``apply_sparse_vdit(...,
+  precision="fp8")``: our FP8 kernel, K/V quantization included), beside the same map in 16 bits.
 
 It prints the measured speedups beside the Amdahl bound ``1 / ((1 - a) + a * density)`` and
 writes JSON. ``--layers`` cuts the depth (same per-layer shapes); a correctness check runs
@@ -237,8 +239,15 @@ def bench_model(name: str, args, rows: list):
         sparse_out = forward()
         err_sparse = rel_err(sparse_out, stock)
         remove_sparse_vdit(model)
-    print(f"  check: all-FULL map via the {kernel} kernel vs stock rel err {err_full:.2e}; mixed map vs stock {err_sparse:.2e}",
-          flush=True)
+        err_fp8 = None
+        if "fp8" in args.precision:
+            apply_sparse_vdit(model, sparse_map, precision="fp8")
+            fp8_out = forward()
+            err_fp8 = rel_err(fp8_out, sparse_out)
+            remove_sparse_vdit(model)
+            assert not fp8_out.isnan().any()
+    print(f"  check: all-FULL map via the {kernel} kernel vs stock rel err {err_full:.2e}; mixed map vs stock {err_sparse:.2e}"
+          + ("" if err_fp8 is None else f"; the mixed map in FP8 vs in 16 bits {err_fp8:.2e}"), flush=True)
     assert err_full < 2e-2 and not sparse_out.isnan().any()
 
     t_default = time_ms(forward, min_reps=3)
@@ -248,9 +257,10 @@ def bench_model(name: str, args, rows: list):
             t_rest = time_ms(forward, min_reps=3)
         t_sparse = {}
         for key, (config, _) in maps.items():
-            apply_sparse_vdit(model, config)
-            t_sparse[key] = time_ms(forward, min_reps=3)
-            remove_sparse_vdit(model)
+            for precision in args.precision:
+                apply_sparse_vdit(model, config, precision=precision)
+                t_sparse[key, precision] = time_ms(forward, min_reps=3)
+                remove_sparse_vdit(model)
     compiled = {}
     if args.compile:
         # torch.compile of the whole transformer, dense (same fast SDPA order) and sparse: the
@@ -271,26 +281,42 @@ def bench_model(name: str, args, rows: list):
         "ms_fastest_dense": t_fast,
         "fastest_dense_kernel": choose_dense_backend(torch.empty(1, 1, 1, 128, device="cuda", dtype=torch.bfloat16), None),
         "ms_without_attention": t_rest, "attention_share": share, "check_full_rel_err": err_full,
-        "mixed_vs_dense_rel_err": err_sparse, **compiled,
+        "mixed_vs_dense_rel_err": err_sparse, "fp8_vs_native_rel_err": err_fp8, **compiled,
     }
     print(f"  stock default {t_default:.1f} ms | fastest dense {t_fast:.1f} ms | without attention {t_rest:.1f} ms "
           f"(share {share:.2f})", flush=True)
     for key, (config, _) in maps.items():
-        rows.append(sparse_row(common, key, config, densities[key], t_sparse[key]))
+        for precision in args.precision:
+            rows.append(sparse_row(common, key, config, densities[key], t_sparse[key, precision], precision,
+                                   t_sparse.get((key, "native"))))
 
 
-def sparse_row(common: dict, key: str, config, density: float, t_ours: float) -> dict:
-    """One map's result row: its speedups against the dense timings of the same run (``common``)."""
+def sparse_row(common: dict, key: str, config, density: float, t_ours: float, precision: str = "native",
+               t_native: float | None = None) -> dict:
+    """One map's result row: its speedups against the dense timings of the same run (``common``) and, for
+    FP8, against the same map in 16 bits (``t_native``)."""
     t_fast, t_default, share = common["ms_fastest_dense"], common["ms_stock_default"], common["attention_share"]
     bound = 1 / ((1 - share) + share * density)
-    print(f"  {key} map (density {density:.3f}): sparse {t_ours:.1f} ms, {t_fast / t_ours:.2f}x vs fastest dense "
-          f"(Amdahl bound {bound:.2f}x, {t_fast / t_ours / bound:.0%} of it), {t_default / t_ours:.2f}x vs stock default",
+    over_native = None if t_native is None else t_native / t_ours
+    print(f"  {key} map (density {density:.3f}, {precision}): sparse {t_ours:.1f} ms, {t_fast / t_ours:.2f}x vs fastest "
+          f"dense (Amdahl bound {bound:.2f}x, {t_fast / t_ours / bound:.0%} of it), {t_default / t_ours:.2f}x vs stock default"
+          + ("" if precision == "native" or over_native is None else f", {over_native:.2f}x vs the map in 16 bits"),
           flush=True)
     return {
-        **common, "map": key, "map_density": density, "flop_reduction": 1 / density, "ms_sparse": t_ours,
-        "amdahl_bound": bound, "speedup_vs_fastest_dense": t_fast / t_ours, "fraction_of_amdahl": t_fast / t_ours / bound,
-        "speedup_vs_stock_default": t_default / t_ours, "mode_counts": config.mode_counts(),
+        **common, "map": key, "precision": precision, "map_density": density, "flop_reduction": 1 / density,
+        "ms_sparse": t_ours, "amdahl_bound": bound, "speedup_vs_fastest_dense": t_fast / t_ours,
+        "fraction_of_amdahl": t_fast / t_ours / bound, "speedup_vs_stock_default": t_default / t_ours,
+        "speedup_vs_native": over_native, "mode_counts": config.mode_counts(),
     }
+
+
+def precisions(text: str) -> list[str]:
+    """``--precision``: comma-separated ``native`` / ``fp8``, refused before any GPU work."""
+    got = [p.strip() for p in text.split(",") if p.strip()]
+    bad = sorted(set(got) - {"native", "fp8"})
+    if bad or not got:
+        raise argparse.ArgumentTypeError(f"unknown precision {', '.join(bad) or '(none)'}: use native, fp8 or native,fp8")
+    return list(dict.fromkeys(got))
 
 
 def main():
@@ -301,6 +327,8 @@ def main():
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd dense and sparse forwards")
     parser.add_argument("--frontier-psnr", type=float, help="also time a map at the lowest density where the default "
                         "search recipe reached this PSNR (dB) on the committed quality frontier (quality_h200.json)")
+    parser.add_argument("--precision", type=precisions, default=["native"],
+                        help="comma-separated precisions to time every map in: native, fp8 (FP8 heads on our FP8 kernel)")
     parser.add_argument("--out", default="benchmarks/results/e2e.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -322,15 +350,16 @@ def main():
         torch.cuda.empty_cache()
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"\n{'model':22s} {'map':14s} {'density':>7s} {'default':>9s} {'fastest':>9s} {'no-attn':>9s} {'share':>6s} "
-          f"{'sparse':>9s} {'x fast':>7s} {'bound':>6s} {'of bnd':>6s} {'x dflt':>7s}")
+    print(f"\n{'model':22s} {'map':14s} {'prec':6s} {'density':>7s} {'default':>9s} {'fastest':>9s} {'no-attn':>9s} {'share':>6s} "
+          f"{'sparse':>9s} {'x fast':>7s} {'bound':>6s} {'of bnd':>6s} {'x dflt':>7s} {'x 16b':>6s}")
     for r in rows:
         if "error" in r:
             continue
-        print(f"{r['model']:22s} {r.get('map', 'paper'):14s} {r['map_density']:7.3f} {r['ms_stock_default']:9.1f} {r['ms_fastest_dense']:9.1f} "
+        over = r.get("speedup_vs_native")
+        print(f"{r['model']:22s} {r.get('map', 'paper'):14s} {r.get('precision', 'native'):6s} {r['map_density']:7.3f} {r['ms_stock_default']:9.1f} {r['ms_fastest_dense']:9.1f} "
               f"{r['ms_without_attention']:9.1f} {r['attention_share']:6.2f} {r['ms_sparse']:9.1f} "
               f"{r['speedup_vs_fastest_dense']:7.2f} {r['amdahl_bound']:6.2f} {r['fraction_of_amdahl']:6.0%} "
-              f"{r['speedup_vs_stock_default']:7.2f}")
+              f"{r['speedup_vs_stock_default']:7.2f} " + ("" if over is None or r["precision"] == "native" else f"{over:6.2f}"))
 
 
 if __name__ == "__main__":

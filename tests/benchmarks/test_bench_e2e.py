@@ -79,3 +79,21 @@ def test_sparse_row_is_against_the_fastest_dense_of_the_run(bench_e2e, capsys):
     assert row["speedup_vs_fastest_dense"] == 1.5 and row["speedup_vs_stock_default"] == 2.25
     assert row["amdahl_bound"] == pytest.approx(1 / 0.75) and row["map"] == "paper"
     assert "1.50x vs fastest dense" in capsys.readouterr().out
+
+
+def test_precisions_are_checked_before_any_gpu_work(bench_e2e, monkeypatch, capsys):
+    assert bench_e2e.precisions("native, fp8,fp8") == ["native", "fp8"]
+    monkeypatch.setattr(sys, "argv", ["bench_e2e.py", "--precision", "native,int8"])
+    with pytest.raises(SystemExit):
+        bench_e2e.main()
+    assert "unknown precision int8" in capsys.readouterr().err
+
+
+def test_an_fp8_row_compares_with_the_same_map_in_16_bits(bench_e2e):
+    from diffusers_sparse_vdit import ModeSpec, SparseVDiTConfig
+
+    config = SparseVDiTConfig.from_specs([[ModeSpec.full()] * 2], family="wan", target_modules=["blocks.0.attn1"])
+    common = {"ms_fastest_dense": 100.0, "ms_stock_default": 150.0, "attention_share": 0.5}
+    row = bench_e2e.sparse_row(common, "paper", config, 0.5, 60.0, "fp8", t_native=75.0)
+    assert row["precision"] == "fp8" and row["speedup_vs_native"] == pytest.approx(1.25)
+    assert row["amdahl_bound"] == pytest.approx(1 / 0.75) and row["speedup_vs_fastest_dense"] == pytest.approx(100 / 60)
