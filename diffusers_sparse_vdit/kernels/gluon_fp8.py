@@ -67,7 +67,7 @@ def _loader(K8, VT8, stride_kb, stride_kh, stride_vb, stride_vh, work, kv_tiles,
 
 @gluon.jit
 def _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, k_scale, row_scale, tile_lengths, text_len,
-             n_video_tiles, TILE: gl.constexpr, BLOCK_N: gl.constexpr, EXP: gl.constexpr, s_layout: gl.constexpr,
+             n_video_tiles, TILE: gl.constexpr, BLOCK_N: gl.constexpr, s_layout: gl.constexpr,
              p_layout: gl.constexpr):
     """Scores of sub-tile ``i`` (still in units of the Q and K scales) to e4m3 ``P * 256``."""
     SUB: gl.constexpr = TILE // BLOCK_N
@@ -82,17 +82,9 @@ def _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, k_scale, row_scale, ti
     m_new = gl.maximum(m_i, gl.max(qk, 1) * scale)
     m_new = gl.where(m_new == float("-inf"), 0.0, m_new)  # a tile with no valid key leaves the row as it was
     alpha = gl.exp2(m_i - m_new)
-    if EXP == "f16x2":
-        # two exponentials per special-function op, in half precision (P is rounded to e4m3's 3 bits
-        # next anyway): 2^(t + 8) = P * 256 lies in [0, 256], well inside float16
-        t = qk * scale[:, None] - (m_new - 8.0)[:, None]
-        p = gl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [t.to(gl.float16)], dtype=gl.float16,
-                                      is_pure=True, pack=2)
-        l_i = l_i * alpha + gl.sum(p.to(gl.float32), 1) * (1.0 / _P_SCALE)
-    else:
-        # 2^(s - m + 8) = P * 256 straight from the exponential: no multiply per probability
-        p = gl.exp2(qk * scale[:, None] - (m_new - _LOG2_P_SCALE)[:, None])
-        l_i = l_i * alpha + gl.sum(p, 1) * (1.0 / _P_SCALE)
+    # 2^(s - m + 8) = P * 256 straight from the exponential: no multiply per probability
+    p = gl.exp2(qk * scale[:, None] - (m_new - _LOG2_P_SCALE)[:, None])
+    l_i = l_i * alpha + gl.sum(p, 1) * (1.0 / _P_SCALE)
     return _as_operand(p.to(gl.float8e4nv), p_layout), alpha, m_new, l_i
 
 
@@ -116,7 +108,7 @@ def _as_operand(p, p_layout: gl.constexpr):
 @gluon.jit
 def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, kv_tiles, first, k_scales,
             row_scale, tile_lengths, text_len, n_video_tiles,
-            TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, EXP: gl.constexpr,
+            TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
             s_layout: gl.constexpr, p_layout: gl.constexpr):
     """The key loop, with the scores of sub-tile ``i + 1`` on the tensor cores while sub-tile ``i``'s softmax runs.
 
@@ -136,7 +128,7 @@ def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, k
         qk = warpgroup_mma_wait(0, deps=(qk,))
         if n == 1:
             p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, 0, mask_from, kv_tiles, first, ks, row_scale,
-                                          tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, EXP, s_layout,
+                                          tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, s_layout,
                                           p_layout)
             acc = warpgroup_mma(p, v_bufs.index(0).permute((1, 0)), acc, is_async=True)
             acc = warpgroup_mma_wait(0, deps=(acc,))
@@ -148,7 +140,7 @@ def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, k
                                     is_async=True)
             ks_next = gl.load(k_scales + gl.load(kv_tiles + first + 1 // SUB))
             p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, 0, mask_from, kv_tiles, first, ks, row_scale,
-                                          tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, EXP, s_layout,
+                                          tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, s_layout,
                                           p_layout)
             acc = warpgroup_mma(p, v_bufs.index(0).permute((1, 0)), acc, is_async=True)
             qk = warpgroup_mma_wait(1, deps=(qk_next,))
@@ -161,7 +153,7 @@ def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, k
                                         is_async=True)
                 ks_next = gl.load(k_scales + gl.load(kv_tiles + first + (i + 1) // SUB))
                 p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, ks, row_scale,
-                                              tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, EXP, s_layout,
+                                              tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, s_layout,
                                               p_layout)
                 # PV(i - 1) was issued before QK(i + 1): waiting down to one group in flight completes it
                 acc = warpgroup_mma_wait(1, deps=(acc,))
@@ -172,7 +164,7 @@ def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, k
                 ks = ks_next
             last = (n - 1) % STAGES
             p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, n - 1, mask_from, kv_tiles, first, ks, row_scale,
-                                          tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, EXP, s_layout,
+                                          tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, s_layout,
                                           p_layout)
             acc = warpgroup_mma_wait(0, deps=(acc,))
             mbarrier.arrive(empty.index((n - 2) % STAGES), count=1)
@@ -189,7 +181,7 @@ def _consumer(Q, O, KS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_o
               n_tokens, n_tiles, n_video_tiles, rows_per_order, video_start, text_start, text_tokens,
               qk_scale, q_smem, k_bufs, v_bufs, ready, empty,
               HALF: gl.constexpr, HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr,
-              STAGES: gl.constexpr, GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr, EXP: gl.constexpr):
+              STAGES: gl.constexpr, GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr):
     """One warpgroup: query rows ``HALF * 64 ..`` of the program's tile, quantized here, against its key list."""
     ROWS: gl.constexpr = 64
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -214,7 +206,7 @@ def _consumer(Q, O, KS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_o
     acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
     acc, m_i, l_i = _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n_total * (TILE // BLOCK_N),
                             n_full * (TILE // BLOCK_N), kv_tiles, first, k_scales, row_scale, tile_lengths,
-                            text_len, n_video_tiles, TILE, BLOCK_N, STAGES, EXP, s_layout, p_layout)
+                            text_len, n_video_tiles, TILE, BLOCK_N, STAGES, s_layout, p_layout)
     l_i = gl.where(l_i == 0.0, 1.0, l_i)
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
     v_scale = gl.load(VS + (b * n_heads + head) * HEAD_DIM + offs_d) / _P_SCALE
@@ -232,7 +224,7 @@ def _sparse_attention_fp8_fwd(
     work, kv_tiles, row_maps, head_order, tile_lengths, text_lengths,
     n_work, n_heads, n_tokens, n_rows, n_tiles, n_video_tiles, video_start, text_start, text_tokens, qk_scale,
     HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-    GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr, CONSUMER_REGS: gl.constexpr, EXP: gl.constexpr,
+    GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
 ):
     ROWS: gl.constexpr = 64
     fp8: gl.constexpr = gl.float8e4nv
@@ -251,11 +243,11 @@ def _sparse_attention_fp8_fwd(
         (_consumer, (Q, O, KS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, work, kv_tiles,
                      row_maps, head_order, tile_lengths, text_lengths, n_work, n_heads, n_tokens, n_tiles,
                      n_video_tiles, n_rows, video_start, text_start, text_tokens, qk_scale, q0, k_bufs, v_bufs,
-                     ready, empty, LOWER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS, EXP)),
+                     ready, empty, LOWER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS)),
         (_consumer, (Q, O, KS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, work, kv_tiles,
                      row_maps, head_order, tile_lengths, text_lengths, n_work, n_heads, n_tokens, n_tiles,
                      n_video_tiles, n_rows, video_start, text_start, text_tokens, qk_scale, q1, k_bufs, v_bufs,
-                     ready, empty, UPPER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS, EXP)),
+                     ready, empty, UPPER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS)),
         (_loader, (K8, VT8, stride_kb, stride_kh, stride_vb, stride_vh, work, kv_tiles, n_work, n_rows,
                    k_bufs, v_bufs, ready, empty, HEAD_DIM, TILE, BLOCK_N, STAGES)),
     ], [4, 1], [CONSUMER_REGS, 24])
@@ -271,9 +263,8 @@ def supported(q, k, v, plan, out=None) -> bool:
 
 
 def fp8_config(head_dim: int) -> dict:
-    """Key sub-tile, stages, register budgets (the 16-bit kernel's split; stages take half the bytes) and the
-    exponential's form (``"f32"`` or packed ``"f16x2"``)."""
-    return {"BLOCK_N": 128, "STAGES": 5, "CONSUMER_REGS": 240, "maxnreg": 168, "EXP": "f32"}
+    """Key sub-tile, stages and register budgets (the 16-bit kernel's split; stages take half the bytes)."""
+    return {"BLOCK_N": 128, "STAGES": 5, "CONSUMER_REGS": 240, "maxnreg": 168}
 
 
 def sparse_attention_gluon_fp8(q, k, v, plan, *, scale: float, out: torch.Tensor, text_lengths=None, config=None,
