@@ -97,9 +97,9 @@ def _exp_between_waits(sass: str) -> list[int]:
     return counts
 
 
-def _shuffles(sass: str) -> list[dict]:
+def _shuffles(sass: str) -> list[int]:
     """Per key loop, the lane shuffles (SHFL): data moved between threads."""
-    return [{"SHFL": sum("SHFL" in t for t in body)} for body in _key_loops(sass)]
+    return [sum("SHFL" in t for t in body) for body in _key_loops(sass)]
 
 
 def _read_ptx(ptx: str) -> dict:
@@ -155,7 +155,7 @@ def test_fp8_probabilities_stay_in_their_threads(builds, head_dim, gather):
     (gluon_fp8._as_operand): each FP8 key loop shuffles only for its row max and row sum (two rows per
     thread, two butterfly steps each: 8), where a plain layout conversion adds 16 shuffles."""
     loops = builds[(head_dim, gather, True)]["loop_shuffles"]
-    assert len(loops) >= 2 and all(c["SHFL"] <= 8 for c in loops), loops
+    assert len(loops) >= 2 and all(shuffles <= 8 for shuffles in loops), loops
 
 
 if __name__ == "__main__":
