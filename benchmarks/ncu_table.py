@@ -24,6 +24,8 @@ METRICS = {
     "achieved occupancy %": "sm__warps_active.avg.pct_of_peak_sustained_active",
     "DRAM throughput %": "dram__throughput.avg.pct_of_peak_sustained_elapsed",
     "L2 throughput %": "lts__throughput.avg.pct_of_peak_sustained_elapsed",
+    "L2 hit rate %": "lts__t_sector_hit_rate.pct",  # K/V reuse across the query tiles of a head
+    "DRAM bytes read": "dram__bytes_read.sum",
 }
 STALL = re.compile(r"smsp__average_warps_issue_stalled_(\w+)_per_issue_active\.ratio")
 TOP_STALLS = 8

@@ -8,6 +8,7 @@ launches: the program to put under a profiler.
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 from pathlib import Path
 
@@ -22,6 +23,17 @@ from diffusers_sparse_vdit.kernels.gluon_sparse import gluon_config, sparse_atte
 from diffusers_sparse_vdit.kernels.triton_sparse import kernel_config, sparse_attention_triton  # noqa: E402
 
 
+def parse_overrides(text: str) -> dict:
+    """``"STAGES=4,PERSISTENT=True"`` as ``{"STAGES": 4, "PERSISTENT": True}``."""
+    overrides = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--config wants KEY=VALUE items, got {item!r}")
+        overrides[key.strip()] = ast.literal_eval(value.strip())
+    return overrides
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", default="wan2.1-1.3b-480p", choices=sorted(SHAPES))
@@ -31,6 +43,7 @@ def main():
                         "fp8: our FP8 kernel on K/V quantized once before the launches")
     parser.add_argument("--exp2", default=None, help="override the Triton launch config's EXP2")
     parser.add_argument("--launches", type=int, default=3)
+    parser.add_argument("--config", default="", help="launch-config overrides, KEY=VALUE,... (values as Python literals)")
     args = parser.parse_args()
     heads, head_dim, layout = SHAPES[args.shape]
     if args.plan == "MIXED":
@@ -65,6 +78,7 @@ def main():
         run, config = sparse_attention_triton, kernel_config(head_dim, 128, q.device, layout.num_tokens)
         if args.exp2:
             config["EXP2"] = args.exp2
+    config.update(parse_overrides(args.config))
     for _ in range(args.launches):
         run(q, k, v, plan, scale=head_dim ** -0.5, out=out, config=config)
     torch.cuda.synchronize()

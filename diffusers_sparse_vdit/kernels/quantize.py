@@ -95,15 +95,11 @@ def kernel_kv(k, v, plan) -> dict[str, torch.Tensor]:
     the others' rows are left unwritten and their scales zero. On CUDA one Triton pass writes them
     (:func:`_quantize_kv_kernel`); elsewhere the same in PyTorch.
     """
-    heads = plan.computed_heads
-    batch, n_heads, _, dim = k.shape
-    if len(heads) == n_heads:
-        mean, v_scale = kv_stats(k, v)
-    else:  # the statistics of the quantized heads only (a copy of those heads, not of all)
-        mean = torch.zeros(batch, n_heads, dim, device=k.device, dtype=torch.float32)
-        v_scale = torch.zeros_like(mean)
+    mean, v_scale = kv_stats(k, v)  # every head's: reductions over the tokens, cheaper than copies of some heads
+    if len(plan.computed_heads) < k.shape[1]:  # the heads left out get zero scales
         index = plan.device_tensors(k.device)["computed_heads"].long()
-        mean[:, index], v_scale[:, index] = kv_stats(k.index_select(1, index), v.index_select(1, index))
+        mean = torch.zeros_like(mean).index_copy_(1, index, mean.index_select(1, index))
+        v_scale = torch.zeros_like(v_scale).index_copy_(1, index, v_scale.index_select(1, index))
     # the CPU interpreter rounds some values to float8 a binade low, so CPU runs take the PyTorch path
     return (_kernel_kv_triton if k.device.type == "cuda" else _kernel_kv_torch)(k, v, plan, mean, v_scale)
 

@@ -29,3 +29,21 @@ def test_it_needs_a_gpu(monkeypatch):
     monkeypatch.setattr(ab_kernels.torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         ab_kernels.main()
+
+
+def test_differing_fp8_counts_the_quantized_heads_entries_that_differ():
+    import torch
+
+    want = {key: torch.zeros(1, 3, 4, 8).to(torch.float8_e4m3fn) for key in ("k8", "vt8")}
+    got = {key: value.clone() for key, value in want.items()}
+    got["k8"][0, 1, 0, :2] = 1.0  # two of the 2 x 32 entries of head 1
+    got["vt8"][0, 2, 0, 0] = 1.0  # head 2 is not compared
+    assert ab_kernels.differing_fp8(got, want, [1]) == 2 / 64
+    assert ab_kernels.differing_fp8(want, want, [0, 1, 2]) == 0.0
+
+
+def test_several_candidates_need_a_gpu_too(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["ab_kernels.py", "--kind", "quantize", "--a", "x.py", "--b", "y.py", "z.py"])
+    monkeypatch.setattr(ab_kernels.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        ab_kernels.main()
