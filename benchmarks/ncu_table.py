@@ -26,6 +26,11 @@ METRICS = {
     "L2 throughput %": "lts__throughput.avg.pct_of_peak_sustained_elapsed",
     "L2 hit rate %": "lts__t_sector_hit_rate.pct",  # K/V reuse across the query tiles of a head
     "DRAM bytes read": "dram__bytes_read.sum",
+    "issue slots busy %": "smsp__issue_active.avg.pct_of_peak_sustained_active",
+    "eligible warps / cycle": "smsp__warps_eligible.avg.per_cycle_active",
+    "instructions issued": "smsp__inst_executed.sum",
+    "FMA pipe issued %": "sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active",
+    "ALU pipe issued %": "sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active",
 }
 STALL = re.compile(r"smsp__average_warps_issue_stalled_(\w+)_per_issue_active\.ratio")
 TOP_STALLS = 8
