@@ -144,3 +144,24 @@ def test_fp8_heads_where_they_cannot_run(caplog):
     assert routed.fp8_heads == [] and routed.work is plan.work
     cpu = torch.empty(1, len(MIXED), layout.num_tokens, 32)
     assert attention._route_fp8("triton", "triton", cpu, cpu, cpu, plan, None) is plan  # CPU: the simulation
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU test compares the compiled kernel")
+@pytest.mark.parametrize("heads", [None, [0, 3, 4]], ids=["whole-plan", "restricted"])
+def test_the_triton_quantizer_in_the_interpreter(heads):
+    """The Triton pass on the CPU interpreter against the PyTorch path. The interpreter rounds a few values
+    that round up to a power of two one binade low (why CPU runs take the PyTorch path): every entry is
+    equal or exactly half, and almost all are equal."""
+    layout = LAYOUTS[1]
+    plan = build_plan(MIXED, layout, TILE)
+    plan = plan.restrict_heads(heads) if heads else plan
+    _, k, v = inputs(layout, len(MIXED), offset=3.0)
+    mean, v_scale = quantize.kv_stats(k, v)
+    computed = plan.computed_heads
+    got = quantize._kernel_kv_triton(k, v, plan, mean, v_scale)
+    want = quantize._kernel_kv_torch(k, v, plan, mean, v_scale)
+    assert torch.equal(got["k_scale"][:, computed], want["k_scale"][:, computed])
+    for key in ("k8", "vt8"):
+        a, b = got[key][:, computed].float(), want[key][:, computed].float()
+        assert ((a == b) | (a == b / 2)).all(), key
+        assert (a == b).float().mean() > 0.95, key
