@@ -3,9 +3,10 @@
 Loads the ``--a`` file and each ``--b`` file (a copy of ``kernels/gluon_sparse.py``, ``kernels/gluon_fp8.py`` or,
 with ``--kind quantize``, ``kernels/quantize.py``) as a module of the package, checks its output against the fp32
 dense-mask reference on sampled rows (quantize: the fraction of FP8 entries that differ from A's), and times the
-kernel alone (FP8: K/V quantized beforehand; quantize: the K/V quantization pass) on the model shapes of ``bench_kernel.py``: all-FULL, DIAGONAL at tile
-density 0.25 and 0.1, and the paper-like mixed layer. Prints a table (ms, each B over A) and writes JSON.
-Several ``--b`` files share one timing of A; their columns are ``b1``, ``b2``, ... (one file: ``b``).
+kernel alone (FP8: K/V quantized beforehand; quantize: the K/V quantization pass) on the model shapes of
+``bench_kernel.py``: all-FULL, DIAGONAL at tile density 0.25 and 0.1, and the paper-like mixed layer. Prints a
+table (ms, each B over A) and writes JSON. Several ``--b`` files share one timing of A; their columns are ``b1``,
+``b2``, ... (one file: ``b``).
 
     python benchmarks/ab_kernels.py --kind bf16 --a old_gluon_sparse.py --b diffusers_sparse_vdit/kernels/gluon_sparse.py
 """

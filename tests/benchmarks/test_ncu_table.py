@@ -56,4 +56,3 @@ def test_metrics_argument_collects_what_the_table_prints(ncu_table, capsys):
     assert "sm__warps_active.avg.pct_of_peak_sustained_active" in names  # achieved occupancy
     stall = re.compile(names[-1].removeprefix("regex:"))
     assert stall.fullmatch("smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio")
-
