@@ -42,12 +42,11 @@ def load_variant(path: str, tag: str):
 
 
 def runner(module, kind, q, k, v, plan, scale, out):
-    if kind == "quantize":
-        fp8 = plan.with_precision("fp8")
-        return lambda: module.kernel_kv(k, v, fp8)
     if kind == "bf16":
         return lambda: module.sparse_attention_gluon(q, k, v, plan, scale=scale, out=out)
     fp8 = plan.with_precision("fp8")
+    if kind == "quantize":
+        return lambda: module.kernel_kv(k, v, fp8)
     quantized = module.kernel_kv(k, v, fp8)  # each version's own layout of K and V
     return lambda: module.sparse_attention_gluon_fp8(q, k, v, fp8, scale=scale, out=out, quantized=quantized)
 
