@@ -151,11 +151,15 @@ def _quantize_kv_kernel(K, V, K8, VT8, KS, mean, v_scale, row_maps, head_order, 
     tl.store(KS + (b * n_heads + h) * tl.num_programs(0) + t, scale)
     out = (b * n_heads + h) * n_rows * HEAD_DIM
     tl.store(K8 + out + (t * TILE + offs_r)[:, None] * HEAD_DIM + offs_d[None, :], (k / scale).to(tl.float8e4nv))
-    v = tl.load(V + b * stride_vb + h * stride_vh + rows[:, None] * stride_vn + offs_d[None, :],
-                mask=valid[:, None], other=0.0).to(tl.float32) / tl.load(v_scale + stats)[None, :]
-    # key c of the tile at column operand_key_order(c), the order the kernel holds P's columns in
-    at = (offs_r & ~15) | (((offs_r >> 1) & 3) << 2) | (((offs_r >> 3) & 1) << 1) | (offs_r & 1)
-    tl.store(VT8 + out + offs_d[None, :] * n_rows + (t * TILE + at)[:, None], v.to(tl.float8e4nv))
+    # V^T: column c of the tile holds the key at kernel row src(c), the inverse of operand_key_order, so the
+    # stores run along contiguous columns (whole 16-byte vectors) and the transpose is one layout change of
+    # the e4m3 bytes; loads read whole channel runs of each key row
+    src = (offs_r & ~15) | (((offs_r >> 1) & 1) << 3) | (((offs_r >> 2) & 3) << 1) | (offs_r & 1)
+    v_rows = tl.load(row_maps + tl.load(head_order + h) * n_rows + t * TILE + src)
+    v_ok = src < tl.load(tile_lengths + t)
+    vt = tl.load(V + b * stride_vb + h * stride_vh + v_rows[None, :] * stride_vn + offs_d[:, None],
+                 mask=v_ok[None, :], other=0.0).to(tl.float32) / tl.load(v_scale + stats)[:, None]
+    tl.store(VT8 + out + offs_d[:, None] * n_rows + (t * TILE + offs_r)[None, :], vt.to(tl.float8e4nv))
 
 
 def _kernel_kv_triton(k, v, plan, mean, v_scale):
