@@ -106,16 +106,51 @@ def _as_operand(p, p_layout: gl.constexpr):
 
 
 @gluon.jit
+def _step(acc, qk, ks, m_i, l_i, i, DRAIN: gl.constexpr, q_smem, k_bufs, v_bufs, ready, empty, zero, mask_from,
+          kv_tiles, first, k_scales, row_scale, tile_lengths, text_len, n_video_tiles,
+          TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+          s_layout: gl.constexpr, p_layout: gl.constexpr):
+    """Step ``i`` of :func:`_attend`'s loop, QK(i) done: issue QK(i + 1), softmax(i), retire PV(i - 1), issue PV(i).
+
+    Returns with QK(i + 1) done and PV(i) in flight, or, with ``DRAIN``, done too.
+    """
+    SUB: gl.constexpr = TILE // BLOCK_N
+    nxt = (i + 1) % STAGES
+    mbarrier.wait(ready.index(nxt), ((i + 1) // STAGES) & 1)
+    qk_next = warpgroup_mma(q_smem, k_bufs.index(nxt).permute((1, 0)), zero, use_acc=False, is_async=True)
+    ks_next = gl.load(k_scales + gl.load(kv_tiles + first + (i + 1) // SUB))
+    p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, ks, row_scale, tile_lengths,
+                                  text_len, n_video_tiles, TILE, BLOCK_N, s_layout, p_layout)
+    # PV(i - 1) was issued before QK(i + 1): waiting down to one group in flight completes it
+    acc = warpgroup_mma_wait(1, deps=(acc,))
+    mbarrier.arrive(empty.index((i - 1) % STAGES), count=1)
+    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
+    acc = warpgroup_mma(p, v_bufs.index(i % STAGES).permute((1, 0)), acc, is_async=True)
+    if DRAIN:
+        acc, qk_next = warpgroup_mma_wait(0, deps=(acc, qk_next))
+    else:
+        qk_next = warpgroup_mma_wait(1, deps=(qk_next,))  # QK(i + 1) done; PV(i) may still run
+    return acc, qk_next, ks_next, m_i, l_i
+
+
+@gluon.jit
 def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, kv_tiles, first, k_scales,
             row_scale, tile_lengths, text_len, n_video_tiles,
-            TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+            TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PAIRS: gl.constexpr,
             s_layout: gl.constexpr, p_layout: gl.constexpr):
     """The key loop, with the scores of sub-tile ``i + 1`` on the tensor cores while sub-tile ``i``'s softmax runs.
 
     The 16-bit kernel overlaps softmax(i) with PV(i - 1) only, which leaves FP8's twice faster
-    products waiting on a longer softmax (P's e4m3 rounding and register shuffle). Here step
-    ``i`` issues QK(i + 1), computes P(i) meanwhile, waits for PV(i - 1), rescales and issues PV(i):
-    one more score tile of registers, nothing else serialized behind the softmax.
+    products waiting on a longer softmax (P's e4m3 rounding). Here each step (:func:`_step`) issues
+    QK(i + 1), computes P(i) meanwhile, waits for PV(i - 1), rescales and issues PV(i): one more score
+    tile of registers, nothing else serialized behind the softmax.
+
+    A product still in flight at the loop's back-edge makes ptxas serialize every product of the
+    loop (note C7514: it waits for each ``wgmma`` as soon as it is issued). ``PAIRS`` runs the steps
+    two per iteration, the second waiting for its PV product too, so that nothing is in flight there
+    and the overlap above is real; the pairs' score tiles alternate between two sets of registers.
+    At head_dim 128 the three 64 x 128 float32 tiles in flight leave ptxas too few registers for it
+    (C7512, a stack frame), so only head_dim 64 runs in pairs (benchmarks/NOTES.md v16).
     """
     ROWS: gl.constexpr = 64
     SUB: gl.constexpr = TILE // BLOCK_N
@@ -143,25 +178,28 @@ def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, k
                                           tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, s_layout,
                                           p_layout)
             acc = warpgroup_mma(p, v_bufs.index(0).permute((1, 0)), acc, is_async=True)
-            qk = warpgroup_mma_wait(1, deps=(qk_next,))
+            if PAIRS:  # the pairs' loop starts, as it ends, with nothing in flight
+                acc, qk = warpgroup_mma_wait(0, deps=(acc, qk_next))
+            else:
+                qk = warpgroup_mma_wait(1, deps=(qk_next,))
             ks = ks_next
-            for i in range(1, n - 1):
-                stage = i % STAGES
-                nxt = (i + 1) % STAGES
-                mbarrier.wait(ready.index(nxt), ((i + 1) // STAGES) & 1)
-                qk_next = warpgroup_mma(q_smem, k_bufs.index(nxt).permute((1, 0)), zero, use_acc=False,
-                                        is_async=True)
-                ks_next = gl.load(k_scales + gl.load(kv_tiles + first + (i + 1) // SUB))
-                p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, ks, row_scale,
-                                              tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, s_layout,
-                                              p_layout)
-                # PV(i - 1) was issued before QK(i + 1): waiting down to one group in flight completes it
-                acc = warpgroup_mma_wait(1, deps=(acc,))
-                mbarrier.arrive(empty.index((i - 1) % STAGES), count=1)
-                acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
-                acc = warpgroup_mma(p, v_bufs.index(stage).permute((1, 0)), acc, is_async=True)
-                qk = warpgroup_mma_wait(1, deps=(qk_next,))  # QK(i + 1) done; PV(i) may still run
-                ks = ks_next
+            if PAIRS:
+                for j in range(0, (n - 2) // 2):
+                    acc, qk, ks, m_i, l_i = _step(acc, qk, ks, m_i, l_i, 1 + 2 * j, False,
+                        q_smem, k_bufs, v_bufs, ready, empty, zero, mask_from, kv_tiles, first, k_scales, row_scale,
+                        tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, STAGES, s_layout, p_layout)
+                    acc, qk, ks, m_i, l_i = _step(acc, qk, ks, m_i, l_i, 2 + 2 * j, True,
+                        q_smem, k_bufs, v_bufs, ready, empty, zero, mask_from, kv_tiles, first, k_scales, row_scale,
+                        tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, STAGES, s_layout, p_layout)
+                if n % 2 == 1:
+                    acc, qk, ks, m_i, l_i = _step(acc, qk, ks, m_i, l_i, n - 2, True,
+                        q_smem, k_bufs, v_bufs, ready, empty, zero, mask_from, kv_tiles, first, k_scales, row_scale,
+                        tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, STAGES, s_layout, p_layout)
+            else:
+                for i in range(1, n - 1):
+                    acc, qk, ks, m_i, l_i = _step(acc, qk, ks, m_i, l_i, i, False,
+                        q_smem, k_bufs, v_bufs, ready, empty, zero, mask_from, kv_tiles, first, k_scales, row_scale,
+                        tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, STAGES, s_layout, p_layout)
             last = (n - 1) % STAGES
             p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, n - 1, mask_from, kv_tiles, first, ks, row_scale,
                                           tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, s_layout,
@@ -181,7 +219,7 @@ def _consumer(Q, O, KS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_o
               n_tokens, n_tiles, n_video_tiles, rows_per_order, video_start, text_start, text_tokens,
               qk_scale, q_smem, k_bufs, v_bufs, ready, empty,
               HALF: gl.constexpr, HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr,
-              STAGES: gl.constexpr, GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr):
+              STAGES: gl.constexpr, PAIRS: gl.constexpr, GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr):
     """One warpgroup: query rows ``HALF * 64 ..`` of the program's tile, quantized here, against its key list."""
     ROWS: gl.constexpr = 64
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -206,7 +244,7 @@ def _consumer(Q, O, KS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_o
     acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
     acc, m_i, l_i = _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n_total * (TILE // BLOCK_N),
                             n_full * (TILE // BLOCK_N), kv_tiles, first, k_scales, row_scale, tile_lengths,
-                            text_len, n_video_tiles, TILE, BLOCK_N, STAGES, s_layout, p_layout)
+                            text_len, n_video_tiles, TILE, BLOCK_N, STAGES, PAIRS, s_layout, p_layout)
     l_i = gl.where(l_i == 0.0, 1.0, l_i)
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
     v_scale = gl.load(VS + (b * n_heads + head) * HEAD_DIM + offs_d) / _P_SCALE
@@ -223,7 +261,7 @@ def _sparse_attention_fp8_fwd(
     stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, stride_kb, stride_kh, stride_vb, stride_vh,
     work, kv_tiles, row_maps, head_order, tile_lengths, text_lengths,
     n_work, n_heads, n_tokens, n_rows, n_tiles, n_video_tiles, video_start, text_start, text_tokens, qk_scale,
-    HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+    HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PAIRS: gl.constexpr,
     GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
 ):
     ROWS: gl.constexpr = 64
@@ -243,11 +281,11 @@ def _sparse_attention_fp8_fwd(
         (_consumer, (Q, O, KS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, work, kv_tiles,
                      row_maps, head_order, tile_lengths, text_lengths, n_work, n_heads, n_tokens, n_tiles,
                      n_video_tiles, n_rows, video_start, text_start, text_tokens, qk_scale, q0, k_bufs, v_bufs,
-                     ready, empty, LOWER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS)),
+                     ready, empty, LOWER, HEAD_DIM, TILE, BLOCK_N, STAGES, PAIRS, GATHER, HAS_TEXT_LENGTHS)),
         (_consumer, (Q, O, KS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, work, kv_tiles,
                      row_maps, head_order, tile_lengths, text_lengths, n_work, n_heads, n_tokens, n_tiles,
                      n_video_tiles, n_rows, video_start, text_start, text_tokens, qk_scale, q1, k_bufs, v_bufs,
-                     ready, empty, UPPER, HEAD_DIM, TILE, BLOCK_N, STAGES, GATHER, HAS_TEXT_LENGTHS)),
+                     ready, empty, UPPER, HEAD_DIM, TILE, BLOCK_N, STAGES, PAIRS, GATHER, HAS_TEXT_LENGTHS)),
         (_loader, (K8, VT8, stride_kb, stride_kh, stride_vb, stride_vh, work, kv_tiles, n_work, n_rows,
                    k_bufs, v_bufs, ready, empty, HEAD_DIM, TILE, BLOCK_N, STAGES)),
     ], [4, 1], [CONSUMER_REGS, 24])
@@ -263,8 +301,9 @@ def supported(q, k, v, plan, out=None) -> bool:
 
 
 def fp8_config(head_dim: int) -> dict:
-    """Key sub-tile, stages and register budgets (the 16-bit kernel's split; stages take half the bytes)."""
-    return {"BLOCK_N": 128, "STAGES": 5, "CONSUMER_REGS": 240, "maxnreg": 168}
+    """Key sub-tile, stages, the paired key loop (:func:`_attend`) and register budgets (the 16-bit kernel's
+    split; stages take half the bytes)."""
+    return {"BLOCK_N": 128, "STAGES": 5, "PAIRS": head_dim == 64, "CONSUMER_REGS": 240, "maxnreg": 168}
 
 
 def sparse_attention_gluon_fp8(q, k, v, plan, *, scale: float, out: torch.Tensor, text_lengths=None, config=None,
