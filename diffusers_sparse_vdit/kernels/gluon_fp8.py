@@ -5,7 +5,8 @@ into a ring of shared-memory stages; two consumer warpgroups of 64 query rows), 
 e4m3 and float32 accumulation, as :mod:`.quantize` describes:
 
 * each consumer quantizes its own 64 Q rows as it loads them (per-row scales, no extra pass);
-* the scores of the next sub-tile are computed while the softmax of this one runs (:func:`_attend`);
+* the scores of the next sub-tile are computed while the softmax of this one runs (:func:`_attend`; at
+  head_dim 128 ptxas serializes that loop, benchmarks/NOTES.md v16);
 * K and V are quantized before the launch by one Triton pass (:func:`.quantize.kernel_kv`: a
   read of each, half the bytes written) into every head's kernel order, so token-major heads
   need no copy of their own: smoothed K with one scale per tile, which multiplies the row's
