@@ -67,8 +67,27 @@ def _loader(K8, VT8, stride_kb, stride_kh, stride_vb, stride_vh, work, kv_tiles,
 
 
 @gluon.jit
+def _row_max(x, CHAINS: gl.constexpr):
+    """Each row's max. With ``CHAINS`` > 1 a thread first reduces that many runs of its columns side by side:
+    independent dependency chains where ``gl.max`` alone compiles to one chain of ``FMNMX`` per row."""
+    if CHAINS == 1:
+        return gl.max(x, 1)
+    else:
+        return gl.max(gl.max(gl.reshape(x, [x.shape[0], CHAINS, x.shape[1] // CHAINS]), 1), 1)
+
+
+@gluon.jit
+def _row_sum(x, CHAINS: gl.constexpr):
+    """Each row's sum, as :func:`_row_max` orders it."""
+    if CHAINS == 1:
+        return gl.sum(x, 1)
+    else:
+        return gl.sum(gl.sum(gl.reshape(x, [x.shape[0], CHAINS, x.shape[1] // CHAINS]), 1), 1)
+
+
+@gluon.jit
 def _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, k_scale, row_scale, tile_lengths, text_len,
-             n_video_tiles, TILE: gl.constexpr, BLOCK_N: gl.constexpr, s_layout: gl.constexpr,
+             n_video_tiles, TILE: gl.constexpr, BLOCK_N: gl.constexpr, CHAINS: gl.constexpr, s_layout: gl.constexpr,
              p_layout: gl.constexpr):
     """Scores of sub-tile ``i`` (still in units of the Q and K scales) to e4m3 ``P * 256``."""
     SUB: gl.constexpr = TILE // BLOCK_N
@@ -80,12 +99,12 @@ def _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, k_scale, row_scale, ti
         offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout)) + (i % SUB) * BLOCK_N
         qk = gl.where((offs_n < valid)[None, :], qk, float("-inf"))
     scale = row_scale * k_scale  # log2-domain score per unit, this row and tile
-    m_new = gl.maximum(m_i, gl.max(qk, 1) * scale)
+    m_new = gl.maximum(m_i, gl.convert_layout(_row_max(qk, CHAINS), m_i.type.layout) * scale)
     m_new = gl.where(m_new == float("-inf"), 0.0, m_new)  # a tile with no valid key leaves the row as it was
     alpha = gl.exp2(m_i - m_new)
     # 2^(s - m + 8) = P * 256 straight from the exponential: no multiply per probability
     p = gl.exp2(qk * scale[:, None] - (m_new - _LOG2_P_SCALE)[:, None])
-    l_i = l_i * alpha + gl.sum(p, 1) * (1.0 / _P_SCALE)
+    l_i = l_i * alpha + gl.convert_layout(_row_sum(p, CHAINS), l_i.type.layout) * (1.0 / _P_SCALE)
     return _as_operand(p.to(gl.float8e4nv), p_layout), alpha, m_new, l_i
 
 
@@ -109,7 +128,7 @@ def _as_operand(p, p_layout: gl.constexpr):
 @gluon.jit
 def _step(acc, qk, ks, m_i, l_i, i, DRAIN: gl.constexpr, q_smem, k_bufs, v_bufs, ready, empty, zero, mask_from,
           kv_tiles, first, k_scales, row_scale, tile_lengths, text_len, n_video_tiles,
-          TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+          TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CHAINS: gl.constexpr,
           s_layout: gl.constexpr, p_layout: gl.constexpr):
     """Step ``i`` of :func:`_attend`'s loop, QK(i) done: issue QK(i + 1), softmax(i), retire PV(i - 1), issue PV(i).
 
@@ -121,7 +140,7 @@ def _step(acc, qk, ks, m_i, l_i, i, DRAIN: gl.constexpr, q_smem, k_bufs, v_bufs,
     qk_next = warpgroup_mma(q_smem, k_bufs.index(nxt).permute((1, 0)), zero, use_acc=False, is_async=True)
     ks_next = gl.load(k_scales + gl.load(kv_tiles + first + (i + 1) // SUB))
     p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, i, mask_from, kv_tiles, first, ks, row_scale, tile_lengths,
-                                  text_len, n_video_tiles, TILE, BLOCK_N, s_layout, p_layout)
+                                  text_len, n_video_tiles, TILE, BLOCK_N, CHAINS, s_layout, p_layout)
     # PV(i - 1) was issued before QK(i + 1): waiting down to one group in flight completes it
     acc = warpgroup_mma_wait(1, deps=(acc,))
     mbarrier.arrive(empty.index((i - 1) % STAGES), count=1)
@@ -138,7 +157,7 @@ def _step(acc, qk, ks, m_i, l_i, i, DRAIN: gl.constexpr, q_smem, k_bufs, v_bufs,
 def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, kv_tiles, first, k_scales,
             row_scale, tile_lengths, text_len, n_video_tiles,
             TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PAIRS: gl.constexpr,
-            s_layout: gl.constexpr, p_layout: gl.constexpr):
+            CHAINS: gl.constexpr, s_layout: gl.constexpr, p_layout: gl.constexpr):
     """The key loop, with the scores of sub-tile ``i + 1`` on the tensor cores while sub-tile ``i``'s softmax runs.
 
     The 16-bit kernel overlaps softmax(i) with PV(i - 1) only, which leaves FP8's twice faster
@@ -164,7 +183,7 @@ def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, k
         qk = warpgroup_mma_wait(0, deps=(qk,))
         if n == 1:
             p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, 0, mask_from, kv_tiles, first, ks, row_scale,
-                                          tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, s_layout,
+                                          tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, CHAINS, s_layout,
                                           p_layout)
             acc = warpgroup_mma(p, v_bufs.index(0).permute((1, 0)), acc, is_async=True)
             acc = warpgroup_mma_wait(0, deps=(acc,))
@@ -176,7 +195,7 @@ def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, k
                                     is_async=True)
             ks_next = gl.load(k_scales + gl.load(kv_tiles + first + 1 // SUB))
             p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, 0, mask_from, kv_tiles, first, ks, row_scale,
-                                          tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, s_layout,
+                                          tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, CHAINS, s_layout,
                                           p_layout)
             acc = warpgroup_mma(p, v_bufs.index(0).permute((1, 0)), acc, is_async=True)
             if PAIRS:  # the pairs' loop starts, as it ends, with nothing in flight
@@ -188,22 +207,22 @@ def _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n, mask_from, k
                 for j in range(0, (n - 2) // 2):
                     acc, qk, ks, m_i, l_i = _step(acc, qk, ks, m_i, l_i, 1 + 2 * j, False,
                         q_smem, k_bufs, v_bufs, ready, empty, zero, mask_from, kv_tiles, first, k_scales, row_scale,
-                        tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, STAGES, s_layout, p_layout)
+                        tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, STAGES, CHAINS, s_layout, p_layout)
                     acc, qk, ks, m_i, l_i = _step(acc, qk, ks, m_i, l_i, 2 + 2 * j, True,
                         q_smem, k_bufs, v_bufs, ready, empty, zero, mask_from, kv_tiles, first, k_scales, row_scale,
-                        tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, STAGES, s_layout, p_layout)
+                        tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, STAGES, CHAINS, s_layout, p_layout)
                 if n % 2 == 1:
                     acc, qk, ks, m_i, l_i = _step(acc, qk, ks, m_i, l_i, n - 2, True,
                         q_smem, k_bufs, v_bufs, ready, empty, zero, mask_from, kv_tiles, first, k_scales, row_scale,
-                        tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, STAGES, s_layout, p_layout)
+                        tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, STAGES, CHAINS, s_layout, p_layout)
             else:
                 for i in range(1, n - 1):
                     acc, qk, ks, m_i, l_i = _step(acc, qk, ks, m_i, l_i, i, False,
                         q_smem, k_bufs, v_bufs, ready, empty, zero, mask_from, kv_tiles, first, k_scales, row_scale,
-                        tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, STAGES, s_layout, p_layout)
+                        tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, STAGES, CHAINS, s_layout, p_layout)
             last = (n - 1) % STAGES
             p, alpha, m_i, l_i = _softmax(qk, m_i, l_i, n - 1, mask_from, kv_tiles, first, ks, row_scale,
-                                          tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, s_layout,
+                                          tile_lengths, text_len, n_video_tiles, TILE, BLOCK_N, CHAINS, s_layout,
                                           p_layout)
             acc = warpgroup_mma_wait(0, deps=(acc,))
             mbarrier.arrive(empty.index((n - 2) % STAGES), count=1)
@@ -220,7 +239,8 @@ def _consumer(Q, O, KS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_o
               n_tokens, n_tiles, n_video_tiles, rows_per_order, video_start, text_start, text_tokens,
               qk_scale, q_smem, k_bufs, v_bufs, ready, empty,
               HALF: gl.constexpr, HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr,
-              STAGES: gl.constexpr, PAIRS: gl.constexpr, GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr):
+              STAGES: gl.constexpr, PAIRS: gl.constexpr, CHAINS: gl.constexpr, GATHER: gl.constexpr,
+              HAS_TEXT_LENGTHS: gl.constexpr):
     """One warpgroup: query rows ``HALF * 64 ..`` of the program's tile, quantized here, against its key list."""
     ROWS: gl.constexpr = 64
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -245,7 +265,7 @@ def _consumer(Q, O, KS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_o
     acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
     acc, m_i, l_i = _attend(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, n_total * (TILE // BLOCK_N),
                             n_full * (TILE // BLOCK_N), kv_tiles, first, k_scales, row_scale, tile_lengths,
-                            text_len, n_video_tiles, TILE, BLOCK_N, STAGES, PAIRS, s_layout, p_layout)
+                            text_len, n_video_tiles, TILE, BLOCK_N, STAGES, PAIRS, CHAINS, s_layout, p_layout)
     l_i = gl.where(l_i == 0.0, 1.0, l_i)
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
     v_scale = gl.load(VS + (b * n_heads + head) * HEAD_DIM + offs_d) / _P_SCALE
@@ -263,7 +283,7 @@ def _sparse_attention_fp8_fwd(
     work, kv_tiles, row_maps, head_order, tile_lengths, text_lengths,
     n_work, n_heads, n_tokens, n_rows, n_tiles, n_video_tiles, video_start, text_start, text_tokens, qk_scale,
     HEAD_DIM: gl.constexpr, TILE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PAIRS: gl.constexpr,
-    GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+    CHAINS: gl.constexpr, GATHER: gl.constexpr, HAS_TEXT_LENGTHS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
 ):
     ROWS: gl.constexpr = 64
     fp8: gl.constexpr = gl.float8e4nv
@@ -282,11 +302,13 @@ def _sparse_attention_fp8_fwd(
         (_consumer, (Q, O, KS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, work, kv_tiles,
                      row_maps, head_order, tile_lengths, text_lengths, n_work, n_heads, n_tokens, n_tiles,
                      n_video_tiles, n_rows, video_start, text_start, text_tokens, qk_scale, q0, k_bufs, v_bufs,
-                     ready, empty, LOWER, HEAD_DIM, TILE, BLOCK_N, STAGES, PAIRS, GATHER, HAS_TEXT_LENGTHS)),
+                     ready, empty, LOWER, HEAD_DIM, TILE, BLOCK_N, STAGES, PAIRS, CHAINS, GATHER,
+                     HAS_TEXT_LENGTHS)),
         (_consumer, (Q, O, KS, VS, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, work, kv_tiles,
                      row_maps, head_order, tile_lengths, text_lengths, n_work, n_heads, n_tokens, n_tiles,
                      n_video_tiles, n_rows, video_start, text_start, text_tokens, qk_scale, q1, k_bufs, v_bufs,
-                     ready, empty, UPPER, HEAD_DIM, TILE, BLOCK_N, STAGES, PAIRS, GATHER, HAS_TEXT_LENGTHS)),
+                     ready, empty, UPPER, HEAD_DIM, TILE, BLOCK_N, STAGES, PAIRS, CHAINS, GATHER,
+                     HAS_TEXT_LENGTHS)),
         (_loader, (K8, VT8, stride_kb, stride_kh, stride_vb, stride_vh, work, kv_tiles, n_work, n_rows,
                    k_bufs, v_bufs, ready, empty, HEAD_DIM, TILE, BLOCK_N, STAGES)),
     ], [4, 1], [CONSUMER_REGS, 24])
@@ -302,9 +324,11 @@ def supported(q, k, v, plan, out=None) -> bool:
 
 
 def fp8_config(head_dim: int) -> dict:
-    """Key sub-tile, stages, the paired key loop (:func:`_attend`) and register budgets (the 16-bit kernel's
-    split; stages take half the bytes)."""
-    return {"BLOCK_N": 128, "STAGES": 5, "PAIRS": head_dim == 64, "CONSUMER_REGS": 240, "maxnreg": 168}
+    """Key sub-tile, stages, the paired key loop (:func:`_attend`), the row reductions' chains (:func:`_row_max`)
+    and register budgets (the 16-bit kernel's split; stages take half the bytes). Each choice per head_dim is
+    the faster one measured on the H200 (benchmarks/NOTES.md v16)."""
+    return {"BLOCK_N": 128, "STAGES": 5, "PAIRS": head_dim == 64, "CHAINS": 4 if head_dim == 128 else 1,
+            "CONSUMER_REGS": 240, "maxnreg": 168}
 
 
 def sparse_attention_gluon_fp8(q, k, v, plan, *, scale: float, out: torch.Tensor, text_lengths=None, config=None,
