@@ -41,7 +41,9 @@ from diffusers_sparse_vdit.kernels.gluon_sparse import sparse_attention_gluon  #
 # FP8 kernel variants that --variants may time beside the default (fp8_config), kernel alone
 # (v2-v5: packed f16x2 exponentials 3-15% slower, and dropped: on sm_90 ptxas makes two MUFU ops of each;
 # 5 stages, once a variant, is now the default)
-VARIANTS = {"4-stages": {"STAGES": 4}, "3-stages": {"STAGES": 3}}
+VARIANTS = {"4-stages": {"STAGES": 4}, "3-stages": {"STAGES": 3},
+            # the key-loop choices fp8_config makes per head_dim (benchmarks/NOTES.md v16), flipped
+            "pairs": {"PAIRS": True}, "no-pairs": {"PAIRS": False}, "one-chain": {"CHAINS": 1}, "four-chains": {"CHAINS": 4}}
 
 
 def peer_calls(q, k, v) -> dict:
