@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from . import load_benchmark
 
-import ab_kernels  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
+ab_kernels = load_benchmark("ab_kernels")
 
 
 def test_a_copied_kernel_file_loads_as_a_package_module(tmp_path):

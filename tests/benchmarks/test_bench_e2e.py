@@ -1,23 +1,16 @@
 """bench_e2e's dense baseline hands masked calls to the fast kernels only when the mask keeps a key prefix."""
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from . import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench_e2e():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_e2e
-
-        yield bench_e2e
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return load_benchmark("bench_e2e")
 
 
 def test_key_prefix_lengths(bench_e2e):

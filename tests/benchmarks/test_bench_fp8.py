@@ -1,22 +1,15 @@
 """bench_fp8's table: peers that are not installed, and the speedups against our 16-bit kernel and the fastest dense peer."""
 
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from . import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench_fp8():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_fp8
-
-        yield bench_fp8
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return load_benchmark("bench_fp8")
 
 
 def test_table_shows_each_row(bench_fp8, capsys):

@@ -1,22 +1,15 @@
 """bench_kernel --auto: "auto"'s time against the faster of the forced backends, and its table."""
 
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from . import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench_kernel():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_kernel
-
-        yield bench_kernel
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return load_benchmark("bench_kernel")
 
 
 def test_auto_row_compares_with_the_fastest_forced_backend(bench_kernel):

@@ -1,24 +1,15 @@
 """The quality benchmark runs end to end on a tiny pipeline and reports every method."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "bench_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from . import load_benchmark
 
 
 def test_a_few_methods_on_tiny_hunyuan_video(tmp_path):
-    bench = load_script()
+    bench = load_benchmark("bench_quality")
     args = ["--tiny", "hunyuan_video", "--max-prompts", "1", "--densities", "0.5", "--methods", "diagonal", "radial_warmup",
             "--floors", "floor_backend", "--warmup-steps", "1", "--name", "few", "--out", str(tmp_path)]
     assert bench.main(args) == 0
@@ -32,7 +23,7 @@ def test_a_few_methods_on_tiny_hunyuan_video(tmp_path):
 
 @pytest.mark.slow  # about 40 s of CPU
 def test_tiny_wan_end_to_end(tmp_path, capsys):
-    bench = load_script()
+    bench = load_benchmark("bench_quality")
     assert bench.main(["--tiny", "wan", "--max-prompts", "1", "--densities", "0.5", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "quality_tiny.json").read_text())
     assert (tmp_path / "quality_tiny.png").stat().st_size > 0
@@ -51,7 +42,7 @@ def test_tiny_wan_end_to_end(tmp_path, capsys):
 
 
 def test_the_sensitivity_weighted_search_is_measured_once_and_cached(tmp_path, monkeypatch):
-    bench = load_script()
+    bench = load_benchmark("bench_quality")
     args = ["--tiny", "wan", "--max-prompts", "1", "--densities", "0.5", "--methods", "ours_ranges_sens",
             "--ranges", "3", "--sensitivity-prompts", "1", "--floors", "--name", "sens", "--out", str(tmp_path)]
     assert bench.main(args) == 0

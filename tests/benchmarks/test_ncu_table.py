@@ -1,9 +1,10 @@
 """ncu_table reads ncu's raw-page CSVs (the app's own lines before the header) and prints them side by side."""
 
-import sys
 from pathlib import Path
 
 import pytest
+
+from . import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "benchmarks" / "results" / "ncu" / "ncu_wan2.1-1.3b-480p_gluon.csv"  # a real ncu output (v9)
@@ -11,13 +12,7 @@ FIXTURE = ROOT / "benchmarks" / "results" / "ncu" / "ncu_wan2.1-1.3b-480p_gluon.
 
 @pytest.fixture(scope="module")
 def ncu_table():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import ncu_table
-
-        yield ncu_table
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return load_benchmark("ncu_table")
 
 
 def test_reads_a_real_ncu_csv(ncu_table):

@@ -1,25 +1,19 @@
 """The FP8 benchmark plot reads the committed JSON the README shows."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from . import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "fp8_h200_v10_fa3.json"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("plot_fp8", ROOT / "benchmarks" / "plot_fp8.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bars_group_the_timed_rows_by_shape_and_plan():
     rows = json.loads(RESULTS.read_text())["rows"]
-    got = load_script().bars(rows)
+    got = load_benchmark("plot_fp8").bars(rows)
     assert set(got) == {"wan2.1-1.3b-480p", "cogvideox1.5-768p"}  # the run's time box ended inside HunyuanVideo
     wan = got["wan2.1-1.3b-480p"]
     assert wan["plans"] == ["FULL@1.0", "DIAGONAL@0.25", "DIAGONAL@0.1", "MIXED@0.25"]
@@ -31,7 +25,7 @@ def test_bars_group_the_timed_rows_by_shape_and_plan():
 
 def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
-    script = load_script()
+    script = load_benchmark("plot_fp8")
     path = script.plot(json.loads(RESULTS.read_text()), "test", tmp_path / "f.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no rows of our kernels"):

@@ -1,25 +1,19 @@
 """The kernel-benchmark plot reads the committed JSON the README shows."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from . import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "kernel_h200_v8.json"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("plot_kernel", ROOT / "benchmarks" / "plot_kernel.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_curves_group_rows_by_shape_impl_and_mode():
     rows = json.loads(RESULTS.read_text())["rows"]
-    curves = load_script().curves(rows)
+    curves = load_benchmark("plot_kernel").curves(rows)
     assert set(curves) == {"wan2.1-1.3b-480p", "cogvideox1.5-768p", "hunyuanvideo-720p"}
     wan = curves["wan2.1-1.3b-480p"]
     diag = wan[("ours", "DIAGONAL")]
@@ -34,7 +28,7 @@ def test_curves_group_rows_by_shape_impl_and_mode():
 
 def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
-    script = load_script()
+    script = load_benchmark("plot_kernel")
     path = script.plot(json.loads(RESULTS.read_text()), "test", tmp_path / "k.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no 'ours' rows"):
@@ -43,7 +37,7 @@ def test_plot_writes_a_png(tmp_path):
 
 def test_each_panel_names_its_own_baseline():
     """v10 runs have a baseline per shape (FA3 at Wan and HunyuanVideo, FA4 dense at CogVideoX1.5)."""
-    script = load_script()
+    script = load_benchmark("plot_kernel")
     v10 = json.loads((RESULTS.parent / "kernel_h200_v10_fa4.json").read_text())["rows"]
     assert script.baselines(v10) == {"wan2.1-1.3b-480p": "fa3", "cogvideox1.5-768p": "fa4-dense", "hunyuanvideo-720p": "fa3"}
     assert set(script.baselines(json.loads(RESULTS.read_text())["rows"]).values()) == {"cuDNN"}  # before v10
