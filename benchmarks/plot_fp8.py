@@ -9,10 +9,13 @@ bf16, FA3's FP8 forward) where they were installed. Needs matplotlib.
 
 from __future__ import annotations
 
-import argparse
-import json
+import sys
 from collections import defaultdict
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from plot_kernel import cli  # noqa: E402
 
 BARS = (("ours-bf16", "ours, 16-bit", "#4c72b0"), ("ours-fp8-kernel", "ours, FP8 kernel", "#dd8452"),
         ("ours-fp8", "ours, FP8 call (with quantization)", "#c44e52"))
@@ -61,16 +64,5 @@ def plot(data: dict, title: str, path: Path) -> Path:
     return path
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("json", type=Path)
-    parser.add_argument("--out", type=Path, help="PNG path (default: the JSON's with .png)")
-    args = parser.parse_args()
-    data = json.loads(args.json.read_text())
-    meta = data.get("meta", {})
-    title = f"FP8 against 16 bits: {meta.get('device', '?')}, {meta.get('dtype', '')}, triton {meta.get('triton', '?')}"
-    print(plot(data, title, args.out or args.json.with_suffix(".png")))
-
-
 if __name__ == "__main__":
-    main()
+    cli(plot, __doc__, "FP8 against 16 bits: ")

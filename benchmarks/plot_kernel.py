@@ -92,16 +92,18 @@ def plot(data: dict, title: str, path: Path) -> Path:
     return path
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def cli(plot_fn, description: str, heading: str = ""):
+    """A plot script's command line (this one's and ``plot_fp8.py``'s): a benchmark JSON in, ``plot_fn``'s PNG out,
+    titled with ``heading`` and the run's device and versions."""
+    parser = argparse.ArgumentParser(description=description.split("\n")[0])
     parser.add_argument("json", type=Path)
     parser.add_argument("--out", type=Path, help="PNG path (default: the JSON's with .png)")
     args = parser.parse_args()
     data = json.loads(args.json.read_text())
     meta = data.get("meta", {})
-    title = f"{meta.get('device', '?')}, {meta.get('dtype', '')}, triton {meta.get('triton', '?')}"
-    print(plot(data, title, args.out or args.json.with_suffix(".png")))
+    title = f"{heading}{meta.get('device', '?')}, {meta.get('dtype', '')}, triton {meta.get('triton', '?')}"
+    print(plot_fn(data, title, args.out or args.json.with_suffix(".png")))
 
 
 if __name__ == "__main__":
-    main()
+    cli(plot, __doc__)
